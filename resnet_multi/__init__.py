@@ -1,0 +1,23 @@
+"""resnet_multi: one ResNet spec, native PyTorch / PaddlePaddle / Flax models, shared weights.
+
+Importing this package imports no deep learning framework; a backend's framework is imported
+the first time that backend is used.
+"""
+
+from .api import build, export_weights, forward, import_weights, plan_of
+from .plan import Plan, make_plan
+from .registry import BackendError, available_backends, backend_names
+from .spec import (BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
+                   StemSpec, load_spec, save_spec)
+from .summary import summary
+from .weights import WeightsError
+from .zoo import get_spec, list_specs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError", "BlockSpec", "HeadSpec", "InitSpec", "NormSpec", "Plan", "ResNetSpec", "ShortcutSpec",
+    "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends", "backend_names", "build",
+    "export_weights", "forward", "get_spec", "import_weights", "list_specs", "load_spec", "make_plan", "plan_of",
+    "save_spec", "summary",
+]

@@ -1,0 +1,94 @@
+"""The functions that work on any backend's model: build, forward, export and import weights."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+from .plan import Plan, make_plan
+from .registry import backend_of, get_backend
+from .spec import ResNetSpec
+from .weights import check_weights, init_weights
+from .zoo import resolve_spec
+
+def _weights_from(weights) -> Mapping[str, np.ndarray]:
+    if isinstance(weights, (str, os.PathLike)):
+        from .convert import read_canonical  # reads any supported checkpoint format
+
+        weights, _ = read_canonical(weights)
+    return weights
+
+
+def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed: int = 0,
+          strict: bool = True):
+    """Compile ``spec`` into a native model of ``backend``.
+
+    Args:
+        spec: a ResNetSpec, a preset name (``"resnet50"``) or a spec file (.json/.yaml).
+        backend: "torch", "paddle" or "flax" (see ``available_backends()``).
+        weights: canonical weights (dict name -> array) or a checkpoint file of any supported
+            format; without them the model is initialised as ``spec.init`` says, from ``seed``,
+            identically in every backend.
+        seed: the seed of that initialisation.
+        strict: with weights, require exactly the plan's names (as torch's load_state_dict).
+    Returns:
+        A ``torch.nn.Module``, ``paddle.nn.Layer`` or ``flax.nnx.Module`` in eval mode.
+    Example:
+        >>> model = rm.build("resnet18", backend="torch")
+    """
+    spec = resolve_spec(spec)
+    module = get_backend(backend)
+    plan = make_plan(spec)
+    initial = init_weights(plan, seed)
+    if weights is not None:
+        given = check_weights(plan, _weights_from(weights), strict=strict)
+        initial.update(given)
+    return module.build(plan, initial)
+
+
+def plan_of(model) -> Plan:
+    """The plan a model was built from."""
+    return backend_of(model).plan_of(model)
+
+
+def export_weights(model) -> dict[str, np.ndarray]:
+    """The model's canonical weights: torchvision names, PyTorch layout, numpy arrays (copies)."""
+    return backend_of(model).export_weights(model)
+
+
+def import_weights(model, weights, *, strict: bool = True) -> None:
+    """Load canonical weights (dict or checkpoint file) into ``model``, all or nothing.
+
+    Every missing, unexpected or mis-shaped tensor is reported in one WeightsError and the
+    model is left untouched.
+    """
+    backend = backend_of(model)
+    plan = backend.plan_of(model)
+    checked = check_weights(plan, _weights_from(weights), strict=strict)
+    backend.import_weights(model, checked)
+
+
+def forward(model, x_nchw: np.ndarray, *, taps: bool = False):
+    """Eval-mode forward pass: numpy NCHW in, numpy out, whatever the backend's layout.
+
+    Returns:
+        The output array (logits, or the last feature map in NCHW), a list of arrays for a
+        spec with ``out_indices``, or with ``taps=True`` a dict of every named intermediate
+        (``plan.tap_names``) in NCHW.
+    """
+    backend = backend_of(model)
+    plan = backend.plan_of(model)
+    x = np.asarray(x_nchw)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"input: expected a floating point array, got dtype {x.dtype}")
+    plan.check_input_shape(x.shape)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    outputs = backend.forward(model, x, taps=taps)
+    if taps:
+        return outputs
+    names = plan.output_names()
+    if plan.out_indices is not None:
+        return [outputs[n] for n in names]
+    return outputs[names[0]]

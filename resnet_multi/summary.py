@@ -1,0 +1,78 @@
+"""Shapes, parameter counts and multiply-accumulates, from the plan alone (no framework)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .plan import make_plan, trace
+from .zoo import resolve_spec
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Per-stage figures. ``str(summary)`` is a table; totals in ``total_params``/``total_macs``."""
+
+    spec_name: str
+    input_shape: tuple[int, ...]
+    rows: tuple[SummaryRow, ...]
+    total_params: int
+    total_buffers: int
+    total_macs: int
+    output_shapes: dict[str, tuple[int, ...]]
+
+    def __str__(self) -> str:
+        header = f"{self.spec_name}  input {self.input_shape}"
+        lines = [header, f"{'layer':<12}{'output shape':<24}{'params':>14}{'MACs':>18}"]
+        for r in self.rows:
+            lines.append(f"{r.name:<12}{str(r.output_shape):<24}{r.params:>14,}{r.macs:>18,}")
+        lines.append(f"{'total':<12}{'':<24}{self.total_params:>14,}{self.total_macs:>18,}")
+        lines.append(f"{self.total_params / 1e6:.2f} M parameters (+{self.total_buffers:,} BN buffer values), "
+                     f"{self.total_macs / 1e9:.2f} G multiply-accumulates")
+        return "\n".join(lines)
+
+
+def summary(spec, input_shape=None) -> Summary:
+    """Output shapes, parameter counts and multiply-accumulates per stage, from the plan.
+
+    Args:
+        spec: a ResNetSpec, preset name or spec file.
+        input_shape: NCHW; default (1, in_channels, 224, 224).
+    Returns:
+        A Summary; ``print(rm.summary("resnet50"))`` shows the table.
+    Example:
+        >>> rm.summary("resnet50").total_params
+        25557032
+    """
+    spec = resolve_spec(spec)
+    p = make_plan(spec)
+    if input_shape is None:
+        input_shape = (1, spec.in_channels, 224, 224)
+    input_shape = tuple(int(v) for v in input_shape)
+    p.check_input_shape(input_shape, what="input_shape")
+    figures = trace(p, input_shape)
+
+    def count(prefixes, buffers=False):
+        return sum(int(np.prod(i.shape)) for n, i in p.params.items()
+                   if i.is_buffer == buffers and n.split(".")[0] in prefixes)
+
+    stem_names = {"conv1", "bn1"}
+    rows = [SummaryRow("stem", figures["stem"][0], count(stem_names), figures["stem"][1])]
+    for stage in p.stages:
+        macs = sum(figures[b.name][1] for b in stage.blocks)
+        rows.append(SummaryRow(stage.name, figures[stage.name][0], count({stage.name}), macs))
+    if p.head is not None:
+        rows.append(SummaryRow("head", figures["logits"][0], count({"fc"}), figures["logits"][1]))
+    total_params = sum(int(np.prod(i.shape)) for i in p.params.values() if not i.is_buffer)
+    total_buffers = sum(int(np.prod(i.shape)) for i in p.params.values() if i.is_buffer)
+    return Summary(spec.name, tuple(input_shape), tuple(rows), total_params, total_buffers,
+                   sum(r.macs for r in rows), {name: f[0] for name, f in figures.items()})

@@ -1,0 +1,88 @@
+"""The preset zoo, as data: each preset is a ResNetSpec, variants made with dataclasses.replace."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import replace
+
+from .spec import BlockSpec, HeadSpec, InitSpec, ResNetSpec, ShortcutSpec, StageSpec, StemSpec
+
+
+def _stages(depths, channels=(64, 128, 256, 512), strides=(1, 2, 2, 2)) -> tuple[StageSpec, ...]:
+    return tuple(StageSpec(depth=d, channels=c, stride=s) for d, c, s in zip(depths, channels, strides))
+
+
+BASIC = BlockSpec(kind="basic")
+BOTTLENECK = BlockSpec(kind="bottleneck")
+
+# torchvision.models.resnet: 7x7/2 stem + max-pool, 1x1 conv + BN projection, kaiming fan_out.
+_resnet18 = ResNetSpec(name="resnet18", stages=_stages((2, 2, 2, 2)), block=BASIC)
+_resnet50 = ResNetSpec(name="resnet50", stages=_stages((3, 4, 6, 3)), block=BOTTLENECK)
+
+_PRESETS: dict[str, ResNetSpec] = {
+    "resnet18": _resnet18,
+    "resnet34": replace(_resnet18, name="resnet34", stages=_stages((3, 4, 6, 3))),
+    "resnet50": _resnet50,
+    "resnet101": replace(_resnet50, name="resnet101", stages=_stages((3, 4, 23, 3))),
+    "resnet152": replace(_resnet50, name="resnet152", stages=_stages((3, 8, 36, 3))),
+    "wide_resnet50_2": replace(_resnet50, name="wide_resnet50_2", block=replace(BOTTLENECK, width_per_group=128)),
+    "resnext50_32x4d": replace(_resnet50, name="resnext50_32x4d",
+                               block=replace(BOTTLENECK, groups=32, width_per_group=4)),
+    # timm resnet50d / PaddleClas ResNet50_vd: deep 3x3 stem, avg-pool shortcut.
+    "resnet50d": replace(_resnet50, name="resnet50d", stem=StemSpec(widths=(32, 32, 64), kernel_size=3, stride=2),
+                         shortcut=ShortcutSpec(kind="avgpool_conv_bn")),
+    # PaddleOCR ppocr/modeling/backbones/rec_resnet_45.py: 3x3/1 stem to 32, no pool, 1x1-3x3 blocks,
+    # no head, 512 output channels, KaimingNormal (fan_in) on convs.
+    "resnet45": ResNetSpec(
+        name="resnet45",
+        stages=_stages((3, 4, 6, 6, 3), channels=(32, 64, 128, 256, 512), strides=(2, 1, 2, 1, 1)),
+        block=BlockSpec(kind="basic_1x1"),
+        stem=StemSpec(widths=(32,), kernel_size=3, stride=1, pool=False),
+        head=None,
+        init=InitSpec(conv="kaiming_normal_fan_in"),
+    ),
+    # d2l.ai chapter "Residual Networks": conv biases, 1x1-conv shortcut without BN,
+    # 1 input channel (Fashion-MNIST), 10 classes, PyTorch default init.
+    "d2l_resnet18": replace(_resnet18, name="d2l_resnet18", in_channels=1, conv_bias=True,
+                            shortcut=ShortcutSpec(kind="conv"), head=HeadSpec(num_classes=10),
+                            init=InitSpec(conv="torch_default")),
+}
+
+
+def list_specs(pattern: str = "*") -> list[str]:
+    """Names of the presets matching a shell-style ``pattern``.
+
+    Example:
+        >>> rm.list_specs("resnet1*")
+        ['resnet18', 'resnet101', 'resnet152']
+    """
+    return [name for name in _PRESETS if fnmatch.fnmatchcase(name, pattern)]
+
+
+def get_spec(name: str) -> ResNetSpec:
+    """The preset called ``name`` (see ``list_specs()``)."""
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        close = fnmatch.filter(_PRESETS, f"*{name[:6]}*") or list(_PRESETS)
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(close)}") from None
+
+
+def resolve_spec(spec) -> ResNetSpec:
+    """A ResNetSpec from a spec, a preset name, a spec file path or a dict."""
+    import os
+    from pathlib import Path
+
+    from .spec import load_spec
+
+    if isinstance(spec, ResNetSpec):
+        return spec
+    if isinstance(spec, dict):
+        return ResNetSpec.from_dict(spec)
+    if isinstance(spec, (str, os.PathLike)):
+        if isinstance(spec, str) and spec in _PRESETS:
+            return _PRESETS[spec]
+        if Path(spec).suffix.lower() in (".json", ".yaml", ".yml"):
+            return load_spec(spec)
+        return get_spec(str(spec))
+    raise TypeError(f"spec: expected a ResNetSpec, preset name, spec file or dict, got {type(spec).__name__}")
