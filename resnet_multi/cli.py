@@ -1,0 +1,130 @@
+"""The ``resnet-multi`` command: list | summary | convert | inspect | parity.
+
+Exit codes: 0 success, 1 a failed check or unreadable/invalid file, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,3,224,224, got {text!r}") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected 4 positive integers N,C,H,W, got {text!r}")
+    return shape
+
+
+def _cmd_list(args) -> int:
+    from .zoo import get_spec, list_specs
+
+    for name in list_specs(args.pattern):
+        spec = get_spec(name)
+        depths = "-".join(str(s.depth) for s in spec.stages)
+        head = f"{spec.head.num_classes} classes" if spec.head else "no head"
+        print(f"{name:<18} {spec.block.kind:<11} depths {depths:<12} in_channels {spec.in_channels}  {head}")
+    return 0
+
+
+def _cmd_summary(args) -> int:
+    from .summary import summary
+    from .zoo import resolve_spec
+
+    spec = resolve_spec(args.spec)
+    shape = args.input or (1, spec.in_channels, 224, 224)
+    print(summary(spec, input_shape=shape))
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .convert import convert
+
+    convert(args.src, args.dst, spec=args.spec, force=args.force)
+    print(f"wrote {args.dst}", file=sys.stderr)
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .convert import inspect_file
+
+    report = inspect_file(args.file)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    return 0
+
+
+def _cmd_parity(args) -> int:
+    from .parity import check_parity
+
+    report = check_parity(args.spec, backends=tuple(args.backends.split(",")), weights=args.weights,
+                          input_shape=args.input, seed=args.seed, rtol=args.rtol, atol=args.atol)
+    print(report)
+    if args.json:
+        from .io_util import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.ok else 1
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-multi",
+        description="One ResNet spec, native PyTorch / PaddlePaddle / Flax models, shared weights.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list the preset specs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*'")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("summary", help="output shapes, parameters and MACs of a spec (no framework needed)")
+    p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
+    p.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W (default 1,C,224,224)")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between .pth/.pt, .pdparams, .msgpack, .safetensors")
+    p.add_argument("src", help="input checkpoint (never modified)")
+    p.add_argument("dst", help="output checkpoint; format from its suffix")
+    p.add_argument("--spec", default=None, help="preset name or spec file (default: inferred from the shapes)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("inspect", help="format, tensor count, size and matching preset of a checkpoint")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("parity", help="check that backends compute the same function, tap by tap")
+    p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
+    p.add_argument("--backends", default="torch,paddle,flax", help="comma-separated backends")
+    p.add_argument("--weights", default=None, help="checkpoint to use (default: random, randomized BN stats)")
+    p.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rtol", type=float, default=1e-5, help="relative to max |reference| per tap")
+    p.add_argument("--atol", type=float, default=1e-6)
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=_cmd_parity)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    from .registry import BackendError
+    from .spec import SpecError
+
+    try:
+        return args.func(args)
+    except (SpecError, BackendError, KeyError) as exc:  # bad arguments: unknown preset, invalid spec file
+        print(f"resnet-multi {args.command}: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # unreadable, corrupt or mismatched files
+        print(f"resnet-multi {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
