@@ -1,0 +1,140 @@
+"""The plan and the summary: architecture arithmetic, parameter counts, shapes, MACs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import resnet_multi as rm
+from resnet_multi import plan as P
+
+# torchvision's documented parameter counts (torchvision.models docs, "num_params").
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+    "resnet152": 60_192_808, "wide_resnet50_2": 68_883_240, "resnext50_32x4d": 25_028_904,
+}
+
+
+@pytest.mark.parametrize("name, count", TORCHVISION_PARAMS.items())
+def test_parameter_counts_equal_torchvision(name, count):
+    assert rm.summary(name).total_params == count
+
+
+def test_resnet50_macs_and_shapes():
+    s = rm.summary("resnet50", input_shape=(1, 3, 224, 224))
+    assert 4.05e9 < s.total_macs < 4.15e9  # the usual "4.1 GFLOPs" (multiply-accumulates)
+    assert s.output_shapes["stem"] == (1, 64, 56, 56)
+    assert [s.output_shapes[f"layer{i}"] for i in range(1, 5)] == [
+        (1, 256, 56, 56), (1, 512, 28, 28), (1, 1024, 14, 14), (1, 2048, 7, 7)]
+    assert s.output_shapes["logits"] == (1, 1000)
+    assert "25.56 M parameters" in str(s)
+
+
+def test_resnet45_is_paddleocr_shaped():
+    s = rm.summary("resnet45", input_shape=(2, 3, 32, 100))
+    assert s.output_shapes["layer5"] == (2, 512, 8, 25)  # strides 2,1,2,1,1: /4 overall
+    p = rm.make_plan(rm.get_spec("resnet45"))
+    assert "fc.weight" not in p.params and p.out_channels == 512
+    first = p.stages[1].blocks[0]  # layer2: 32 -> 64 channels at stride 1 still projects
+    assert [op.name for op in first.shortcut] == ["layer2.0.downsample.0", "layer2.0.downsample.1"]
+    conv1, conv2 = [op for op in first.main if isinstance(op, P.Conv)]
+    assert (conv1.kernel_size, conv2.kernel_size, conv2.stride) == (1, 3, 1)
+    assert p.stages[0].blocks[0].main[3].stride == 2  # the stride is on the 3x3
+    std = p.params["layer1.0.conv2.weight"].init[1]
+    assert std == pytest.approx(np.sqrt(2.0 / (32 * 9)))  # KaimingNormal, fan_in
+
+
+def test_bottleneck_v1_puts_stride_on_first_1x1():
+    spec = rm.get_spec("resnet50")
+    v1 = spec.replace(block=rm.BlockSpec(kind="bottleneck", stride_on="1x1"))
+    convs = [op for op in rm.make_plan(v1).stages[1].blocks[0].main if isinstance(op, P.Conv)]
+    assert [c.stride for c in convs] == [2, 1, 1]
+    convs = [op for op in rm.make_plan(spec).stages[1].blocks[0].main if isinstance(op, P.Conv)]
+    assert [c.stride for c in convs] == [1, 2, 1]
+    assert rm.summary(v1, (1, 3, 65, 65)).output_shapes["logits"] == (1, 1000)
+
+
+def test_dilation_replaces_stride_like_torchvision():
+    spec = rm.get_spec("resnet50")
+    stages = tuple(s if i < 2 else rm.StageSpec(s.depth, s.channels, s.stride, dilate=True)
+                   for i, s in enumerate(spec.stages))
+    p = rm.make_plan(spec.replace(stages=stages))
+    assert p.shapes((1, 3, 224, 224))["layer4"] == (1, 2048, 28, 28)  # output stride 8
+    conv2 = lambda block: block.main[3]  # noqa: E731
+    # torchvision: a dilated stage's first block keeps the previous dilation
+    assert [(conv2(b).dilation, conv2(b).padding) for b in p.stages[2].blocks[:2]] == [(1, 1), (2, 2)]
+    assert [(conv2(b).dilation, conv2(b).padding) for b in p.stages[3].blocks[:2]] == [(2, 2), (4, 4)]
+    assert p.stages[3].blocks[0].shortcut[0].stride == 1
+
+
+def test_resnet_d_avgpool_shortcut():
+    p = rm.make_plan(rm.get_spec("resnet50d"))
+    assert [n for n in p.params if n.startswith("conv1.") and p.params[n].role == "conv_weight"] == [
+        "conv1.0.weight", "conv1.3.weight", "conv1.6.weight"]  # timm's deep-stem names
+    assert p.params["conv1.4.running_var"].shape == (32,) and p.params["bn1.weight"].shape == (64,)
+    # stage 1 has stride 1: timm uses no pool there, names stay downsample.1/.2
+    assert not any(isinstance(op, P.AvgPool) for op in p.stages[0].blocks[0].shortcut)
+    pool, conv, bn = p.stages[1].blocks[0].shortcut
+    assert pool == P.AvgPool(2, 2, 0, ceil_mode=True, count_include_pad=False)
+    assert (conv.name, conv.stride, bn.name) == ("layer2.0.downsample.1", 1, "layer2.0.downsample.2")
+    assert pool.out_size(33) == 17 and pool.out_size(1) == 1
+
+
+def test_shortcut_always_and_conv_without_bn():
+    spec = rm.get_spec("resnet18").replace(shortcut=rm.ShortcutSpec(kind="conv", when="always"))
+    p = rm.make_plan(spec)
+    assert "layer1.0.downsample.0.weight" in p.params  # projects though shapes match
+    assert "layer1.0.downsample.1.weight" not in p.params and "layer1.1.downsample.0.weight" not in p.params
+    d2l = rm.make_plan(rm.get_spec("d2l_resnet18"))
+    assert "layer2.0.downsample.0.bias" in d2l.params and "layer1.0.downsample.0.weight" not in d2l.params
+    assert d2l.params["conv1.weight"].shape == (64, 1, 7, 7) and d2l.params["fc.weight"].shape == (10, 512)
+
+
+def test_squeeze_excitation_params_and_taps():
+    spec = rm.get_spec("resnet50").replace(block=rm.BlockSpec(kind="bottleneck", se_ratio=1 / 16))
+    p = rm.make_plan(spec)
+    assert p.params["layer1.0.se.fc1.weight"].shape == (16, 256, 1, 1)
+    assert p.params["layer4.2.se.fc2.bias"].shape == (2048,)
+
+
+def test_out_indices_and_tap_names():
+    spec = rm.get_spec("resnet18").replace(head=None, out_indices=(1, 3))
+    p = rm.make_plan(spec)
+    assert p.output_names() == ("layer2", "layer4")
+    assert p.tap_names[:4] == ("stem", "layer1.0", "layer1.1", "layer1")
+    assert "logits" not in p.tap_names
+    assert rm.make_plan(rm.get_spec("resnet18")).tap_names[-2:] == ("pre_logits", "logits")
+
+
+def test_zero_init_last_bn():
+    spec = rm.get_spec("resnet50").replace(init=rm.InitSpec(zero_init_last_bn=True))
+    p = rm.make_plan(spec)
+    assert p.params["layer1.0.bn3.weight"].init == ("zeros", 0.0)
+    assert p.params["layer1.0.bn2.weight"].init == ("ones", 0.0)
+    assert p.params["layer1.0.downsample.1.weight"].init == ("ones", 0.0)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 224, 224), "expected a 4-D NCHW array"),
+    ((1, 1, 224, 224), "expected 3 input channel(s)"),
+    ((1, 3, 0, 47), "is too small"),
+])
+def test_summary_rejects_bad_input_shape(shape, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        rm.summary("resnet50", input_shape=shape)
+
+
+def test_import_loads_no_framework():
+    code = (
+        "import sys, resnet_multi as rm\n"
+        "rm.summary('resnet50'); rm.list_specs(); rm.make_plan(rm.get_spec('resnet45'))\n"
+        "rm.available_backends()\n"
+        "loaded = [m for m in ('torch', 'paddle', 'jax', 'flax', 'tensorflow') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "print('clean')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "clean"
