@@ -10,6 +10,10 @@ import json
 import sys
 
 
+class UsageError(ValueError):
+    """Arguments that do not fit together (exit code 2)."""
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -37,7 +41,11 @@ def _cmd_summary(args) -> int:
 
     spec = resolve_spec(args.spec)
     shape = args.input or (1, spec.in_channels, 224, 224)
-    print(summary(spec, input_shape=shape))
+    try:
+        table = summary(spec, input_shape=shape)
+    except ValueError as exc:  # the --input shape does not fit the spec
+        raise UsageError(str(exc)) from None
+    print(table)
     return 0
 
 
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SpecError, BackendError, KeyError) as exc:  # bad arguments: unknown preset, invalid spec file
+    except (SpecError, BackendError, KeyError, UsageError) as exc:  # bad arguments: unknown preset, invalid spec file
         print(f"resnet-multi {args.command}: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as exc:  # unreadable, corrupt or mismatched files
