@@ -51,6 +51,9 @@ class StemSpec:
     stride: int = 2
     pool: bool = True
 
+    def __post_init__(self):
+        _freeze_lists(self, "widths")
+
 
 @dataclass(frozen=True)
 class BlockSpec:
@@ -140,6 +143,7 @@ class ResNetSpec:
     init: InitSpec = field(default_factory=InitSpec)
 
     def __post_init__(self):
+        _freeze_lists(self, "stages", "out_indices")
         validate_spec(self)
 
     def replace(self, **changes) -> "ResNetSpec":
@@ -168,6 +172,14 @@ class ResNetSpec:
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def _freeze_lists(obj, *names: str) -> None:
+    """Accept lists where tuples are declared (friendlier in Python code), store tuples."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, list):
+            object.__setattr__(obj, name, tuple(value))
 
 
 def _check(ok: bool, path: str, message: str, value: Any) -> None:
