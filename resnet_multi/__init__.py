@@ -5,7 +5,9 @@ the first time that backend is used.
 """
 
 from .api import build, export_weights, forward, import_weights, plan_of
+from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
+from .reference import reference_forward
 from .registry import BackendError, available_backends, backend_names
 from .spec import (BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
                    StemSpec, load_spec, save_spec)
@@ -16,8 +18,8 @@ from .zoo import get_spec, list_specs
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "BlockSpec", "HeadSpec", "InitSpec", "NormSpec", "Plan", "ResNetSpec", "ShortcutSpec",
-    "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends", "backend_names", "build",
-    "export_weights", "forward", "get_spec", "import_weights", "list_specs", "load_spec", "make_plan", "plan_of",
-    "save_spec", "summary",
+    "BackendError", "BlockSpec", "HeadSpec", "InitSpec", "NormSpec", "ParityReport", "Plan", "ResNetSpec",
+    "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends", "backend_names",
+    "build", "check_parity", "export_weights", "forward", "get_spec", "import_weights", "list_specs", "load_spec",
+    "make_plan", "plan_of", "reference_forward", "save_spec", "summary",
 ]

@@ -67,15 +67,39 @@ def _cmd_inspect(args) -> int:
 
 def _cmd_parity(args) -> int:
     from .parity import check_parity
+    from .plan import make_plan
+    from .zoo import resolve_spec
 
-    report = check_parity(args.spec, backends=tuple(args.backends.split(",")), weights=args.weights,
-                          input_shape=args.input, seed=args.seed, rtol=args.rtol, atol=args.atol)
-    print(report)
-    if args.json:
-        from .io_util import atomic_write_text
+    spec = resolve_spec(args.spec)
+    if args.input is not None:
+        try:
+            make_plan(spec).check_input_shape(args.input, what="--input")
+        except ValueError as exc:  # a shape that does not fit the spec is a bad argument, not a failed check
+            print(f"resnet-multi parity: error: {exc}", file=sys.stderr)
+            return 2
+    backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
+    report = check_parity(spec, backends=backends, weights=args.weights, input_shape=args.input, seed=args.seed,
+                          rtol=args.rtol, atol=args.atol, reference=args.reference)
+    text = json.dumps(report.to_dict(), indent=2) + "\n"
+    if args.json == "-":
+        sys.stdout.write(text)
+    else:
+        print(report.format(all_taps=args.all_taps))
+        if args.json:
+            from .io_util import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+            atomic_write_text(args.json, text)
     return 0 if report.ok else 1
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -105,15 +129,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("parity", help="check that backends compute the same function, tap by tap")
+    p = sub.add_parser("parity", help="check that backends compute the same function, tap by tap",
+                       description="Build the spec in each backend with the same weights, run the same input, "
+                                   "and compare every tap (stem, blocks, stages, pre_logits, logits) with a "
+                                   "reference. A tap passes when max|out - ref| <= atol + rtol * max|ref|. "
+                                   "Exit code 0: all pass; 1: some tap fails; 2: bad arguments.")
     p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
-    p.add_argument("--backends", default="torch,paddle,flax", help="comma-separated backends")
-    p.add_argument("--weights", default=None, help="checkpoint to use (default: random, randomized BN stats)")
-    p.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rtol", type=float, default=1e-5, help="relative to max |reference| per tap")
-    p.add_argument("--atol", type=float, default=1e-6)
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--backends", default="torch,paddle,flax",
+                   help="comma-separated backends (default torch,paddle,flax); 'numpy' adds the oracle as a row "
+                        "when --reference is a backend")
+    p.add_argument("--reference", default="numpy",
+                   help="what the backends are compared with: 'numpy' (float64 oracle, default) or a backend")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint to use, any supported format (default: random, randomized BN stats)")
+    p.add_argument("--input", type=_shape, default=None,
+                   help="input shape N,C,H,W (default 1,C,33,47: odd and non-square)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the default weights and input")
+    p.add_argument("--rtol", type=_tolerance, default=1e-5, help="relative to max |reference| per tap (default 1e-5)")
+    p.add_argument("--atol", type=_tolerance, default=1e-6, help="absolute floor (default 1e-6)")
+    p.add_argument("--all-taps", action="store_true", help="list every tap, not only the failing ones")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="also write the report as JSON to FILE ('-': JSON on stdout instead of the table)")
     p.set_defaults(func=_cmd_parity)
     return parser
 

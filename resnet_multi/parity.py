@@ -1,0 +1,398 @@
+"""Cross-backend parity: the same weights and input through every backend, compared tap by tap.
+
+``check_parity`` builds the spec in each backend with one set of canonical weights, runs one
+input through all of them and through a reference (the float64 numpy oracle by default), and
+compares every tap (stem, each block, each stage, pre_logits, logits) against the reference:
+
+    a tap passes when  max|out - ref| <= atol + rtol * max|ref|
+
+The bound is relative to the scale of the tap compared (deep nets with random weights reach
+activations of 1e6), with an absolute floor for taps that are near zero. The defaults
+(rtol 1e-5, atol 1e-6) sit about 10x above float32 summation-order noise (~1e-7 to 1e-6
+relative, growing slowly with depth); a real porting bug (padding, pooling, BN convention,
+a transpose) gives errors of 1e-2 and more.
+
+``check_models`` does the same for models that are already built, e.g. after loading
+different weights into one of them; ``check_parity`` is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from . import api
+from .plan import Plan, make_plan
+from .reference import reference_forward
+from .registry import BackendError, get_backend
+from .weights import check_weights, random_weights
+from .zoo import resolve_spec
+
+NUMPY = "numpy"
+"""The name of the float64 numpy oracle, as a reference or as one more row in the report."""
+
+DEFAULT_HW = (33, 47)
+"""Default input height and width: small (fast), odd and non-square, so that padding and
+ceil_mode mistakes, which cancel out at even square sizes such as 224, show up."""
+
+
+@dataclass(frozen=True)
+class TapResult:
+    """One backend's error on one tap. ``max_abs`` = max|out - ref|; ``max_ref`` = max|ref|;
+    ``rel`` = max_abs / max_ref; ``bound`` = atol + rtol * max_ref; ``ok`` = max_abs <= bound.
+    ``note`` explains a failure that is not a number (a missing tap, a shape mismatch)."""
+
+    backend: str
+    tap: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_ref: float
+    rel: float
+    bound: float
+    ok: bool
+    note: str = ""
+
+
+class Divergence(NamedTuple):
+    """Where outputs first disagree: ``(backend, tap, max_abs, rel)``."""
+
+    backend: str
+    tap: str
+    max_abs: float
+    rel: float
+
+
+def _json_number(value: float):
+    """JSON has no inf/nan: they become null (the row's ``note`` or ``ok`` says why)."""
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Per-(backend, tap) errors of a parity check against one reference.
+
+    Attributes:
+        spec_name, input_shape, reference (a backend name or "numpy"), backends (compared,
+        in order), taps (every tap, in execution order), rtol, atol, results (TapResult per
+        backend and tap, backend-major, taps in execution order).
+    """
+
+    spec_name: str
+    input_shape: tuple[int, ...]
+    reference: str
+    backends: tuple[str, ...]
+    taps: tuple[str, ...]
+    rtol: float
+    atol: float
+    results: tuple[TapResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every tap of every backend is within the bound."""
+        return all(r.ok for r in self.results)
+
+    def rows(self, backend: str) -> list[TapResult]:
+        """The results of one backend, in execution order."""
+        return [r for r in self.results if r.backend == backend]
+
+    def failures(self, backend: str | None = None) -> list[TapResult]:
+        """The failing results (of one backend, or of all), in report order."""
+        return [r for r in self.results if not r.ok and (backend is None or r.backend == backend)]
+
+    @property
+    def divergences(self) -> dict[str, Divergence]:
+        """Each failing backend's first failing tap in execution order."""
+        first: dict[str, Divergence] = {}
+        for r in self.failures():
+            first.setdefault(r.backend, Divergence(r.backend, r.tap, r.max_abs, r.rel))
+        return first
+
+    @property
+    def first_divergence(self) -> Divergence | None:
+        """None when all pass; otherwise the earliest failing tap in execution order over all
+        backends (ties: the backend listed first), as ``(backend, tap, max_abs, rel)``.
+
+        A bug's first tap is where to look: later taps inherit its error. Comparing by
+        execution order (not by backend order) means that when one backend is wrong at
+        ``layer2.0`` and another only at ``logits``, the report points at ``layer2.0``.
+        """
+        order = {tap: i for i, tap in enumerate(self.taps)}
+        candidates = self.divergences.values()
+        if not candidates:
+            return None
+        return min(candidates, key=lambda d: (order.get(d.tap, len(order)), self.backends.index(d.backend)))
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (inf/nan errors become null)."""
+        results = []
+        for r in self.results:
+            row = asdict(r)
+            row["shape"] = list(r.shape)
+            for key in ("max_abs", "max_ref", "rel", "bound"):
+                row[key] = _json_number(row[key])
+            results.append(row)
+        first = self.first_divergence
+        return {
+            "spec": self.spec_name,
+            "input_shape": list(self.input_shape),
+            "reference": self.reference,
+            "backends": list(self.backends),
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "ok": self.ok,
+            "first_divergence": None if first is None else {
+                "backend": first.backend, "tap": first.tap,
+                "max_abs": _json_number(first.max_abs), "rel": _json_number(first.rel)},
+            "summary": {b: self._summary(b, json_ready=True) for b in self.backends},
+            "results": results,
+        }
+
+    def _summary(self, backend: str, json_ready: bool = False) -> dict:
+        """Taps compared and passed, and the worst relative error (nan counts as worst)."""
+        rows = self.rows(backend)
+        worst = max(rows, key=lambda r: (r.rel if not math.isnan(r.rel) else math.inf), default=None)
+        worst_rel = None if worst is None else worst.rel
+        if json_ready and worst_rel is not None:
+            worst_rel = _json_number(worst_rel)
+        return {"taps": len(rows), "passed": sum(r.ok for r in rows), "worst_rel": worst_rel,
+                "worst_tap": None if worst is None else worst.tap}
+
+    def format(self, *, all_taps: bool = False, max_failures: int = 5) -> str:
+        """The report as a table: a summary line per backend, then the failing taps.
+
+        Args:
+            all_taps: list every tap of every backend (resnet152 has 57 taps per backend).
+            max_failures: failing taps listed per backend when ``all_taps`` is False (the
+                first ones matter: later taps inherit the error).
+        """
+        bw = max([len("backend"), *map(len, self.backends)])
+        tw = max([len("tap"), len("at tap"), *map(len, self.taps)])
+        lines = [f"parity of {self.spec_name}: input {tuple(self.input_shape)}, reference {self.reference}"
+                 f"{' (float64)' if self.reference == NUMPY else ''}; "
+                 f"a tap passes when max|a-b| <= {self.atol:g} + {self.rtol:g} * max|ref|",
+                 "",
+                 f"{'backend':<{bw}}  {'passed':>7}  {'worst rel':>9}  {'at tap':<{tw}}  result"]
+        for b in self.backends:
+            s = self._summary(b)
+            worst = "-" if s["worst_rel"] is None else f"{s['worst_rel']:.2e}"
+            first = self.divergences.get(b)
+            result = "ok" if first is None else f"FAIL from {first.tap}"
+            passed = f"{s['passed']}/{s['taps']}"
+            lines.append(f"{b:<{bw}}  {passed:>7}  {worst:>9}  {s['worst_tap'] or '-':<{tw}}  {result}")
+
+        if all_taps:
+            shown, title = list(self.results), "all taps"
+        else:
+            shown, title = [], "failing taps (later taps inherit the first one's error)"
+            for b in self.backends:
+                failing = self.failures(b)
+                shown += failing[:max_failures]
+                if len(failing) > max_failures:
+                    shown.append(f"{b:<{bw}}  ... and {len(failing) - max_failures} more failing taps")
+        if shown:
+            lines += ["", f"{title}:",
+                      f"{'backend':<{bw}}  {'tap':<{tw}}  {'shape':<16}  {'max abs':>9}  {'max|ref|':>9}  "
+                      f"{'rel':>9}  result"]
+            for r in shown:
+                if isinstance(r, str):
+                    lines.append(r)
+                    continue
+                verdict = "ok" if r.ok else "FAIL" + (f" ({r.note})" if r.note else "")
+                shape = "x".join(map(str, r.shape))
+                lines.append(f"{r.backend:<{bw}}  {r.tap:<{tw}}  {shape:<16}  {r.max_abs:>9.2e}  {r.max_ref:>9.2e}  "
+                             f"{r.rel:>9.2e}  {verdict}")
+        first = self.first_divergence
+        lines.append("")
+        if first is None:
+            lines.append(f"all {len(self.results)} comparisons pass")
+        else:
+            lines.append(f"first divergence: {first.backend} at {first.tap} "
+                         f"(max abs {first.max_abs:.3g}, relative {first.rel:.3g})")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def compare_tap(backend: str, tap: str, out, ref, *, rtol: float, atol: float) -> TapResult:
+    """One tap's figures: ``out`` against ``ref`` (missing or mis-shaped outputs fail)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    max_ref = float(np.max(np.abs(ref))) if ref.size else 0.0
+    bound = atol + rtol * max_ref
+    if out is None:
+        return TapResult(backend, tap, tuple(ref.shape), math.inf, max_ref, math.inf, bound, False,
+                         "missing: the backend did not return this tap")
+    out = np.asarray(out, dtype=np.float64)
+    if out.shape != ref.shape:
+        return TapResult(backend, tap, tuple(out.shape), math.inf, max_ref, math.inf, bound, False,
+                         f"shape {out.shape} != reference {ref.shape}")
+    max_abs = float(np.max(np.abs(out - ref))) if ref.size else 0.0  # nan if out has nan
+    rel = max_abs / max_ref if max_ref > 0 else (0.0 if max_abs == 0 else math.inf)
+    return TapResult(backend, tap, tuple(ref.shape), max_abs, max_ref, rel, bound, bool(max_abs <= bound))
+
+
+def compare_outputs(plan: Plan, outputs: Mapping[str, Mapping[str, np.ndarray]],
+                    reference_outputs: Mapping[str, np.ndarray], *, input_shape: Sequence[int],
+                    reference: str = NUMPY, rtol: float = 1e-5, atol: float = 1e-6) -> ParityReport:
+    """A ParityReport from outputs already computed: ``outputs[backend][tap]`` against
+    ``reference_outputs[tap]``, for every tap of ``plan.tap_names``."""
+    _check_tolerances(rtol, atol)
+    results = []
+    for backend, taps in outputs.items():
+        for tap in plan.tap_names:
+            results.append(compare_tap(backend, tap, taps.get(tap), reference_outputs[tap], rtol=rtol, atol=atol))
+    return ParityReport(plan.spec.name, tuple(int(s) for s in input_shape), reference, tuple(outputs),
+                        plan.tap_names, float(rtol), float(atol), tuple(results))
+
+
+def _check_tolerances(rtol: float, atol: float) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+
+
+def _as_input(plan: Plan, inputs) -> np.ndarray:
+    """The input every backend and the oracle receive: float32 NCHW (the oracle upcasts it)."""
+    x = np.asarray(inputs)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"inputs: expected a floating point array, got dtype {x.dtype}")
+    plan.check_input_shape(x.shape, what="inputs")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def check_models(models: Mapping[str, object], inputs: np.ndarray, *, weights: Mapping[str, np.ndarray] | None = None,
+                 reference: str = NUMPY, rtol: float = 1e-5, atol: float = 1e-6) -> ParityReport:
+    """Compare models that are already built (any backends, one plan), tap by tap.
+
+    Args:
+        models: label -> model built by ``rm.build`` (labels are usually backend names; any
+            string but "numpy" will do, so two models of one backend can be compared).
+        inputs: the NCHW input, fed to every model as float32.
+        weights: canonical weights for the numpy oracle (needed when ``reference`` is "numpy").
+        reference: "numpy" (the float64 oracle on ``weights``) or one of the labels of
+            ``models`` (that model is the reference and is not listed as compared).
+        rtol, atol: the per-tap bound, max|a - b| <= atol + rtol * max|ref|.
+    Returns:
+        ParityReport.
+    Example:
+        >>> rm.import_weights(paddle_model, {"layer3.2.bn2.running_var": v})  # one model only
+        >>> check_models({"torch": t, "paddle": paddle_model}, x, weights=w).first_divergence
+        Divergence(backend='paddle', tap='layer3.2', ...)
+    """
+    if not models:
+        raise ValueError("check_models: no models to compare")
+    plans = {label: api.plan_of(model) for label, model in models.items()}
+    plan = next(iter(plans.values()))
+    for label, other in plans.items():
+        if other.spec != plan.spec:
+            raise ValueError(f"check_models: {label!r} was built from spec {other.spec.name!r}, "
+                             f"not {plan.spec.name!r}; parity needs one spec")
+    _check_tolerances(rtol, atol)
+    x = _as_input(plan, inputs)
+    if reference == NUMPY:
+        if weights is None:
+            raise ValueError("check_models: the numpy reference needs the canonical weights (weights=...)")
+        if NUMPY in models:
+            raise ValueError(f"check_models: {NUMPY!r} names the oracle; label the models otherwise")
+        reference_outputs = reference_forward(plan, check_weights(plan, weights), x, taps=True)
+    elif reference in models:
+        reference_outputs = api.forward(models[reference], x, taps=True)
+    else:
+        raise ValueError(f"check_models: reference {reference!r} is neither {NUMPY!r} nor one of the models "
+                         f"({', '.join(models)})")
+    outputs = {label: api.forward(model, x, taps=True) for label, model in models.items() if label != reference}
+    return compare_outputs(plan, outputs, reference_outputs, input_shape=x.shape, reference=reference,
+                           rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------- the public entry point
+
+
+def _resolve_weights(spec, weights):
+    """(spec, weights or None) from a spec argument and a dict or a checkpoint path."""
+    file_spec = None
+    if isinstance(weights, (str, os.PathLike)):
+        from .convert import read_canonical  # any supported checkpoint format
+
+        weights, file_spec = read_canonical(weights)
+    if spec is None:
+        if file_spec is None:
+            raise ValueError("check_parity: no spec given and the weights carry none; pass a spec")
+        spec = file_spec
+    return resolve_spec(spec), weights
+
+
+def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), weights=None, inputs=None,
+                 input_shape: Sequence[int] | None = None, seed: int = 0, rtol: float = 1e-5, atol: float = 1e-6,
+                 reference: str = NUMPY) -> ParityReport:
+    """Check that backends compute the same function as a reference, tap by tap.
+
+    Every backend is built with the same canonical weights and fed the same float32 input;
+    every tap (stem, each block, each stage, pre_logits, logits) is compared with the
+    reference's. A tap passes when max|out - ref| <= atol + rtol * max|ref|.
+
+    Args:
+        spec: a ResNetSpec, a preset name or a spec file (None: the spec stored in the
+            ``weights`` file).
+        backends: the backends to compare; "numpy" may be listed too when ``reference`` is a
+            backend (the oracle then appears as one more row).
+        weights: canonical weights (dict) or a checkpoint file of any supported format.
+            Default: ``random_weights(plan, seed)``: random convs and linears, BN scales,
+            biases, running means and variances away from 1 and 0, no zero-init, so a
+            swapped mean/var or a missing transpose cannot hide.
+        inputs: the NCHW input (default: standard normal, of ``input_shape``, from a
+            generator seeded with ``(seed, 1)``).
+        input_shape: (N, C, H, W) of the default input; default (1, in_channels, 33, 47):
+            small, odd and non-square, where padding and ceil_mode bugs show.
+        seed: seed of the default weights and input.
+        rtol, atol: the bound (defaults: about 10x float32 summation-order noise).
+        reference: "numpy" (the float64 oracle, default) or a backend name.
+    Returns:
+        ParityReport: ``.ok``, ``.first_divergence`` (None or (backend, tap, max abs, rel)),
+        ``.to_dict()``, and ``print(report)`` for a table.
+    Example:
+        >>> report = rm.check_parity("resnet50", backends=("torch", "paddle", "flax"))
+        >>> report.ok, report.first_divergence
+        (True, None)
+    """
+    spec, weights = _resolve_weights(spec, weights)
+    plan = make_plan(spec)
+    _check_tolerances(rtol, atol)
+    backends = tuple(dict.fromkeys(backends))  # keep order, drop repeats
+    if not backends:
+        raise BackendError("check_parity: no backends to compare")
+    for name in backends:
+        if name != NUMPY:
+            get_backend(name)  # unknown or uninstalled backend: fail before any work
+    if reference != NUMPY:
+        get_backend(reference)
+    if reference == NUMPY and NUMPY in backends:
+        raise BackendError("check_parity: 'numpy' is already the reference; list it in backends only when "
+                           "reference names a backend")
+
+    if inputs is None:
+        shape = tuple(input_shape) if input_shape is not None else (1, plan.in_channels, *DEFAULT_HW)
+        plan.check_input_shape(shape, what="input_shape")
+        inputs = np.random.default_rng((seed, 1)).standard_normal(shape).astype(np.float32)
+    elif input_shape is not None and tuple(np.shape(inputs)) != tuple(input_shape):
+        raise ValueError(f"inputs have shape {np.shape(inputs)} but input_shape is {tuple(input_shape)}; "
+                         "give one of them")
+    x = _as_input(plan, inputs)
+    weights = random_weights(plan, seed) if weights is None else check_weights(plan, weights)
+
+    def run(name: str) -> dict[str, np.ndarray]:
+        if name == NUMPY:
+            return reference_forward(plan, weights, x, taps=True)
+        return api.forward(api.build(spec, backend=name, weights=weights), x, taps=True)
+
+    reference_outputs = run(reference)
+    outputs = {name: run(name) for name in backends if name != reference}
+    return compare_outputs(plan, outputs, reference_outputs, input_shape=x.shape, reference=reference,
+                           rtol=rtol, atol=atol)

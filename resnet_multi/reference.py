@@ -1,0 +1,230 @@
+"""The numpy oracle: an eval-mode forward pass of any Plan, in plain numpy, in float64.
+
+No framework is imported here: this is the independent reference every backend is compared
+against (``check_parity``'s default). It is written to be read. Each primitive is a small
+function that spells out the convention the frameworks disagree on (see NUMERICS.md):
+
+- ``conv2d``      im2col + one batched matmul; explicit symmetric padding, stride, dilation, groups.
+- ``batch_norm``  eval: (x - running_mean) / sqrt(running_var + eps) * weight + bias.
+- ``max_pool2d``  padding counts as -inf (never 0: a window of negatives must stay negative).
+- ``avg_pool2d``  PyTorch's ceil_mode and count_include_pad rules, exactly.
+- ``squeeze_excite``, ``linear``, global average pooling, ReLU.
+
+Everything is computed in float64, so the oracle's own rounding error (~1e-16 relative) is far
+below the float32 noise of the backends (~1e-7 relative per op): a difference from the
+oracle is the backend's. The weights and the input are used as float32 values (what the
+backends hold), upcast exactly to float64.
+
+Speed: convolutions are one BLAS matmul each; resnet152 at 1x3x33x47 takes about a second.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import plan as P
+
+# --------------------------------------------------------------------------- primitives (NCHW, float64)
+
+
+def _windows(x: np.ndarray, kernel_size: int, stride: int, dilation: int = 1) -> np.ndarray:
+    """Every ``kernel_size`` x ``kernel_size`` window of an already padded NCHW array.
+
+    Returns a view of shape (N, C, H_out, W_out, k, k): window (i, j) starts at
+    (i * stride, j * stride) and samples every ``dilation``-th pixel.
+    """
+    span = dilation * (kernel_size - 1) + 1  # the window's extent in the input
+    views = sliding_window_view(x, (span, span), axis=(2, 3))  # (N, C, H-span+1, W-span+1, span, span)
+    return views[:, :, ::stride, ::stride, ::dilation, ::dilation]
+
+
+def _pad(x: np.ndarray, padding, value: float = 0.0) -> np.ndarray:
+    """Pad H and W of an NCHW array. ``padding`` is an int (the same on all four sides) or
+    ((top, bottom), (left, right))."""
+    if isinstance(padding, int):
+        padding = ((padding, padding), (padding, padding))
+    (top, bottom), (left, right) = padding
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *, stride: int = 1,
+           padding=0, dilation: int = 1, groups: int = 1) -> np.ndarray:
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    Args:
+        x: (N, C_in, H, W).
+        weight: (C_out, C_in // groups, k, k), OIHW.
+        bias: (C_out,) or None.
+        padding: zeros on each side: an int, or ((top, bottom), (left, right)).
+    Returns:
+        (N, C_out, H_out, W_out).
+    """
+    n, c_in, _, _ = x.shape
+    c_out, c_in_per_group, k, _ = weight.shape
+    assert c_in == c_in_per_group * groups, f"conv: {c_in} input channels, weight expects {c_in_per_group}x{groups}"
+    cols = _windows(_pad(x, padding), k, stride, dilation)            # (N, C_in, Ho, Wo, k, k)
+    _, _, h_out, w_out, _, _ = cols.shape
+    # im2col per group: rows are output pixels, columns are (input channel, kh, kw) of the group
+    cols = cols.reshape(n, groups, c_in_per_group, h_out, w_out, k, k)
+    cols = cols.transpose(0, 1, 3, 4, 2, 5, 6).reshape(n, groups, h_out * w_out, c_in_per_group * k * k)
+    kernels = weight.reshape(groups, c_out // groups, c_in_per_group * k * k).transpose(0, 2, 1)
+    out = cols @ kernels                                              # (N, G, Ho*Wo, C_out/G)
+    out = out.transpose(0, 1, 3, 2).reshape(n, c_out, h_out, w_out)
+    if bias is not None:
+        out = out + bias.reshape(1, c_out, 1, 1)
+    return out
+
+
+def batch_norm(x: np.ndarray, weight, bias, running_mean, running_var, eps: float) -> np.ndarray:
+    """Eval-mode BatchNorm over the channel axis of NCHW (running statistics, no update)."""
+    def per_channel(v):
+        return np.asarray(v).reshape(1, -1, 1, 1)
+
+    return (x - per_channel(running_mean)) / np.sqrt(per_channel(running_var) + eps) * per_channel(weight) \
+        + per_channel(bias)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+def max_pool2d(x: np.ndarray, kernel_size: int, stride: int, padding: int) -> np.ndarray:
+    """Max pooling; padded pixels are -inf, so they never win (PyTorch, Paddle and Flax agree)."""
+    return _windows(_pad(x, padding, -np.inf), kernel_size, stride).max(axis=(4, 5))
+
+
+def _avg_pool_matrix(size: int, out_size: int, kernel_size: int, stride: int, padding: int,
+                     count_include_pad: bool) -> np.ndarray:
+    """(out_size, size) matrix whose row ``o`` averages output ``o``'s window along one axis.
+
+    PyTorch's rule (aten AvgPool2d): the window is [o*stride - padding, + kernel_size),
+    clipped on the right to ``size + padding`` (with ceil_mode the last window may reach past
+    the padding: that part is never counted). With ``count_include_pad`` the divisor is that
+    clipped window, padding included; without it, only the pixels inside the input.
+    Average pooling is separable, and the 2-D divisor is the product of the per-axis ones.
+    """
+    rows = np.zeros((out_size, size))
+    for o in range(out_size):
+        start = o * stride - padding
+        end = min(start + kernel_size, size + padding)
+        inside = slice(max(start, 0), min(end, size))
+        divisor = (end - start) if count_include_pad else (inside.stop - inside.start)
+        rows[o, inside] = 1.0 / divisor
+    return rows
+
+
+def avg_pool2d(x: np.ndarray, kernel_size: int, stride: int, padding: int = 0, *, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> np.ndarray:
+    """Average pooling, exactly as ``torch.nn.AvgPool2d`` (and Paddle with ``exclusive`` =
+    not ``count_include_pad``), including ``ceil_mode``'s extra partial windows."""
+    op = P.AvgPool(kernel_size, stride, padding, ceil_mode, count_include_pad)  # the plan owns the size rule
+    _, _, h, w = x.shape
+    along_h = _avg_pool_matrix(h, op.out_size(h), kernel_size, stride, padding, count_include_pad)
+    along_w = _avg_pool_matrix(w, op.out_size(w), kernel_size, stride, padding, count_include_pad)
+    return np.einsum("oh,nchw,pw->ncop", along_h, x, along_w)
+
+
+def global_avg_pool(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N, C): the mean over all spatial positions."""
+    return x.mean(axis=(2, 3))
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """x @ weight.T + bias, with weight in PyTorch's (out, in) layout."""
+    return x @ weight.T + bias
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def squeeze_excite(x: np.ndarray, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> np.ndarray:
+    """timm's SE: x * sigmoid(fc2(relu(fc1(mean over H, W)))), fc1/fc2 being 1x1 convs with bias."""
+    s = x.mean(axis=(2, 3), keepdims=True)
+    s = relu(conv2d(s, fc1_weight, fc1_bias))
+    return x * sigmoid(conv2d(s, fc2_weight, fc2_bias))
+
+
+# --------------------------------------------------------------------------- walking the plan
+
+
+def run_op(op, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Apply one plan op to ``x``, taking its parameters from canonical ``weights``."""
+    if isinstance(op, P.Conv):
+        bias = weights[f"{op.name}.bias"] if op.bias else None
+        return conv2d(x, weights[f"{op.name}.weight"], bias, stride=op.stride, padding=op.padding,
+                      dilation=op.dilation, groups=op.groups)
+    if isinstance(op, P.BatchNorm):
+        return batch_norm(x, weights[f"{op.name}.weight"], weights[f"{op.name}.bias"],
+                          weights[f"{op.name}.running_mean"], weights[f"{op.name}.running_var"], op.eps)
+    if isinstance(op, P.ReLU):
+        return relu(x)
+    if isinstance(op, P.MaxPool):
+        return max_pool2d(x, op.kernel_size, op.stride, op.padding)
+    if isinstance(op, P.AvgPool):
+        return avg_pool2d(x, op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                          count_include_pad=op.count_include_pad)
+    if isinstance(op, P.SqueezeExcite):
+        return squeeze_excite(x, weights[f"{op.name}.fc1.weight"], weights[f"{op.name}.fc1.bias"],
+                              weights[f"{op.name}.fc2.weight"], weights[f"{op.name}.fc2.bias"])
+    if isinstance(op, P.Linear):
+        return linear(x, weights[f"{op.name}.weight"], weights[f"{op.name}.bias"])
+    raise TypeError(f"reference: no numpy implementation of plan op {op!r}")
+
+
+def run_block(block: P.Block, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    """relu(main(x) [* se(main(x))] + shortcut(x)); an empty shortcut is the identity."""
+    out = x
+    for op in block.main:
+        out = run_op(op, out, weights)
+    if block.se is not None:
+        out = run_op(block.se, out, weights)
+    shortcut = x
+    for op in block.shortcut:
+        shortcut = run_op(op, shortcut, weights)
+    return relu(out + shortcut)
+
+
+def reference_forward(plan: P.Plan, weights: Mapping[str, np.ndarray], x_nchw: np.ndarray, *,
+                      taps: bool = False) -> dict[str, np.ndarray]:
+    """Eval-mode forward pass of ``plan`` in numpy, float64: the framework-free oracle.
+
+    Args:
+        plan: the model's plan (``rm.make_plan(spec)``).
+        weights: complete canonical weights (torchvision names, PyTorch layout). They are
+            rounded to float32 first (what every backend holds), then computed in float64.
+        x_nchw: the input, (N, in_channels, H, W); also rounded to float32, then upcast.
+        taps: return every ``plan.tap_names`` entry, not only ``plan.output_names()``.
+    Returns:
+        ``{tap name: float64 array}``, the same keys and shapes a backend's ``forward``
+        returns: feature maps NCHW, ``pre_logits``/``logits`` 2-D. Dropout is off (eval).
+    Example:
+        >>> plan = rm.make_plan(rm.get_spec("resnet18"))
+        >>> out = reference_forward(plan, random_weights(plan), x)["logits"]
+    """
+    plan.check_input_shape(np.shape(x_nchw))
+    missing = [name for name in plan.params if name not in weights]
+    if missing:
+        raise KeyError(f"reference_forward: {len(missing)} weight(s) missing for {plan.spec.name!r}, "
+                       f"e.g. {', '.join(missing[:5])}")
+    w = {name: np.asarray(weights[name], dtype=np.float32).astype(np.float64) for name in plan.params}
+    x = np.asarray(x_nchw, dtype=np.float32).astype(np.float64)
+
+    collected: dict[str, np.ndarray] = {}
+    for op in plan.stem:
+        x = run_op(op, x, w)
+    collected["stem"] = x
+    for stage in plan.stages:
+        for block in stage.blocks:
+            x = run_block(block, x, w)
+            collected[block.name] = x
+        collected[stage.name] = x
+    if plan.head is not None:
+        x = global_avg_pool(x)
+        collected["pre_logits"] = x
+        collected["logits"] = run_op(plan.head.fc, x, w)  # dropout is the identity in eval mode
+    names = plan.tap_names if taps else plan.output_names()
+    return {name: collected[name] for name in names}
