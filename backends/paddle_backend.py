@@ -1,0 +1,411 @@
+"""PaddlePaddle backend: a plan compiled into a ``paddle.nn.Layer`` whose state_dict names are the
+canonical names, except where Paddle itself differs: BatchNorm's running statistics are ``_mean``
+and ``_variance``, and a Linear weight is stored (in, out). So ``paddle.vision.models`` ResNets and
+PaddleOCR's ResNet45 checkpoints load with ``set_state_dict`` as they are.
+
+Numerics that differ from PyTorch and are translated here (see NUMERICS.md):
+- BN momentum: Paddle's is the weight of the OLD running value, so it gets ``1 - momentum``.
+- AvgPool: Paddle's ``exclusive`` is ``not count_include_pad`` (its default, True, is the
+  opposite of PyTorch's default), always passed explicitly with ``ceil_mode``.
+- Train-mode BN stores the biased batch variance in ``_variance`` (PyTorch stores the unbiased
+  one); eval-mode outputs are unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Mapping
+
+import numpy as np
+import paddle
+from paddle import ParamAttr, nn
+from paddle.nn import functional as F
+from paddle.nn.initializer import Constant
+
+from resnet_multi import plan as P
+from resnet_multi.io_util import atomic_path
+from resnet_multi.weights import FRAMEWORK_EXTRAS
+
+NAME = "paddle"
+
+# build() overwrites every parameter, so none is initialised by Paddle: layers are created under
+# paddle.LazyGuard (no memory allocated until set_value), and the initializer recorded for a
+# later param.initialize() is a cheap zero fill, not Paddle's random ones (ResNet-152: 1.4 s -> 0.2 s).
+_PLACEHOLDER = Constant(0.0)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _param() -> ParamAttr:
+    return ParamAttr(initializer=_PLACEHOLDER)
+
+
+def _layer(op) -> nn.Layer:
+    """The Paddle layer for one plan op; every argument passed explicitly (Paddle's defaults differ)."""
+    if isinstance(op, P.Conv):
+        return nn.Conv2D(op.in_channels, op.out_channels, op.kernel_size, stride=op.stride, padding=op.padding,
+                         dilation=op.dilation, groups=op.groups, padding_mode="zeros", weight_attr=_param(),
+                         bias_attr=_param() if op.bias else False, data_format="NCHW")
+    if isinstance(op, P.BatchNorm):
+        # Paddle's momentum weighs the old running value: the plan's (PyTorch's) m becomes 1 - m.
+        return nn.BatchNorm2D(op.channels, momentum=1.0 - op.momentum, epsilon=op.eps, weight_attr=_param(),
+                              bias_attr=_param(), data_format="NCHW")
+    if isinstance(op, P.ReLU):
+        return nn.ReLU()
+    if isinstance(op, P.MaxPool):
+        return nn.MaxPool2D(op.kernel_size, op.stride, op.padding, ceil_mode=False)
+    if isinstance(op, P.AvgPool):
+        # exclusive=True means "padding not counted", i.e. PyTorch's count_include_pad=False.
+        return nn.AvgPool2D(op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                            exclusive=not op.count_include_pad)
+    raise TypeError(f"paddle backend: no layer for plan op {op!r}")
+
+
+def _attach(root: nn.Layer, dotted: str, layer: nn.Layer) -> None:
+    """Register ``layer`` at ``dotted`` (e.g. "conv1.0" or "downsample.1"), making containers."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if part not in root._sub_layers:
+            root.add_sublayer(part, nn.Layer())
+        root = root._sub_layers[part]
+    root.add_sublayer(leaf, layer)
+
+
+def _sequence(owner: nn.Layer, ops, prefix: str) -> list[nn.Layer]:
+    """Layers for ``ops`` in execution order; named ones are registered under their canonical
+    name relative to ``prefix``, so the state_dict keys are canonical."""
+    seq = []
+    for op in ops:
+        layer = _layer(op)
+        name = getattr(op, "name", None)
+        if name is not None:
+            _attach(owner, name[len(prefix):] if prefix else name, layer)
+        seq.append(layer)
+    return seq
+
+
+def _run(layers: list[nn.Layer], x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+class SqueezeExcite(nn.Layer):
+    """timm's SE: global mean -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> sigmoid -> scale."""
+
+    def __init__(self, op: P.SqueezeExcite):
+        super().__init__()
+        self.fc1 = nn.Conv2D(op.channels, op.reduced_channels, 1, weight_attr=_param(), bias_attr=_param())
+        self.fc2 = nn.Conv2D(op.reduced_channels, op.channels, 1, weight_attr=_param(), bias_attr=_param())
+
+    def forward(self, x):
+        s = paddle.mean(x, axis=[2, 3], keepdim=True)
+        return x * F.sigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+class Block(nn.Layer):
+    """relu(main(x) [* se] + shortcut(x)), with layers named as the plan says."""
+
+    def __init__(self, block: P.Block):
+        super().__init__()
+        prefix = block.name + "."
+        # Plain lists keep the execution order (static, so paddle.jit.to_static unrolls them);
+        # the layers themselves are registered by canonical name.
+        self._main = _sequence(self, block.main, prefix)
+        self._shortcut = _sequence(self, block.shortcut, prefix)
+        self._has_se = block.se is not None
+        if self._has_se:
+            self.se = SqueezeExcite(block.se)
+
+    def forward(self, x):
+        out = _run(self._main, x)
+        if self._has_se:
+            out = self.se(out)
+        return F.relu(out + _run(self._shortcut, x))
+
+
+class ResNet(nn.Layer):
+    """A ResNet compiled from a plan. ``forward(x)`` returns logits, the last feature map, or
+    (with ``out_indices``) a list of stage outputs; ``forward(x, taps=True)`` returns a dict of
+    every named intermediate instead (``plan.tap_names``, in order).
+
+    Control flow depends only on the plan and the Python bool ``taps``, never on data, so the
+    layer can be converted with ``paddle.jit.to_static``.
+    """
+
+    def __init__(self, plan: P.Plan):
+        super().__init__()
+        self.plan = plan
+        self._stem = _sequence(self, plan.stem, "")
+        self._stages = []
+        for stage in plan.stages:
+            layer = nn.Sequential(*[Block(b) for b in stage.blocks])
+            self.add_sublayer(stage.name, layer)
+            self._stages.append((stage.name, [(b.name, layer[i]) for i, b in enumerate(stage.blocks)]))
+        self._has_head = plan.head is not None
+        self._out_indices = plan.out_indices
+        if self._has_head:
+            # paddle.vision's own head ops (AdaptiveAvgPool2D + flatten), so outputs are identical.
+            self.avgpool = nn.AdaptiveAvgPool2D((1, 1), data_format="NCHW")
+            p = plan.head.dropout
+            self.dropout = nn.Dropout(p, mode="upscale_in_train") if p > 0 else None
+            self.fc = nn.Linear(plan.head.fc.in_features, plan.head.fc.out_features, weight_attr=_param(),
+                                bias_attr=_param())
+
+    def forward(self, x, taps: bool = False):
+        collected = {}
+        x = _run(self._stem, x)
+        collected["stem"] = x
+        features = []
+        for stage_name, blocks in self._stages:
+            for block_name, block in blocks:
+                x = block(x)
+                collected[block_name] = x
+            collected[stage_name] = x
+            features.append(x)
+        if not self._has_head:
+            if taps:
+                return collected
+            if self._out_indices is not None:
+                return [features[i] for i in self._out_indices]
+            return x
+        x = paddle.flatten(self.avgpool(x), 1)
+        collected["pre_logits"] = x
+        if self.dropout is not None:
+            x = self.dropout(x)
+        x = self.fc(x)
+        collected["logits"] = x
+        return collected if taps else x
+
+
+# --------------------------------------------------------------------------- canonical <-> Paddle names
+
+# The one table of differences between Paddle's state_dict and the canonical weights, used by the
+# model (import/export) and the files (load_native/save_native) alike. Ordered; the first rule
+# whose suffix matches applies; a name no rule matches is the same in both (so nothing is dropped
+# silently: a name that is not canonical surfaces as "unexpected" in check_weights).
+# Each rule: (Paddle suffix, canonical suffix, transpose a 2-D array).
+_RULES: tuple[tuple[str, str, bool], ...] = (
+    # BatchNorm running mean: Paddle calls it `_mean`.
+    ("._mean", ".running_mean", False),
+    # BatchNorm running variance: Paddle calls it `_variance` (biased when updated in train mode).
+    ("._variance", ".running_var", False),
+    # Linear weight: Paddle stores (in, out), canonical is (out, in). Conv weights are 4-D and BN
+    # weights 1-D, so a 2-D `.weight` can only be a Linear's.
+    (".weight", ".weight", True),
+)
+_PADDLE, _CANONICAL = 0, 1
+
+
+def _rename(name: str, source: int) -> tuple[str, bool]:
+    """``name`` translated from ``source`` (_PADDLE or _CANONICAL) to the other side, and whether
+    a 2-D array under it is transposed."""
+    for rule in _RULES:
+        suffix = rule[source]
+        if name.endswith(suffix):
+            return name[: -len(suffix)] + rule[1 - source], rule[2]
+    return name, False
+
+
+def _translate(name: str, array: np.ndarray, source: int) -> tuple[str, np.ndarray]:
+    new, transpose = _rename(name, source)
+    if transpose and array.ndim == 2:
+        array = np.ascontiguousarray(array.T)
+    return new, array
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def is_model(model) -> bool:
+    return isinstance(model, ResNet)
+
+
+def plan_of(model: ResNet) -> P.Plan:
+    return model.plan
+
+
+def build(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> ResNet:
+    """A ``paddle.nn.Layer`` for ``plan`` holding ``weights`` (complete canonical dict), in eval mode.
+
+    Layers are created under ``paddle.LazyGuard`` (no Paddle initialisation, no allocation);
+    assigning the weights allocates each parameter, so every state_dict entry must be covered.
+    """
+    expected = {_rename(name, _CANONICAL)[0] for name in plan.params}
+    missing = [name for name in plan.params if name not in weights]
+    if missing:
+        raise ValueError(f"paddle build: weights lack {len(missing)} tensor(s) of the plan: {missing[:10]}")
+    with paddle.LazyGuard():
+        model = ResNet(plan)
+    uncovered = sorted(set(model.state_dict()) - expected)
+    if uncovered:  # would stay uninitialised: a Paddle layer grew state the plan does not know
+        raise RuntimeError(f"paddle build: state_dict entries without a canonical parameter: {uncovered[:10]}")
+    import_weights(model, weights)
+    model.eval()
+    return model
+
+
+def export_weights(model: ResNet) -> dict[str, np.ndarray]:
+    """Canonical weights (copies, PyTorch layout) in the plan's order."""
+    state = model.state_dict()
+    out = {}
+    for name in model.plan.params:
+        key = _rename(name, _CANONICAL)[0]
+        out[name] = _translate(key, state[key].numpy(), _PADDLE)[1]  # .numpy() copies
+    return out
+
+
+def import_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
+    """Copy checked canonical ``weights`` (any subset of the plan's names) into ``model``.
+
+    Every tensor is converted and shape-checked first and assigned only when all of them
+    converted, so a failure leaves the model untouched.
+    """
+    params = model.plan.params
+    state = model.state_dict()
+    staged = []
+    for name, value in weights.items():
+        if name not in params:
+            raise ValueError(f"{name}: not a parameter of {model.plan.spec.name!r}")
+        key, array = _translate(name, np.asarray(value), _CANONICAL)
+        target = state[key]
+        if tuple(array.shape) != tuple(target.shape):
+            raise ValueError(f"{name}: expected Paddle shape {tuple(target.shape)}, found {array.shape}")
+        staged.append((target, np.ascontiguousarray(array, dtype=np.float32)))
+    for target, array in staged:
+        target.set_value(array)
+
+
+def forward(model: ResNet, x_nchw: np.ndarray, *, taps: bool = False) -> dict[str, np.ndarray]:
+    """Eval-mode forward without gradients; returns ``{tap name: NCHW array}`` (only the outputs
+    without taps). The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with paddle.no_grad():
+            out = model(paddle.to_tensor(x_nchw), taps=taps)
+    finally:
+        if was_training:
+            model.train()
+    if taps:
+        return {name: t.numpy() for name, t in out.items()}
+    outputs = out if isinstance(out, list) else [out]
+    return {name: t.numpy() for name, t in zip(model.plan.output_names(), outputs)}
+
+
+# --------------------------------------------------------------------------- native files (.pdparams)
+
+SUFFIXES = (".pdparams",)
+
+# Keys paddle.save adds beside the tensors; bookkeeping, not weights.
+_NAME_TABLE = "StructuredToParameterName@@"  # structured name -> Paddle's internal parameter name
+_BIG_PARAM_INFO = "UnpackBigParamInfor@@"  # protocol 2/3: how >1 GiB tensors were split into slices
+
+
+def _dense_tensor_data(expression, namespace):
+    """paddle.save pickles a bare DenseTensor as ``eval('data', {'data': array})``; give the array
+    without evaluating anything."""
+    if expression != "data" or not isinstance(namespace, dict) or not isinstance(namespace.get("data"), np.ndarray):
+        raise pickle.UnpicklingError(f"unexpected eval({expression!r}, ...) in the pickle")
+    return namespace["data"]
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    """Pickle protocol 2 (old paddle.save / fluid.save_dygraph) writes bytes as
+    ``_codecs.encode(text, 'latin1')``; only that encoding is accepted."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"unexpected _codecs.encode(..., {encoding!r}) in the pickle")
+    return text.encode("latin1")
+
+
+# What a .pdparams pickle may reference: numpy arrays, dtypes and scalars, ordered dicts, tuples
+# (paddle.save's `(name, array)` for tensors), protocol 2's bytes and the eval above. Anything
+# else is refused, so loading a file never runs code from it (as torch.load(weights_only=True)).
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"): None,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "eval"): _dense_tensor_data,
+    ("_codecs", "encode"): _latin1_bytes,
+    ("numpy", "ndarray"): None,
+    ("numpy", "dtype"): None,
+    ("numpy.core.multiarray", "_reconstruct"): None,
+    ("numpy.core.multiarray", "scalar"): None,
+    ("numpy._core.multiarray", "_reconstruct"): None,
+    ("numpy._core.multiarray", "scalar"): None,
+    ("numpy.core.numeric", "_frombuffer"): None,
+    ("numpy._core.numeric", "_frombuffer"): None,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a tensor type)")
+        replacement = _SAFE_GLOBALS[(module, name)]
+        return replacement if replacement is not None else super().find_class(module, name)
+
+
+def load_native(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Canonical-named arrays from a ``paddle.save``d state_dict (``.pdparams``).
+
+    Names and layouts are translated by the ``_RULES`` table (no plan needed): ``_mean`` ->
+    ``running_mean``, ``_variance`` -> ``running_var``, 2-D ``*.weight`` (Linear, stored (in, out))
+    transposed to (out, in). Other names are kept as they are. The pickle is read with an
+    allow-list of numpy types, so a file never runs code.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable Paddle state_dict (corrupt, truncated, not a
+            dict of arrays); the message names the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Paddle checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            obj = _SafeUnpickler(f, encoding="latin1").load()
+    except Exception as exc:  # truncated/corrupt pickles raise many types (EOFError, KeyError, ...)
+        raise ValueError(f"{path}: not a readable Paddle .pdparams file "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a Paddle state_dict (expected a dict of arrays, found {type(obj).__name__})")
+    obj = dict(obj)
+    obj.pop(_NAME_TABLE, None)
+    slices = obj.pop(_BIG_PARAM_INFO, None)
+    try:
+        if slices:  # reassembled as paddle.load does
+            for key, info in slices.items():
+                obj[key] = np.concatenate([obj.pop(part) for part in info["slices"]]).reshape(info["OriginShape"])
+    except Exception as exc:
+        raise ValueError(f"{path}: malformed {_BIG_PARAM_INFO} entry ({exc})") from None
+    out, bad = {}, []
+    for name, value in obj.items():
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
+            value = value[1]  # paddle.save of a nested dict pickles a tensor as (internal name, array)
+        if not isinstance(name, str) or not isinstance(value, np.ndarray):
+            bad.append(f"{name!r} ({type(value).__name__})")
+            continue
+        new, array = _translate(name, value, _PADDLE)
+        if new in out:
+            raise ValueError(f"{path}: {name!r} and another tensor both map to canonical name {new!r}")
+        out[new] = array
+    if bad:
+        raise ValueError(f"{path}: not a Paddle state_dict: {len(bad)} entries are not named arrays: "
+                         f"{', '.join(bad[:10])}")
+    return out
+
+
+def save_native(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
+    """Write canonical ``weights`` as a ``.pdparams`` file that ``paddle.load`` +
+    ``set_state_dict`` accept: Paddle names (``_mean``, ``_variance``) and layout (Linear (in, out)).
+    Written to a temporary file and renamed, so a failure never leaves a partial file."""
+    state = {}
+    for name, value in weights.items():
+        if name.rsplit(".", 1)[-1] in FRAMEWORK_EXTRAS:
+            continue  # PyTorch's BN step counter: Paddle has none
+        new, array = _translate(name, np.asarray(value), _CANONICAL)
+        state[new] = np.ascontiguousarray(array)
+    with atomic_path(path) as tmp:
+        paddle.save(state, os.fspath(tmp), protocol=4)
