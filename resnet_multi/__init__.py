@@ -5,6 +5,7 @@ the first time that backend is used.
 """
 
 from .api import build, export_weights, forward, import_weights, plan_of
+from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file
 from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
 from .reference import reference_forward
@@ -12,14 +13,15 @@ from .registry import BackendError, available_backends, backend_names
 from .spec import (BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
                    StemSpec, load_spec, save_spec)
 from .summary import summary
-from .weights import WeightsError
+from .weights import WeightsError, load_weights, save_weights
 from .zoo import get_spec, list_specs
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "BlockSpec", "HeadSpec", "InitSpec", "NormSpec", "ParityReport", "Plan", "ResNetSpec",
-    "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends", "backend_names",
-    "build", "check_parity", "export_weights", "forward", "get_spec", "import_weights", "list_specs", "load_spec",
-    "make_plan", "plan_of", "reference_forward", "save_spec", "summary",
+    "BackendError", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec", "ParityReport",
+    "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends",
+    "backend_names", "build", "check_parity", "convert", "export_weights", "forward", "get_spec", "import_weights",
+    "infer_spec", "inspect_file", "list_specs", "load_spec", "load_weights", "make_plan", "plan_of",
+    "reference_forward", "save_spec", "save_weights", "summary",
 ]

@@ -49,6 +49,17 @@ def _cmd_summary(args) -> int:
     return 0
 
 
+def _checkpoint(text: str) -> str:
+    """A checkpoint path whose suffix names a supported format (an unknown suffix is a bad argument)."""
+    from .convert import format_of_suffix
+
+    try:
+        format_of_suffix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _cmd_convert(args) -> int:
     from .convert import convert
 
@@ -118,14 +129,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("convert", help="convert a checkpoint between .pth/.pt, .pdparams, .msgpack, .safetensors")
-    p.add_argument("src", help="input checkpoint (never modified)")
-    p.add_argument("dst", help="output checkpoint; format from its suffix")
+    p.add_argument("src", type=_checkpoint, help="input checkpoint (never modified)")
+    p.add_argument("dst", type=_checkpoint, help="output checkpoint; format from its suffix")
     p.add_argument("--spec", default=None, help="preset name or spec file (default: inferred from the shapes)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("inspect", help="format, tensor count, size and matching preset of a checkpoint")
-    p.add_argument("file")
+    p.add_argument("file", type=_checkpoint, help="checkpoint (.pth/.pt, .pdparams, .msgpack, .safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_inspect)
 

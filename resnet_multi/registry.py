@@ -18,6 +18,15 @@ _BACKENDS: dict[str, tuple[str, str, str]] = {
     "flax": ("resnet_multi.backends.flax_backend", "flax", "flax"),
 }
 
+# Native checkpoint suffix -> backend, as data, so that finding the reader of a file imports no
+# framework. Must agree with every backend module's SUFFIXES (a test checks it).
+_SUFFIXES: dict[str, str] = {
+    ".pt": "torch",
+    ".pth": "torch",
+    ".pdparams": "paddle",
+    ".msgpack": "flax",
+}
+
 
 class BackendError(ValueError):
     """An unknown backend, or one whose framework is not installed."""
@@ -32,6 +41,11 @@ def available_backends() -> tuple[str, ...]:
     """The backends whose framework is installed (checked without importing it)."""
     return tuple(name for name, (_, package, _) in _BACKENDS.items()
                  if importlib.util.find_spec(package) is not None)
+
+
+def native_suffixes() -> dict[str, str]:
+    """Native checkpoint suffix (lower case, with the dot) -> the backend that reads and writes it."""
+    return dict(_SUFFIXES)
 
 
 def get_backend(name: str) -> ModuleType:

@@ -2,16 +2,23 @@
 
 This module validates such a dict against a plan (all problems reported at once), makes the
 initial weights every backend starts from (so one seed gives the same model in every
-framework), and makes randomized weights for parity checks.
+framework), makes randomized weights for parity checks, and reads and writes the neutral
+``.safetensors`` file (canonical names and layout, the spec's JSON in the metadata).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from .plan import Plan
+from .plan import Plan, make_plan
+
+if TYPE_CHECKING:
+    from .spec import ResNetSpec
 
 FRAMEWORK_EXTRAS = ("num_batches_tracked",)
 """Buffers frameworks keep that are not canonical: dropped on import, recreated by the backend."""
@@ -124,3 +131,124 @@ def random_weights(plan: Plan, seed: int = 0) -> dict[str, np.ndarray]:
             w = rng.uniform(-0.5, 0.5, info.shape)
         out[name] = w.astype(np.float32)
     return out
+
+
+# --------------------------------------------------------------------------- the neutral file (.safetensors)
+
+NEUTRAL_SUFFIX = ".safetensors"
+FORMAT_KEY = "resnet_multi.format"
+"""Metadata key holding the neutral file's format version (a string, as safetensors requires)."""
+FORMAT_VERSION = "1"
+SPEC_KEY = "resnet_multi.spec"
+"""Metadata key holding ``spec.to_json()``, so the file alone is enough to rebuild the model."""
+
+
+def _canonical_arrays(weights: Mapping[str, object], source: str) -> dict[str, np.ndarray]:
+    """Without a plan: string names, floating point arrays, known framework extras dropped."""
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"{source}: expected a mapping of name -> array, got {type(weights).__name__}")
+    out, bad = {}, []
+    for name, value in weights.items():
+        if not isinstance(name, str):
+            bad.append(f"{name!r} (name is not a string)")
+            continue
+        if name.rsplit(".", 1)[-1] in FRAMEWORK_EXTRAS:
+            continue
+        array = np.asarray(value)
+        if not np.issubdtype(array.dtype, np.floating):
+            bad.append(f"{name} (dtype {array.dtype})")
+            continue
+        out[name] = array
+    if bad:
+        raise WeightsError(f"{source}: {len(bad)} tensor(s) that are not floating point arrays: {_describe(bad)}")
+    return out
+
+
+def save_weights(path, weights: Mapping[str, object], spec=None, *, force: bool = True) -> None:
+    """Write canonical ``weights`` to a neutral ``.safetensors`` file, with ``spec`` in its metadata.
+
+    Tensors are written as they are (names, shapes and dtypes unchanged: float16 stays float16).
+    With a spec, the weights are first checked against its plan (every missing, unexpected and
+    mis-shaped tensor reported at once) and the spec's JSON is stored, so that ``load_weights``
+    alone can rebuild the model. The file is written to a temporary file and renamed when
+    complete, so a failure never leaves a partial file.
+
+    Args:
+        path: the output file (``.safetensors``).
+        weights: canonical weights, ``{name: array}`` (``num_batches_tracked`` is dropped).
+        spec: a ResNetSpec or preset name (optional, but without it the file cannot rebuild a model).
+        force: overwrite an existing file (default True, as ``np.save``); False raises FileExistsError.
+    Example:
+        >>> rm.save_weights("r50.safetensors", rm.export_weights(model), spec="resnet50")
+    """
+    from safetensors.numpy import save_file
+
+    from .io_util import atomic_path
+
+    path = Path(path)
+    metadata = {FORMAT_KEY: FORMAT_VERSION}
+    if spec is not None:
+        from .zoo import resolve_spec
+
+        spec = resolve_spec(spec)
+        arrays = check_weights(make_plan(spec), weights, source=f"weights for {path}")
+        metadata[SPEC_KEY] = spec.to_json()
+    else:
+        arrays = _canonical_arrays(weights, f"weights for {path}")
+    # safetensors wants C-contiguous little-endian arrays; ascontiguousarray copies only when needed.
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    if not force and path.exists():  # checked before writing anything
+        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    with atomic_path(path, overwrite=force) as tmp:
+        save_file(arrays, tmp, metadata=metadata)
+
+
+def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
+    """Read a neutral ``.safetensors`` file: canonical weights and the spec stored with them.
+
+    Any safetensors file of canonical names is read (e.g. a timm ``model.safetensors``); the spec
+    is None when the file has none. When it has one, the weights are checked against it.
+
+    Returns:
+        ``(weights, spec)``: ``{name: np.ndarray}`` (dtypes as stored; in the plan's order when
+        the file has a spec) and a ResNetSpec or None.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a safetensors file, truncated, written by a newer format version, or an
+            invalid spec in the metadata (the message names the file).
+        WeightsError: the tensors do not fit the stored spec.
+    Example:
+        >>> weights, spec = rm.load_weights("r50.safetensors")
+    """
+    from safetensors import safe_open
+
+    from .spec import ResNetSpec
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        try:
+            # pread, not mmap: mapped file pages would count in RSS beside the arrays (2x memory)
+            reader = safe_open(os.fspath(path), framework="np", backend="pread")
+        except TypeError:  # safetensors < 0.8 has no backend option
+            reader = safe_open(os.fspath(path), framework="np")
+        with reader as f:
+            metadata = f.metadata() or {}
+            weights = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError/ValueError)
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    version = metadata.get(FORMAT_KEY)
+    if version is not None and version != FORMAT_VERSION:
+        raise ValueError(f"{path}: neutral format version {version!r}; this resnet_multi reads version "
+                         f"{FORMAT_VERSION!r} (upgrade resnet_multi)")
+    spec = None
+    if SPEC_KEY in metadata:
+        try:
+            spec = ResNetSpec.from_dict(json.loads(metadata[SPEC_KEY]))
+        except ValueError as exc:  # json.JSONDecodeError and SpecError are ValueErrors
+            # A plain ValueError: the file is bad, not the caller's arguments.
+            raise ValueError(f"{path}: invalid spec in the metadata ({exc})") from None
+    if spec is not None:
+        return check_weights(make_plan(spec), weights, source=str(path)), spec
+    return _canonical_arrays(weights, str(path)), None

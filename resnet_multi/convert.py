@@ -1,0 +1,512 @@
+"""File-to-file conversion between checkpoint formats, through canonical weights.
+
+Every conversion is ``read native -> canonical weights -> check against a spec -> write native``.
+The formats:
+
+- ``.safetensors``: the neutral file (``weights.save_weights``/``load_weights``), canonical names
+  and layout, the spec's JSON in the metadata.
+- every backend's native files (``registry.native_suffixes()``: ``.pt``/``.pth`` torch,
+  ``.pdparams`` Paddle, ``.msgpack`` Flax), read and written by the backend module's
+  ``load_native``/``save_native``, which translate names and layouts to and from canonical.
+
+Safety, as the CLI promises it: the format is detected from the suffix and checked against the
+content before the framework is asked to parse it; any reader failure becomes a CheckpointError
+naming the file; an existing output is refused without ``force`` before any work is done; the
+output is written to a temporary file and renamed only when complete; the input is only read.
+
+Conversion moves bits, not values: tensors keep their dtype (float16 stays float16) unless the
+target format cannot hold it (see README, "Conversion"). Names and shapes alone cannot tell some
+spec fields apart (stride on the 1x1 or the 3x3, dilation, BN epsilon): ``infer_spec`` picks the
+preset whose parameter table matches, so pass ``spec=`` when the network differs in those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from .io_util import atomic_path
+from .plan import make_plan
+from .registry import get_backend, native_suffixes
+from .spec import HeadSpec, ResNetSpec, SpecError
+from .weights import (FRAMEWORK_EXTRAS, NEUTRAL_SUFFIX, WeightsError, check_weights, load_weights,
+                      save_weights)
+from .zoo import get_spec, list_specs, resolve_spec
+
+NEUTRAL = "neutral"
+"""The format name of the neutral ``.safetensors`` file (the other format names are backend names)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read: wrong content for its suffix, truncated or corrupt.
+    The message names the file."""
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def formats() -> dict[str, str]:
+    """Every supported checkpoint suffix -> format name (a backend name, or "neutral")."""
+    return {**native_suffixes(), NEUTRAL_SUFFIX: NEUTRAL}
+
+
+def format_of_suffix(path: str | os.PathLike) -> str:
+    """The format a file of this name has (or will have), from its suffix alone.
+
+    Raises:
+        ValueError: an unknown suffix (the message lists the known ones).
+    """
+    suffix = Path(path).suffix.lower()
+    table = formats()
+    if suffix not in table:
+        raise ValueError(f"{path}: unknown checkpoint suffix {suffix or '(none)'!r}; known: "
+                         + ", ".join(f"{s} ({f})" for s, f in table.items()))
+    return table[suffix]
+
+
+# What the first bytes of each kind of file look like. Checked before a framework parses the
+# file, so a misnamed or garbage file gets a message saying what it is instead of a framework
+# traceback, and a renamed file of another format is recognised.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # pickled torch magic number
+
+
+def _looks_like(head: bytes, size: int) -> str | None:
+    """What ``head`` (the first bytes of a file of ``size`` bytes) looks like, or None."""
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"  # torch.save since torch 1.6
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return "torch_legacy"  # torch.save(..., _use_new_zipfile_serialization=False)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"  # paddle.save (pickle protocol 2-4)
+    if len(head) >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_len <= size - 8 and head[8:9] == b"{":
+            return "safetensors"  # u64 little-endian header length, then a JSON object
+    if head and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
+        return "msgpack_map"  # flax.serialization.to_bytes of a state dict
+    return None
+
+
+_LOOKS = {
+    "zip": "a zip archive (as torch.save writes)",
+    "torch_legacy": "a legacy torch.save pickle",
+    "pickle": "a Python pickle (as paddle.save writes)",
+    "safetensors": "a safetensors file",
+    "msgpack_map": "a msgpack map (as flax.serialization writes)",
+}
+# format -> the kinds of content it may have. A backend without an entry gets no content
+# pre-check; its reader's errors are still turned into a CheckpointError naming the file.
+_CONTENT = {
+    "torch": ("zip", "torch_legacy"),
+    "paddle": ("pickle",),
+    "flax": ("msgpack_map",),
+    NEUTRAL: ("safetensors",),
+}
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of an existing checkpoint: from its suffix, checked against its first bytes.
+
+    Returns:
+        "torch", "paddle", "flax" (backend names) or "neutral".
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unknown suffix.
+        CheckpointError: empty file, or content that is not what the suffix says (the message
+            says what it looks like instead).
+    """
+    path = Path(path)
+    fmt = format_of_suffix(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    allowed = _CONTENT.get(fmt)
+    if allowed is None:
+        return fmt
+    looks = _looks_like(head, size)
+    if looks not in allowed:
+        expected = " or ".join(_LOOKS[k] for k in allowed)
+        found = _LOOKS.get(looks, f"unrecognised content (starts with {head[:8]!r})")
+        others = [s for s, f in formats().items() if looks in _CONTENT.get(f, ())]
+        hint = f"; is it a {'/'.join(others)} file?" if others else ""
+        raise CheckpointError(f"{path}: not a {fmt} checkpoint: expected {expected}, found {found}{hint}")
+    return fmt
+
+
+# --------------------------------------------------------------------------- reading and writing
+
+
+def _read(path: Path) -> tuple[str, dict[str, np.ndarray], list[str], ResNetSpec | None]:
+    """(format, canonical weights, dropped extras, spec stored in the file or None)."""
+    fmt = detect_format(path)
+    if fmt == NEUTRAL:  # the core's own format: no backend involved
+        weights, spec = load_weights(path)
+        return fmt, weights, [], spec
+    backend = get_backend(fmt)
+    try:
+        raw = backend.load_native(path)
+    except Exception as exc:  # frameworks raise anything on corrupt input (RuntimeError, EOFError, ...)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if str(path) not in message:
+            message = f"{path}: cannot read it as a {fmt} checkpoint ({type(exc).__name__}: {message})"
+        raise CheckpointError(message) from exc
+    if not isinstance(raw, Mapping) or not raw:
+        raise CheckpointError(f"{path}: no tensors found in the {fmt} checkpoint")
+    weights, extras = {}, []
+    for name, value in raw.items():
+        if name.rsplit(".", 1)[-1] in FRAMEWORK_EXTRAS:
+            extras.append(name)
+        else:
+            weights[name] = np.asarray(value)
+    return fmt, weights, extras, None
+
+
+def read_canonical(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], ResNetSpec | None]:
+    """Canonical weights from a checkpoint of any supported format.
+
+    Framework extras (``num_batches_tracked``) are left out; dtypes are as stored.
+
+    Returns:
+        ``(weights, spec)``; spec is the one stored in a neutral file, else None.
+    Raises:
+        FileNotFoundError, ValueError (unknown suffix), CheckpointError (unreadable content),
+        WeightsError (a neutral file whose tensors do not fit its own spec).
+    Example:
+        >>> weights, _ = read_canonical("resnet50.pth")
+    """
+    _, weights, _, spec = _read(Path(path))
+    return weights, spec
+
+
+class _Reporting(Mapping):
+    """A read-only view of ``weights`` that calls ``on_tensor(array)`` the first time each
+    tensor is fetched: a writer walking the weights drives the progress bar."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], on_tensor: Callable[[np.ndarray], None]):
+        self._weights, self._on_tensor, self._seen = weights, on_tensor, set()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        value = self._weights[name]
+        if name not in self._seen:
+            self._seen.add(name)
+            self._on_tensor(value)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+
+def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec=None, force: bool = False,
+                    *, on_tensor: Callable[[np.ndarray], None] | None = None) -> Path:
+    """Write canonical ``weights`` in the format ``path``'s suffix names, atomically.
+
+    Args:
+        path: output file (``.pt``/``.pth``, ``.pdparams``, ``.msgpack``, ``.safetensors``).
+        weights: canonical weights.
+        spec: ResNetSpec or preset name; with it the weights are checked against its plan before
+            anything is written (and a neutral file stores it).
+        force: overwrite an existing file.
+        on_tensor: called with each tensor as the writer takes it (progress reporting).
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    fmt = format_of_suffix(path)
+    if not force and path.exists():
+        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    if spec is not None:
+        spec = resolve_spec(spec)
+        weights = check_weights(make_plan(spec), weights, source=f"weights for {path}")
+    if on_tensor is not None:
+        weights = _Reporting(weights, on_tensor)
+    if fmt == NEUTRAL:
+        save_weights(path, weights, spec, force=force)
+        return path
+    backend = get_backend(fmt)
+    with atomic_path(path, overwrite=force) as tmp:
+        backend.save_native(tmp, weights)
+    return path
+
+
+# --------------------------------------------------------------------------- spec inference
+
+
+@functools.lru_cache(maxsize=128)
+def _param_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
+    return {name: info.shape for name, info in make_plan(spec).params.items()}
+
+
+@dataclass(frozen=True)
+class Match:
+    """How well a checkpoint's names and shapes fit one preset (adapted to the checkpoint)."""
+
+    preset: str
+    spec: ResNetSpec
+    adaptations: dict = field(default_factory=dict)  # spec field -> value read from the shapes
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[str, ...] = ()  # "name (expected (..), found (..))"
+
+    @property
+    def differences(self) -> int:
+        return len(self.missing) + len(self.unexpected) + len(self.mismatched)
+
+    def describe(self, limit: int = 5) -> str:
+        parts = []
+        for label, names in (("missing", self.missing), ("unexpected", self.unexpected),
+                             ("mis-shaped", self.mismatched)):
+            if names:
+                more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+                parts.append(f"{len(names)} {label}: {', '.join(names[:limit])}{more}")
+        return "; ".join(parts) or "no differences"
+
+
+def _adapt(preset: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[ResNetSpec, dict]:
+    """The preset with in_channels and head read from the checkpoint's shapes, where they differ."""
+    spec = get_spec(preset)
+    adaptations: dict = {}
+    params = _param_shapes(spec)
+    stem_weight = next(iter(params))  # the plan lists the stem's first conv first
+    found = shapes.get(stem_weight)
+    if found is not None and len(found) == 4 and found[1] != spec.in_channels:
+        adaptations["in_channels"] = found[1]
+    head_spec = spec.head or HeadSpec()
+    head_name = make_plan(dataclasses.replace(spec, head=head_spec, out_indices=None)).head.fc.name
+    fc_weight, fc_bias = shapes.get(f"{head_name}.weight"), shapes.get(f"{head_name}.bias")
+    if fc_weight is None and fc_bias is None:
+        if spec.head is not None:
+            adaptations["head"] = None
+    elif fc_weight is not None and len(fc_weight) == 2:
+        if spec.head is None or fc_weight[0] != spec.head.num_classes:
+            adaptations["head"] = dataclasses.replace(head_spec, num_classes=fc_weight[0])
+    if adaptations:
+        try:
+            spec = dataclasses.replace(spec, **adaptations)
+        except SpecError:  # an adaptation this preset cannot take (e.g. a head with out_indices)
+            adaptations = {}
+    return spec, adaptations
+
+
+def match_presets(weights: Mapping[str, object]) -> list[Match]:
+    """Every preset, adapted to the checkpoint (in_channels, head width or no head) and compared
+    by names and shapes; best first (fewest differences, then zoo order)."""
+    shapes = {name: tuple(np.shape(value)) for name, value in weights.items()
+              if name.rsplit(".", 1)[-1] not in FRAMEWORK_EXTRAS}
+    matches = []
+    for preset in list_specs():
+        spec, adaptations = _adapt(preset, shapes)
+        expected = _param_shapes(spec)
+        matches.append(Match(
+            preset, spec, adaptations,
+            missing=tuple(n for n in expected if n not in shapes),
+            unexpected=tuple(n for n in shapes if n not in expected),
+            mismatched=tuple(f"{n} (expected {expected[n]}, found {shapes[n]})"
+                             for n in expected if n in shapes and shapes[n] != expected[n]),
+        ))
+    return sorted(matches, key=lambda m: m.differences)  # stable: zoo order breaks ties
+
+
+def _describe_adaptations(adaptations: Mapping) -> str:
+    parts = []
+    for key, value in adaptations.items():
+        if key == "head":
+            parts.append("no head" if value is None else f"num_classes={value.num_classes}")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def infer_spec(weights: Mapping[str, object], *, source: str = "weights") -> ResNetSpec:
+    """The spec of a checkpoint, from its names and shapes: the first preset (zoo order) whose
+    parameter table matches exactly, with ``in_channels`` (the stem conv's dim 1), the head width
+    (``fc.weight`` rows) or no head (no ``fc.*``) read from the shapes.
+
+    Shapes cannot tell stride position, dilation or BN epsilon apart; pass a spec when the
+    network differs from the preset in those.
+
+    Raises:
+        WeightsError: no preset matches; the message names the closest preset and what differs.
+    Example:
+        >>> infer_spec(torchvision.models.resnet50(num_classes=10).state_dict()).head.num_classes
+        10
+    """
+    if not weights:
+        raise WeightsError(f"{source}: no tensors, so no spec can be inferred")
+    matches = match_presets(weights)
+    best = matches[0]
+    if best.differences == 0:
+        return best.spec
+    adapted = f" (adapted: {_describe_adaptations(best.adaptations)})" if best.adaptations else ""
+    raise WeightsError(
+        f"{source}: the names and shapes match no preset; the closest is {best.preset!r}{adapted} with "
+        f"{best.differences} difference(s): {best.describe()}. Pass spec= (--spec) with the right spec.",
+        best.missing, best.unexpected, best.mismatched)
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def _progress_bar(progress: bool | None, total: int, desc: str):
+    """A tqdm bar on stderr: shown when stderr is a terminal (progress=None) or when forced."""
+    from tqdm import tqdm
+
+    if progress is None:
+        progress = bool(getattr(sys.stderr, "isatty", None) and sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                disable=not progress, leave=True, dynamic_ncols=True)
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, force: bool = False,
+            progress: bool | None = None) -> Path:
+    """Convert a checkpoint between any two formats (also to the same format).
+
+    Reads ``src`` into canonical weights, checks them against ``spec`` (given, stored in a
+    neutral file, or inferred from the names and shapes) and writes ``dst`` in the format of
+    its suffix. Tensors keep their dtype.
+
+    Args:
+        src: input checkpoint (``.pt``/``.pth``, ``.pdparams``, ``.msgpack``, ``.safetensors``);
+            only read.
+        dst: output checkpoint; written to a temporary file and renamed when complete.
+        spec: ResNetSpec, preset name or spec file; default: the spec stored in ``src`` (neutral
+            files) or inferred by ``infer_spec``.
+        force: overwrite an existing ``dst`` (checked before any work is done).
+        progress: tqdm progress bar on stderr: None shows it when stderr is a terminal,
+            True/False force it on/off.
+    Returns:
+        ``dst`` as a Path.
+    Raises:
+        FileNotFoundError, FileExistsError (dst exists, no force), KeyError/SpecError (bad spec),
+        CheckpointError (unreadable src), WeightsError (tensors do not fit the spec).
+    Example:
+        >>> rm.convert("resnet50.pth", "resnet50.pdparams")
+    """
+    src, dst = Path(src), Path(dst)
+    dst_format = format_of_suffix(dst)
+    format_of_suffix(src)
+    if spec is not None:
+        spec = resolve_spec(spec)  # a bad spec fails before any file is touched
+    if not src.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    if dst.exists():
+        if os.path.samefile(src, dst):
+            raise ValueError(f"{dst}: output is the input file; the input is never modified")
+        if not force:
+            raise FileExistsError(f"{dst} exists; pass force=True (--force) to overwrite it")
+    if dst_format != NEUTRAL:
+        get_backend(dst_format)  # a missing framework fails before the input is read
+    src_size = src.stat().st_size
+    with _progress_bar(progress, total=2 * src_size, desc=f"read {src.name}") as bar:
+        _, weights, _, file_spec = _read(src)
+        bar.update(src_size)
+        spec = spec or file_spec or infer_spec(weights, source=str(src))
+        checked = check_weights(make_plan(spec), weights, source=str(src))
+        # the write half of the bar advances by each tensor's share of the file's size
+        scale = src_size / max(1, sum(a.nbytes for a in checked.values()))
+        bar.set_description(f"write {dst.name}")
+        write_canonical(dst, checked, spec, force=force, on_tensor=lambda a: bar.update(a.nbytes * scale))
+        bar.update(bar.total - bar.n)
+    return dst
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@dataclass
+class InspectReport:
+    """What ``inspect_file`` found: format, tensors, sizes, dtypes and the matching spec."""
+
+    path: str
+    format: str
+    file_bytes: int
+    tensor_count: int
+    tensor_bytes: int
+    dtypes: dict[str, int]                  # dtype name -> number of tensors
+    extras: list[str]                       # framework extras left out (num_batches_tracked)
+    stored_spec: str | None                 # name of the spec stored in the file (neutral files)
+    preset: str | None                      # the matching preset, or None
+    adaptations: dict                       # what was read from the shapes (in_channels, head)
+    also_matches: list[str]                 # other presets with the same names and shapes
+    closest: str | None                     # without a match: the closest preset ...
+    differences: dict[str, list[str]]       # ... and what differs: missing/unexpected/mismatched
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        data = dataclasses.asdict(self)
+        data["adaptations"] = {k: (None if v is None else v.num_classes) if k == "head" else v
+                               for k, v in self.adaptations.items()}
+        return data
+
+    def __str__(self) -> str:
+        suffixes = "/".join(s for s, f in formats().items() if f == self.format)
+        extras = f" (+{len(self.extras)} {FRAMEWORK_EXTRAS[0]} left out)" if self.extras else ""
+        lines = [
+            f"file      {self.path}",
+            f"format    {self.format} ({suffixes})",
+            f"tensors   {self.tensor_count}{extras}",
+            f"size      {_megabytes(self.tensor_bytes)} of tensors ({self.tensor_bytes:,} bytes); "
+            f"file {_megabytes(self.file_bytes)}",
+            f"dtypes    {', '.join(f'{d} ({n})' for d, n in self.dtypes.items())}",
+        ]
+        if self.stored_spec is not None:
+            lines.append(f"spec      {self.stored_spec} (stored in the file)")
+        if self.preset is not None:
+            adapted = f", with {_describe_adaptations(self.adaptations)}" if self.adaptations else ""
+            also = f" (same names and shapes: {', '.join(self.also_matches)})" if self.also_matches else ""
+            lines.append(f"preset    {self.preset}{adapted}{also}")
+        elif self.closest is not None:
+            m = Match(self.closest, get_spec(self.closest), self.adaptations,
+                      *(tuple(self.differences[k]) for k in ("missing", "unexpected", "mismatched")))
+            adapted = f" (with {_describe_adaptations(self.adaptations)})" if self.adaptations else ""
+            lines.append(f"preset    none matches; closest {self.closest}{adapted}, {m.differences} "
+                         f"difference(s): {m.describe()}")
+        return "\n".join(lines)
+
+
+def inspect_file(path: str | os.PathLike) -> InspectReport:
+    """Format, tensor count, size, dtypes of a checkpoint, and which preset it matches.
+
+    Raises:
+        FileNotFoundError, ValueError (unknown suffix), CheckpointError (unreadable content).
+    Example:
+        >>> print(rm.inspect_file("resnet50.pth"))
+    """
+    path = Path(path)
+    fmt, weights, extras, stored = _read(path)
+    dtypes: dict[str, int] = {}
+    for array in weights.values():
+        dtypes[str(array.dtype)] = dtypes.get(str(array.dtype), 0) + 1
+    matches = match_presets(weights) if weights else []
+    exact = [m for m in matches if m.differences == 0]
+    best = exact[0] if exact else (matches[0] if matches else None)
+    return InspectReport(
+        path=str(path), format=fmt, file_bytes=path.stat().st_size, tensor_count=len(weights),
+        tensor_bytes=int(sum(a.nbytes for a in weights.values())), dtypes=dtypes, extras=extras,
+        stored_spec=stored.name if stored is not None else None,
+        preset=best.preset if exact else None,
+        adaptations=dict(best.adaptations) if best else {},
+        also_matches=[m.preset for m in exact[1:]],
+        closest=None if exact or best is None else best.preset,
+        differences={} if exact or best is None else {
+            "missing": list(best.missing), "unexpected": list(best.unexpected),
+            "mismatched": list(best.mismatched)},
+    )
