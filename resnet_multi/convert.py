@@ -14,8 +14,12 @@ content before the framework is asked to parse it; any reader failure becomes a 
 naming the file; an existing output is refused without ``force`` before any work is done; the
 output is written to a temporary file and renamed only when complete; the input is only read.
 
-Conversion moves bits, not values: tensors keep their dtype (float16 stays float16) unless the
-target format cannot hold it (see README, "Conversion"). Names and shapes alone cannot tell some
+Conversion moves bits, not values: tensors keep their dtype and bytes. float16, float32 and
+float64 are kept by every format (tested). bfloat16 is not supported: numpy has no bfloat16 of
+its own, so the torch reader cannot hand such tensors over and ``check_weights`` accepts numpy
+floating types only; cast a bfloat16 checkpoint to float32 in PyTorch first (float32 holds
+every bfloat16 value exactly). ``num_batches_tracked`` (torch BN step counters) is not
+canonical: it is left out on reading and the torch writer recreates it (as zeros). Names and shapes alone cannot tell some
 spec fields apart (stride on the 1x1 or the 3x3, dilation, BN epsilon): ``infer_spec`` picks the
 preset whose parameter table matches, so pass ``spec=`` when the network differs in those.
 """
