@@ -1,0 +1,537 @@
+"""Flax backend: a plan compiled into a ``flax.nnx.Module`` that works in NHWC, as JAX users expect.
+
+The module tree mirrors the canonical (torchvision / timm) names, so moving weights is a rename
+plus a transpose per tensor, never a lookup through the plan:
+
+=====================================  =========================================================
+canonical (PyTorch layout)             Flax nnx state path (Flax layout)
+=====================================  =========================================================
+``conv1.weight``  (O, I, H, W)          ``conv1.kernel``  (H, W, I, O)           nnx.Conv
+``bn1.weight`` / ``bn1.bias``           ``bn1.scale`` / ``bn1.bias``             nnx.BatchNorm Param
+``bn1.running_mean`` / ``running_var``  ``bn1.mean`` / ``bn1.var``               nnx.BatchNorm BatchStat
+``conv1.0.weight`` (deep stem)          ``conv1.0.kernel``   ``conv1``: nnx.List [Conv, BN, None, Conv, BN, None, Conv]
+``layer3.4.conv2.weight``               ``layer3.4.conv2.kernel``   ``layer3``: nnx.List of Blocks
+``layer2.0.downsample.0.weight``        ``layer2.0.downsample.0.kernel``   ``downsample``: nnx.List [Conv, BN]
+``layer2.0.downsample.1.weight`` (-D)   ``layer2.0.downsample.1.kernel``   nnx.List [None (the pool), Conv, BN]
+``layer1.0.se.fc1.weight`` / ``.bias``  ``layer1.0.se.fc1.kernel`` / ``.bias``   1x1 nnx.Conv with bias
+``fc.weight``  (out, in)                ``fc.kernel``  (in, out)                 nnx.Linear
+=====================================  =========================================================
+
+Numbered children live in nnx.List (None, which holds no state, where torch's Sequential has a
+parameter-free op), so in ``nnx.state(model)`` every numbered key is an int
+(``('layer2', 0, 'downsample', 1, 'kernel')``) and every other key a string. The native file
+(``.msgpack``, see ``save_native``) holds the same nested structure as pure dicts of numpy
+arrays with all keys as strings, which ``nnx.replace_by_pure_dict`` accepts (it converts
+every digit key such as ``'4'`` back to ``4``). The per-tensor conversion is the ordered
+table ``_RULES`` below.
+
+Numerics (see NUMERICS.md): explicit symmetric padding ``((p, p), (p, p))`` on every conv and
+pool (Flax's 'SAME' pads (0, 1) at stride 2 on even sizes); max-pool pads with -inf; average
+pooling implements PyTorch's ``ceil_mode`` and ``count_include_pad`` exactly; BatchNorm gets
+``momentum = 1 - spec momentum`` (Flax weights the OLD value) and the spec's epsilon.
+
+Modes, the Flax way: ``build`` returns the model in eval mode (BatchNorm uses its running
+statistics, dropout off); ``model.train()`` / ``model.eval()`` switch. ``forward`` (and so
+``rm.forward``) always runs in eval mode through a jit-compiled function, without changing the
+model's mode. Called directly, ``model(x_nhwc)`` follows the model's mode; in train mode with
+head dropout, pass ``rngs=nnx.Rngs(dropout=seed)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, serialization
+from jax import lax
+
+from resnet_multi import plan as P
+from resnet_multi.io_util import atomic_path
+
+NAME = "flax"
+
+
+# --------------------------------------------------------------------------- rename / transpose rules
+
+
+@dataclass(frozen=True)
+class _Rule:
+    canonical: str                           # last part of the canonical name
+    flax: str                                # Flax variable name (last key of the state path)
+    ndim: int                                # the rule applies only to tensors of this rank
+    to_flax: tuple[int, ...] | None          # np.transpose axes canonical -> Flax (None: as is)
+    to_canonical: tuple[int, ...] | None     # np.transpose axes Flax -> canonical
+
+
+# Ordered: the first rule whose name and rank match is used, in both directions. Every
+# canonical parameter role (plan.ParamInfo.role) is covered by exactly one rule.
+_RULES: tuple[_Rule, ...] = (
+    # conv weight: canonical OIHW, Flax kernel HWIO (also the 1x1 convs of squeeze-excite)
+    _Rule("weight", "kernel", 4, (2, 3, 1, 0), (3, 2, 0, 1)),
+    # linear weight: canonical (out, in) as torch stores it, Flax kernel (in, out)
+    _Rule("weight", "kernel", 2, (1, 0), (1, 0)),
+    # BatchNorm gamma: torch calls it weight, Flax calls it scale; same (C,) layout
+    _Rule("weight", "scale", 1, None, None),
+    # conv / linear / BatchNorm bias: same name, same (C,) layout
+    _Rule("bias", "bias", 1, None, None),
+    # BatchNorm running mean: a BatchStat called mean in Flax
+    _Rule("running_mean", "mean", 1, None, None),
+    # BatchNorm running variance: a BatchStat called var; in eval mode both frameworks use it the
+    # same way (train-mode updates differ: torch stores the unbiased batch variance, Flax the biased)
+    _Rule("running_var", "var", 1, None, None),
+)
+
+
+def _canonical_to_flax(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
+    """(dotted Flax path, array in Flax layout) for canonical ``name``."""
+    prefix, _, last = name.rpartition(".")
+    for rule in _RULES:
+        if rule.canonical == last and rule.ndim == array.ndim:
+            out = array if rule.to_flax is None else np.transpose(array, rule.to_flax)
+            return f"{prefix}.{rule.flax}" if prefix else rule.flax, out
+    raise ValueError(f"{name}: no Flax rule for a {array.ndim}-D tensor called {last!r} "
+                     f"(known: {', '.join(sorted({f'{r.canonical} ({r.ndim}-D)' for r in _RULES}))})")
+
+
+def _flax_to_canonical(path: str, array: np.ndarray) -> tuple[str, np.ndarray]:
+    """(canonical name, array in PyTorch layout) for the dotted Flax ``path``."""
+    prefix, _, last = path.rpartition(".")
+    for rule in _RULES:
+        if rule.flax == last and rule.ndim == array.ndim:
+            out = array if rule.to_canonical is None else np.transpose(array, rule.to_canonical)
+            return f"{prefix}.{rule.canonical}" if prefix else rule.canonical, out
+    raise ValueError(f"{path}: no rule maps a {array.ndim}-D Flax variable called {last!r} to a canonical "
+                     f"name (known: {', '.join(sorted({f'{r.flax} ({r.ndim}-D)' for r in _RULES}))})")
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def _pad2d(padding: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Explicit symmetric (H, W) conv padding. Never 'SAME': at stride 2 on an even size Flax's
+    'SAME' pads (0, 1) where PyTorch pads (1, 1). (The pools spell out their padding inline.)"""
+    return ((padding, padding), (padding, padding))
+
+
+def _max_pool(x: jax.Array, op: P.MaxPool) -> jax.Array:
+    """PyTorch's MaxPool2d (floor mode) on NHWC: padding counts as -inf, never as a value."""
+    k, s, p = op.kernel_size, op.stride, op.padding
+    init = jnp.array(-jnp.inf, x.dtype)
+    return lax.reduce_window(x, init, lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0)))
+
+
+def _window_counts(size: int, out: int, op: P.AvgPool) -> np.ndarray:
+    """Divisor of each output position along one axis, exactly as PyTorch's avg_pool2d: the
+    window [start, start + k) is clipped to [-p, size + p) (with count_include_pad) or to the
+    input [0, size) (without); the part beyond the right padding that ceil_mode adds is never
+    counted."""
+    start = np.arange(out) * op.stride - op.padding
+    end = np.minimum(start + op.kernel_size, size + op.padding)
+    if not op.count_include_pad:
+        start, end = np.maximum(start, 0), np.minimum(end, size)
+    return (end - start).astype(np.float32)
+
+
+def _avg_pool(x: jax.Array, op: P.AvgPool) -> jax.Array:
+    """PyTorch's AvgPool2d on NHWC with ``ceil_mode`` and ``count_include_pad`` as the plan says
+    (Flax's avg_pool has no ceil_mode and counts padding by default). ResNet-D's
+    shortcut pool (2x2/2, ceil_mode, padding not counted) averages a partial last window over
+    the pixels it covers."""
+    _, h, w, _ = x.shape
+    k, s, p = op.kernel_size, op.stride, op.padding
+    oh, ow = op.out_size(h), op.out_size(w)
+    # Right padding that makes reduce_window produce exactly the plan's size: ceil_mode may need
+    # more than p (a partial last window), floor mode never does (the remainder is dropped).
+    hi_h = max(p, (oh - 1) * s + k - h - p)
+    hi_w = max(p, (ow - 1) * s + k - w - p)
+    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, k, k, 1), (1, s, s, 1),
+                               ((0, 0), (p, hi_h), (p, hi_w), (0, 0)))
+    summed = summed[:, :oh, :ow, :]
+    counts = np.outer(_window_counts(h, oh, op), _window_counts(w, ow, op))  # static: constant-folded
+    return summed / jnp.asarray(counts, x.dtype)[None, :, :, None]
+
+
+def _shape_only(key, shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+    """An initializer that allocates nothing: the placeholder ``nnx.eval_shape`` would give,
+    without tracing the whole init (eval_shape's cost grows quadratically with the number of
+    variables: ~1.7 s for resnet50)."""
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+def _inits(shape_only: bool, *names: str) -> dict:
+    return {name: _shape_only for name in names} if shape_only else {}
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
+          dilation: int = 1, groups: int = 1, bias: bool, rngs: nnx.Rngs, shape_only: bool) -> nnx.Conv:
+    # Every numerics argument explicit: symmetric padding (never 'SAME'), use_bias from the plan.
+    return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=(stride, stride),
+                    padding=_pad2d(padding), kernel_dilation=(dilation, dilation), feature_group_count=groups,
+                    use_bias=bias, rngs=rngs, **_inits(shape_only, "kernel_init", "bias_init"))
+
+
+def _layer(op, rngs: nnx.Rngs, shape_only: bool) -> nnx.Module:
+    """The nnx module for one plan op with parameters (Conv or BatchNorm)."""
+    if isinstance(op, P.Conv):
+        return _conv(op.in_channels, op.out_channels, op.kernel_size, stride=op.stride, padding=op.padding,
+                     dilation=op.dilation, groups=op.groups, bias=op.bias, rngs=rngs, shape_only=shape_only)
+    if isinstance(op, P.BatchNorm):
+        # Flax's momentum weights the OLD running value (default 0.99), the spec's the new statistic.
+        # use_fast_variance=False: the two-pass variance, as accurate as torch's in train mode.
+        return nnx.BatchNorm(op.channels, use_running_average=True, momentum=1.0 - op.momentum,
+                             epsilon=op.eps, use_fast_variance=False, rngs=rngs,
+                             **_inits(shape_only, "scale_init", "bias_init"))
+    raise TypeError(f"flax backend: no layer for plan op {op!r}")
+
+
+def _attach(owner: nnx.Module, named: Mapping[str, nnx.Module]) -> None:
+    """Set every module of ``named`` (relative canonical name -> module, e.g. "conv1.0",
+    "downsample.1", "bn1") on ``owner`` so that its state path is the canonical name.
+
+    Containers whose children are numbered become nnx.List, with None (static, no state) where
+    torch's Sequential has a parameter-free op (the ReLUs of the deep stem, the shortcut pool of
+    ResNet-D): state keys are then ints, as in the stage lists, so ``nnx.replace_by_pure_dict``
+    can match a msgpack file's string keys (it converts every digit key to int). Others become
+    nnx.Dict. Containers are made whole, since nnx forbids turning a static slot into a module.
+    """
+    tree: dict = {}
+    for dotted, module in named.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = module
+
+    def container(children: dict):
+        children = {key: container(value) if isinstance(value, dict) else value for key, value in children.items()}
+        if all(key.isdigit() for key in children):
+            return nnx.List([children.get(str(i)) for i in range(max(map(int, children)) + 1)])
+        return nnx.Dict(children)
+
+    for name, value in tree.items():
+        setattr(owner, name, container(value) if isinstance(value, dict) else value)
+
+
+def _child(root: nnx.Module, dotted: str) -> nnx.Module:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _run(owner: nnx.Module, ops, prefix: str, x: jax.Array, use_running_average: bool | None) -> jax.Array:
+    """Apply plan ``ops`` in order; modules are looked up under their canonical name."""
+    for op in ops:
+        if isinstance(op, P.Conv):
+            x = _child(owner, op.name[len(prefix):])(x)
+        elif isinstance(op, P.BatchNorm):
+            x = _child(owner, op.name[len(prefix):])(x, use_running_average=use_running_average)
+        elif isinstance(op, P.ReLU):
+            x = jax.nn.relu(x)
+        elif isinstance(op, P.MaxPool):
+            x = _max_pool(x, op)
+        elif isinstance(op, P.AvgPool):
+            x = _avg_pool(x, op)
+        else:
+            raise TypeError(f"flax backend: cannot run plan op {op!r}")
+    return x
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class _PlanRef:
+    """The plan, kept on the model as a static (non-pytree) attribute. nnx hashes static
+    attributes into the graph definition (the jit cache key) and a Plan holds a dict (not
+    hashable), so this wrapper hashes by the (frozen, hashable) spec and compares the plans
+    themselves (two plans of one spec may differ, e.g. a BatchNorm-folded one)."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: P.Plan):
+        self.plan = plan
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _PlanRef) and (other.plan is self.plan or other.plan == self.plan)
+
+    def __hash__(self) -> int:
+        return hash(self.plan.spec)
+
+    def __repr__(self) -> str:
+        return f"Plan({self.plan.spec.name!r})"
+
+
+class SqueezeExcite(nnx.Module):
+    """timm's SE: global mean -> fc1 (1x1 conv, bias) -> ReLU -> fc2 -> sigmoid -> scale."""
+
+    def __init__(self, op: P.SqueezeExcite, *, rngs: nnx.Rngs, shape_only: bool = False):
+        self.fc1 = _conv(op.channels, op.reduced_channels, 1, bias=True, rngs=rngs, shape_only=shape_only)
+        self.fc2 = _conv(op.reduced_channels, op.channels, 1, bias=True, rngs=rngs, shape_only=shape_only)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        return x * jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(s))))
+
+
+class Block(nnx.Module):
+    """relu(main(x) [* se] + shortcut(x)) on NHWC, with modules named as the plan says."""
+
+    def __init__(self, block: P.Block, *, rngs: nnx.Rngs, shape_only: bool = False):
+        self.block = block  # static: the frozen plan Block (its ops drive __call__)
+        prefix = block.name + "."
+        _attach(self, {op.name[len(prefix):]: _layer(op, rngs, shape_only) for op in block.main + block.shortcut
+                       if isinstance(op, (P.Conv, P.BatchNorm))})
+        if block.se is not None:
+            self.se = SqueezeExcite(block.se, rngs=rngs, shape_only=shape_only)
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+        prefix = self.block.name + "."
+        out = _run(self, self.block.main, prefix, x, use_running_average)
+        if self.block.se is not None:
+            out = self.se(out)
+        shortcut = _run(self, self.block.shortcut, prefix, x, use_running_average)
+        return jax.nn.relu(out + shortcut)
+
+
+class ResNet(nnx.Module):
+    """A ResNet compiled from a plan, on NHWC arrays.
+
+    ``model(x)`` returns the logits, the last feature map, or (with ``out_indices``) a list of
+    stage outputs; ``model(x, taps=True)`` returns ``{tap name: array}`` for every
+    ``plan.tap_names`` entry (feature maps NHWC). ``use_running_average`` / ``deterministic``
+    override the mode for one call, as on nnx.BatchNorm / nnx.Dropout.
+
+    Constructed directly, parameters get nnx's default initializers (``build`` gives the spec's
+    init); with ``shape_only=True`` they are ``jax.ShapeDtypeStruct`` placeholders (as from
+    ``nnx.eval_shape``) to be filled, which is what ``build`` does.
+    """
+
+    def __init__(self, plan: P.Plan, *, rngs: nnx.Rngs, shape_only: bool = False):
+        self._plan = _PlanRef(plan)
+        _attach(self, {op.name: _layer(op, rngs, shape_only) for op in plan.stem
+                       if isinstance(op, (P.Conv, P.BatchNorm))})
+        for stage in plan.stages:
+            setattr(self, stage.name, nnx.List([Block(b, rngs=rngs, shape_only=shape_only) for b in stage.blocks]))
+        if plan.head is not None:
+            # no Dropout module at rate 0 (as torch's backend): nothing to switch, nothing to trace
+            self.dropout = nnx.Dropout(plan.head.dropout, deterministic=True) if plan.head.dropout > 0 else None
+            fc = plan.head.fc
+            self.fc = nnx.Linear(fc.in_features, fc.out_features, use_bias=True, rngs=rngs,
+                                 **_inits(shape_only, "kernel_init", "bias_init"))
+
+    @property
+    def plan(self) -> P.Plan:
+        return self._plan.plan
+
+    def __call__(self, x: jax.Array, *, taps: bool = False, use_running_average: bool | None = None,
+                 deterministic: bool | None = None, rngs: nnx.Rngs | None = None):
+        plan = self.plan
+        collected: dict[str, jax.Array] = {}
+        x = _run(self, plan.stem, "", x, use_running_average)
+        collected["stem"] = x
+        features = []
+        for stage in plan.stages:
+            for block, block_plan in zip(getattr(self, stage.name), stage.blocks):
+                x = block(x, use_running_average=use_running_average)
+                collected[block_plan.name] = x
+            collected[stage.name] = x
+            features.append(x)
+        if plan.head is None:
+            if taps:
+                return collected
+            if plan.out_indices is not None:
+                return [features[i] for i in plan.out_indices]
+            return x
+        x = jnp.mean(x, axis=(1, 2))  # global average pool: to 1x1, so NHWC vs NCHW flattening agree
+        collected["pre_logits"] = x
+        if self.dropout is not None:
+            x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        x = self.fc(x)
+        collected["logits"] = x
+        return collected if taps else x
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def is_model(model) -> bool:
+    return isinstance(model, ResNet)
+
+
+def plan_of(model: ResNet) -> P.Plan:
+    return model.plan
+
+
+def _path_key(path) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _variables(model: ResNet) -> dict[str, nnx.Variable]:
+    """Dotted state path -> the model's Variable (Param or BatchStat)."""
+    return {_path_key(path): var for path, var in nnx.to_flat_state(nnx.state(model))}
+
+
+def _staged(variables: Mapping, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every canonical tensor converted to its Flax path and layout and checked against the
+    target variable, before anything is written (all-or-nothing)."""
+    staged = {}
+    for name, value in weights.items():
+        array = np.asarray(value)
+        path, converted = _canonical_to_flax(name, array)
+        if path not in variables:
+            raise ValueError(f"{name}: the Flax model has no variable {path!r}")
+        target = variables[path]
+        if tuple(converted.shape) != tuple(target.shape):
+            raise ValueError(f"{name}: expected Flax shape {tuple(target.shape)} at {path!r}, "
+                             f"found {converted.shape} (canonical {array.shape})")
+        staged[path] = np.ascontiguousarray(converted, dtype=target.dtype)
+    return staged
+
+
+def build(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> ResNet:
+    """An ``nnx.Module`` for ``plan`` holding ``weights`` (complete canonical dict), in eval mode.
+
+    The module is created with shape-only placeholders (no random init, which the weights would
+    overwrite), then every variable is filled from the converted weights.
+    """
+    model = ResNet(plan, rngs=nnx.Rngs(0), shape_only=True)
+    variables = _variables(model)
+    staged = _staged(variables, weights)
+    unfilled = sorted(set(variables) - set(staged))
+    if unfilled:  # the core passes complete weights; anything else is a plan/backend mismatch
+        raise ValueError(f"flax backend: no weights for {len(unfilled)} variable(s): {', '.join(unfilled[:10])}")
+    for path, var in variables.items():
+        var.set_value(jnp.asarray(staged[path]))
+    return model
+
+
+def export_weights(model: ResNet) -> dict[str, np.ndarray]:
+    """Canonical weights (copies, PyTorch layout) in ``plan.params`` order."""
+    variables = _variables(model)
+    out = {}
+    for path, var in variables.items():
+        name, array = _flax_to_canonical(path, np.asarray(var.get_value()))
+        out[name] = np.array(array, order="C", copy=True)
+    return {name: out[name] for name in model.plan.params}
+
+
+def import_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
+    """Copy checked canonical ``weights`` (any subset of the plan's names) into ``model``.
+
+    All tensors are converted and shape-checked first and assigned only when every one
+    converted, so a failure leaves the model untouched.
+    """
+    variables = _variables(model)
+    staged = _staged(variables, weights)
+    for path, array in staged.items():
+        variables[path].set_value(jnp.asarray(array))
+
+
+@nnx.jit
+def _eval_taps(model: ResNet, x_nchw: jax.Array) -> dict[str, jax.Array]:
+    """Every tap (NHWC feature maps) of an eval-mode forward of NCHW ``x_nchw``.
+
+    nnx.jit keys its cache on the model's graph definition (architecture and static attributes)
+    and the input shape, so models of one plan compile once per input shape.
+    """
+    x = jnp.transpose(x_nchw, (0, 2, 3, 1))
+    # Explicit overrides: eval semantics whatever mode the model is in; the model is not touched.
+    return model(x, taps=True, use_running_average=True, deterministic=True)
+
+
+def _nchw(tap: jax.Array) -> np.ndarray:
+    array = np.asarray(tap)
+    return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if array.ndim == 4 else np.array(array)
+
+
+def forward(model: ResNet, x_nchw: np.ndarray, *, taps: bool = False) -> dict[str, np.ndarray]:
+    """Eval-mode forward; returns ``{tap name: NCHW array}`` (only the outputs without taps).
+
+    One jit-compiled program (``_eval_taps``) serves both ``taps=False`` and ``taps=True``: XLA
+    fuses two different programs differently, so their shared outputs would differ in the last
+    bits (seen: 4e-5 on resnet50d logits of magnitude ~10), and the output must equal its tap.
+    One program also halves compile time. The cost: every tap is kept in memory until the call
+    returns; for large-batch inference call the model itself (``nnx.jit`` of ``model(x_nhwc)``).
+    Inside ``jax.disable_jit()`` it runs op by op, which is faster for a one-off call of a deep
+    net at a new shape (no whole-program compile).
+    """
+    out = _eval_taps(model, jnp.asarray(x_nchw))
+    # jax returns dicts with sorted keys: the plan's execution order is restored here
+    names = model.plan.tap_names if taps else model.plan.output_names()
+    return {name: _nchw(out[name]) for name in names}
+
+
+# --------------------------------------------------------------------------- native files (.msgpack)
+
+SUFFIXES = (".msgpack",)
+
+
+def _nested(flat: Mapping[str, np.ndarray]) -> dict:
+    """{'a.b.c': x} -> {'a': {'b': {'c': x}}} (string keys throughout, as msgpack state dicts)."""
+    root: dict = {}
+    for path, array in flat.items():
+        node = root
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = array
+    return root
+
+
+def _flatten(tree, path: str = "") -> dict[str, object]:
+    """{'a': {'b': x}} -> {'a.b': x}."""
+    if not isinstance(tree, dict):
+        return {path: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{path}.{key}" if path else str(key)))
+    return flat
+
+
+def load_native(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Canonical-named arrays (PyTorch layout) from a Flax msgpack state dict (as written by
+    ``save_native``, or ``flax.serialization.msgpack_serialize(nnx.to_pure_dict(nnx.state(model)))``).
+
+    Names are translated by ``_RULES`` alone (last key and rank), so no plan is needed.
+
+    Raises:
+        ValueError: the file is not a msgpack state dict (corrupt, truncated, not a dict of
+            arrays), or holds a variable no rule translates; the message names the file.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        tree = serialization.msgpack_restore(data)
+    except Exception as error:  # msgpack raises several types for corrupt/truncated input
+        raise ValueError(f"{path}: not a readable Flax msgpack file ({type(error).__name__}: {error})") from None
+    if not isinstance(tree, dict) or not tree:
+        raise ValueError(f"{path}: expected a nested dict of arrays (a Flax state dict), "
+                         f"found {type(tree).__name__}")
+    out = {}
+    for key, value in _flatten(tree).items():
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"{path}: {key} is a {type(value).__name__}, expected an array")
+        try:
+            name, array = _flax_to_canonical(key, value)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        out[name] = np.array(array, order="C", copy=True)
+    return out
+
+
+def save_native(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
+    """Write canonical ``weights`` as a Flax msgpack state dict: the nested structure of
+    ``nnx.state(model)`` (Flax names and layout, string keys), readable with
+    ``flax.serialization.msgpack_restore`` and loadable into a model with
+    ``nnx.replace_by_pure_dict(state, tree); nnx.update(model, state)``."""
+    flat = {}
+    for name, array in weights.items():
+        key, converted = _canonical_to_flax(name, np.asarray(array))
+        flat[key] = np.ascontiguousarray(converted)
+    payload = serialization.msgpack_serialize(_nested(flat))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
