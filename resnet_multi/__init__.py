@@ -4,8 +4,9 @@ Importing this package imports no deep learning framework; a backend's framework
 the first time that backend is used.
 """
 
-from .api import build, export_weights, forward, import_weights, plan_of
+from .api import build, export_weights, forward, import_weights, optimize_for_inference, plan_of
 from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file
+from .export import export
 from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
 from .reference import reference_forward
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec", "ParityReport",
     "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends",
-    "backend_names", "build", "check_parity", "convert", "export_weights", "forward", "get_spec", "import_weights",
-    "infer_spec", "inspect_file", "list_specs", "load_spec", "load_weights", "make_plan", "plan_of",
-    "reference_forward", "save_spec", "save_weights", "summary",
+    "backend_names", "build", "check_parity", "convert", "export", "export_weights", "forward", "get_spec",
+    "import_weights", "infer_spec", "inspect_file", "list_specs", "load_spec", "load_weights", "make_plan",
+    "optimize_for_inference", "plan_of", "reference_forward", "save_spec", "save_weights", "summary",
 ]

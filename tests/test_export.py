@@ -1,0 +1,106 @@
+"""Export for deployment: the artifact each backend writes, run by its own runtime, against the model.
+
+Bound: the parity bound, max|a - b| <= 1e-6 + 1e-5 * max|ref|, between the exported artifact
+(onnxruntime / paddle.jit.load) and the ordinary model built from the same weights, at an odd
+size and at another batch size than the one given at export (the batch is dynamic).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import resnet_multi as rm
+from conftest import BACKENDS, assert_close, odd_input
+from resnet_multi.registry import get_backend
+from resnet_multi.weights import random_weights
+
+
+def _run_onnx(main_file: Path, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(os.fspath(main_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    return session.run(None, {"x": x})
+
+
+def _run_paddle_static(main_file: Path, x: np.ndarray) -> list[np.ndarray]:
+    import paddle
+
+    layer = paddle.jit.load(os.fspath(main_file.with_suffix("")))  # paddle.jit.load takes the prefix
+    layer.eval()
+    out = layer(paddle.to_tensor(x))
+    return [t.numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
+
+
+# The deployment format's runtime, by the main file's suffix (backend.EXPORT_SUFFIX).
+RUNNERS = {".onnx": _run_onnx, ".json": _run_paddle_static}
+EXPORTING = [b for b in BACKENDS if hasattr(get_backend(b), "export_model")]
+
+
+def test_every_export_format_has_a_runner_here():
+    assert EXPORTING, "no backend exports"
+    for backend in EXPORTING:
+        assert get_backend(backend).EXPORT_SUFFIX in RUNNERS, backend
+
+
+def _specs() -> list[rm.ResNetSpec]:
+    """ResNet-D (deep stem, ceil-mode avg-pool shortcut: the ops exporters get wrong) and a
+    feature-pyramid spec without head (several outputs), both small."""
+    tiny_d = rm.get_spec("resnet50d").replace(
+        name="tiny_d", stages=(rm.StageSpec(1, 8), rm.StageSpec(2, 16, stride=2)),
+        stem=rm.StemSpec(widths=(8, 8, 16), kernel_size=3, stride=2), head=rm.HeadSpec(num_classes=5))
+    pyramid = rm.get_spec("resnet18").replace(
+        name="pyramid", stages=(rm.StageSpec(1, 8), rm.StageSpec(1, 16, stride=2), rm.StageSpec(1, 32, stride=2)),
+        stem=rm.StemSpec(widths=(8,)), head=None, out_indices=(1, 2))
+    return [tiny_d, pyramid]
+
+
+@pytest.mark.parametrize("spec", _specs(), ids=lambda s: s.name)
+@pytest.mark.parametrize("backend", EXPORTING)
+def test_exported_artifact_matches_the_model(backend, spec, tmp_path):
+    weights = random_weights(rm.make_plan(spec), seed=0)
+    model = rm.build(spec, backend, weights=weights)  # an ordinary model: export folds it
+    files = rm.export(model, tmp_path / "net", input_shape=(1, spec.in_channels, 33, 47))
+
+    main = files[0]
+    assert main.name == "net" + get_backend(backend).EXPORT_SUFFIX
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in files)  # no temporary left
+    assert rm.plan_of(model) == rm.make_plan(spec)  # the model given is not changed
+
+    for batch in (1, 3):  # exported at batch 1, run at 3: the batch is dynamic
+        x = odd_input(spec, batch=batch, seed=batch)
+        expected = rm.forward(model, x)
+        expected = expected if isinstance(expected, list) else [expected]
+        actual = RUNNERS[main.suffix](main, x)
+        assert len(actual) == len(expected)
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, f"{backend} {spec.name} output {i} batch {batch}")
+
+
+@pytest.mark.parametrize("backend", EXPORTING)
+def test_export_does_not_overwrite_without_force_and_checks_the_shape(backend, tmp_path):
+    spec = _specs()[0]
+    model = rm.build(spec, backend, inference=True)
+    suffix = get_backend(backend).EXPORT_SUFFIX
+    main = tmp_path / f"net{suffix}"
+    main.write_text("keep me")
+    with pytest.raises(FileExistsError, match=main.name):
+        rm.export(model, main, (1, 3, 33, 47), force=False)
+    assert main.read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == [main.name]  # nothing else written or left behind
+    with pytest.raises(ValueError, match="input_shape"):
+        rm.export(model, main, (1, 4, 33, 47))
+    rm.export(model, main, (1, 3, 33, 47))  # force=True (default) replaces it
+    assert main.stat().st_size > 100
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in EXPORTING])
+def test_backend_without_export_says_which_have_one(backend, tmp_path):
+    model = rm.build(_specs()[0], backend)
+    with pytest.raises(rm.BackendError, match="no deployment export"):
+        rm.export(model, tmp_path / "net", (1, 3, 33, 47))
+    assert not list(tmp_path.iterdir())

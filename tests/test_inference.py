@@ -1,0 +1,194 @@
+"""The inference fast path: BatchNorm folded into the convs (core, numpy), compiled by every backend.
+
+Bound: the parity bound of NUMERICS.md, max|a - b| <= 1e-6 + 1e-5 * max|ref| per tap, between
+the folded model and the ordinary one built from the same weights. Folding is done in float64
+and rounded once; measured worst relative differences are about 3e-6 (resnet152), the same
+float32 summation-order noise as between two frameworks.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import resnet_multi as rm
+from conftest import BACKENDS, PRESETS, assert_close, odd_input
+from resnet_multi import plan as P
+from resnet_multi.inference import fold_batchnorm, is_folded
+from resnet_multi.weights import WeightsError, random_weights
+
+
+def _all_ops(plan: P.Plan):
+    yield from plan.stem
+    for stage in plan.stages:
+        for block in stage.blocks:
+            yield from block.main
+            yield from block.shortcut
+
+
+def _tiny_spec() -> rm.ResNetSpec:
+    """Every foldable place (deep stem, main path, avg-pool shortcut), small enough to compile fast."""
+    return rm.get_spec("resnet50d").replace(
+        name="tiny_d", stages=(rm.StageSpec(1, 8), rm.StageSpec(1, 16, stride=2)),
+        stem=rm.StemSpec(widths=(8, 8, 16), kernel_size=3, stride=2), head=rm.HeadSpec(num_classes=7))
+
+
+# --------------------------------------------------------------------------- the fold itself (no framework)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_fold_removes_every_batchnorm_and_keeps_the_function(name):
+    plan = rm.make_plan(rm.get_spec(name))
+    weights = random_weights(plan, seed=0)
+    folded_plan, folded = fold_batchnorm(plan, weights)
+
+    assert is_folded(folded_plan) and not is_folded(plan)
+    assert not any(isinstance(op, P.BatchNorm) for op in _all_ops(folded_plan))
+    assert not any(info.role.startswith("bn_") for info in folded_plan.params.values())
+    assert list(folded) == list(folded_plan.params)  # complete, in the table's order
+    for name_, info in folded_plan.params.items():
+        assert folded[name_].shape == info.shape and folded[name_].dtype == np.float32, name_
+    # every conv that had a BN behind it now has a bias, named after the conv
+    convs = {op.name: op for op in _all_ops(folded_plan) if isinstance(op, P.Conv)}
+    for op in _all_ops(plan):
+        if isinstance(op, P.BatchNorm):
+            assert not any(n.startswith(op.name + ".") for n in folded_plan.params), op.name
+    for conv in convs.values():
+        if conv.bias:
+            assert folded_plan.params[f"{conv.name}.bias"].role == "conv_bias"
+    assert folded_plan.tap_names == plan.tap_names
+    assert folded_plan.output_names() == plan.output_names()
+    assert folded_plan.spec == plan.spec
+
+    # the numpy oracle (float64) computes the same function from both
+    x = odd_input(plan.spec)
+    expected = rm.reference_forward(plan, weights, x, taps=True)
+    actual = rm.reference_forward(folded_plan, folded, x, taps=True)
+    for tap in plan.tap_names:
+        assert_close(actual[tap], expected[tap], f"{name} {tap}")
+
+    # folding again changes nothing
+    again_plan, again = fold_batchnorm(folded_plan, folded)
+    assert again_plan == folded_plan
+    assert all(np.array_equal(again[k], folded[k]) for k in folded)
+
+
+def test_fold_arithmetic_on_one_channel():
+    """w' = w * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta, with a conv bias (d2l)."""
+    spec = rm.get_spec("d2l_resnet18")
+    plan = rm.make_plan(spec)
+    weights = random_weights(plan, seed=3)
+    _, folded = fold_batchnorm(plan, weights)
+    g, beta = weights["bn1.weight"][0], weights["bn1.bias"][0]
+    m, v = weights["bn1.running_mean"][0], weights["bn1.running_var"][0]
+    scale = np.float64(g) / np.sqrt(np.float64(v) + spec.norm.eps)
+    np.testing.assert_allclose(folded["conv1.weight"][0], weights["conv1.weight"][0] * scale, rtol=1e-6)
+    np.testing.assert_allclose(folded["conv1.bias"][0], (weights["conv1.bias"][0] - m) * scale + beta, rtol=1e-6)
+
+
+def test_fold_checks_the_weights():
+    plan = rm.make_plan(rm.get_spec("resnet18"))
+    weights = random_weights(plan)
+    del weights["bn1.running_var"]
+    with pytest.raises(WeightsError, match="bn1.running_var"):
+        fold_batchnorm(plan, weights)
+
+
+# --------------------------------------------------------------------------- every preset x every backend
+
+
+@functools.lru_cache(maxsize=1)  # preset-major: one preset's weights at a time
+def _weights(name: str):
+    return random_weights(rm.make_plan(rm.get_spec(name)), seed=0)
+
+
+@pytest.mark.parametrize("name, backend", [(n, b) for n in PRESETS for b in BACKENDS])
+def test_inference_model_equals_ordinary_model(name, backend):
+    spec = rm.get_spec(name)
+    weights = _weights(name)
+    ordinary = rm.build(spec, backend, weights=weights)
+    fast = rm.build(spec, backend, weights=weights, inference=True)
+    x = odd_input(spec, batch=2)
+    expected = rm.forward(ordinary, x, taps=True)
+    actual = rm.forward(fast, x, taps=True)
+    assert list(actual) == list(expected)
+    for tap in expected:
+        assert_close(actual[tap], expected[tap], f"{name} {backend} {tap}")
+        assert actual[tap].flags.c_contiguous, f"{tap}: a backend's memory format leaked out"
+
+    # the fast path's plan and weights are the folded ones
+    folded_plan, folded = fold_batchnorm(rm.make_plan(spec), weights)
+    assert rm.plan_of(fast) == folded_plan
+    exported = rm.export_weights(fast)
+    assert list(exported) == list(folded)
+    assert all(np.array_equal(exported[k], folded[k]) for k in folded), "inference model holds other weights"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_optimize_for_inference_is_build_inference(backend):
+    """optimize_for_inference(model) makes the model build(..., inference=True) makes, and leaves
+    its input as it was; applied twice, it changes nothing more."""
+    spec = _tiny_spec()
+    weights = random_weights(rm.make_plan(spec), seed=4)
+    ordinary = rm.build(spec, backend, weights=weights)
+    optimized = rm.optimize_for_inference(ordinary)
+    _, folded = fold_batchnorm(rm.make_plan(spec), weights)
+    for model in (optimized, rm.optimize_for_inference(optimized)):
+        exported = rm.export_weights(model)
+        assert list(exported) == list(folded) and all(np.array_equal(exported[k], folded[k]) for k in folded)
+    assert rm.plan_of(ordinary) == rm.make_plan(spec)
+    assert all(np.array_equal(v, weights[k]) for k, v in rm.export_weights(ordinary).items())
+    x = odd_input(spec)
+    assert_close(rm.forward(optimized, x), rm.forward(ordinary, x), f"{backend} optimized")
+
+
+def test_folded_weights_move_between_inference_models_only():
+    """export_weights of an inference model gives the folded weights of the folded plan: they load
+    into an inference model of another backend, and an ordinary model rejects them, naming why."""
+    spec = _tiny_spec()
+    plan = rm.make_plan(spec)
+    weights = random_weights(plan, seed=1)
+    x = odd_input(spec)
+    source = rm.build(spec, BACKENDS[0], weights=weights, inference=True)
+    folded = rm.export_weights(source)
+    for backend in BACKENDS:
+        target = rm.build(spec, backend, inference=True)  # seed-initialised, then overwritten
+        rm.import_weights(target, folded)
+        assert_close(rm.forward(target, x), rm.forward(source, x), f"folded weights in {backend}")
+    with pytest.raises(WeightsError, match="bn1.running_mean"):
+        rm.import_weights(rm.build(spec, BACKENDS[0]), folded)
+
+
+# --------------------------------------------------------------------------- each framework's graph capture
+
+
+def test_torch_inference_model_traces_and_compiles():
+    import torch
+
+    spec = _tiny_spec()
+    weights = random_weights(rm.make_plan(spec), seed=2)
+    fast = rm.build(spec, "torch", weights=weights, inference=True)
+    x = odd_input(spec, batch=2)
+    expected = rm.forward(rm.build(spec, "torch", weights=weights), x)
+    convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    with torch.no_grad():
+        traced = torch.jit.trace(fast, torch.from_numpy(x))
+        assert_close(traced(torch.from_numpy(x)).numpy(), expected, "torch.jit.trace")
+        compiled = torch.compile(fast)
+        assert_close(compiled(torch.from_numpy(x)).numpy(), expected, "torch.compile")
+
+
+def test_paddle_inference_model_converts_to_static():
+    import paddle
+
+    spec = _tiny_spec()
+    weights = random_weights(rm.make_plan(spec), seed=2)
+    x = odd_input(spec, batch=2)
+    expected = rm.forward(rm.build(spec, "paddle", weights=weights), x)
+    static = paddle.jit.to_static(rm.build(spec, "paddle", weights=weights, inference=True), full_graph=True)
+    with paddle.no_grad():
+        assert_close(static(paddle.to_tensor(x)).numpy(), expected, "paddle.jit.to_static")
+    assert_close(rm.forward(static, x), expected, "rm.forward of the static layer")
