@@ -14,6 +14,7 @@ from .spec import ResNetSpec
 from .weights import check_weights, init_weights
 from .zoo import resolve_spec
 
+
 def _weights_from(weights) -> Mapping[str, np.ndarray]:
     if isinstance(weights, (str, os.PathLike)):
         from .convert import read_canonical  # reads any supported checkpoint format
@@ -45,10 +46,12 @@ def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed:
     spec = resolve_spec(spec)
     module = get_backend(backend)
     plan = make_plan(spec)
-    initial = init_weights(plan, seed)
-    if weights is not None:
-        given = check_weights(plan, _weights_from(weights), strict=strict)
-        initial.update(given)
+    if weights is None:
+        initial = init_weights(plan, seed)
+    else:
+        initial = check_weights(plan, _weights_from(weights), strict=strict)
+        if len(initial) < len(plan.params):  # strict=False with a subset: the rest from the spec's init
+            initial = {**init_weights(plan, seed), **initial}
     if inference:
         return build_inference(module, plan, initial)
     return module.build(plan, initial)
