@@ -12,7 +12,7 @@ importing the frameworks (idle), resets the high-water mark (``/proc/self/clear_
 converts once and reads ``VmHWM`` from ``/proc/self/status``: "peak extra" = peak - idle is
 exactly what one conversion needed above the idle process. (``ru_maxrss`` is not used on Linux:
 it also carries the parent's RSS across fork+exec and the import's own peak.) Elsewhere it
-falls back to ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, an overestimate.
+needs Linux's /proc (VmHWM).
 The target is peak extra < 3x the checkpoint size.
 
 Results go to benchmarks/RESULTS.md under "## Conversion" (only that section is replaced).
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,47 +32,7 @@ import time
 from pathlib import Path
 
 SECTION = "## Conversion"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-
-def _rss_bytes() -> int:
-    """Current resident set size (Linux /proc; psutil elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-
-
-def _status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's RSS high-water mark to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_bytes(reset: bool) -> int:
-    hwm = _status_kib("VmHWM") if reset else None
-    if hwm is not None:
-        return hwm * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
+from benchmarks._common import RESULTS, peak_rss_bytes, reset_peak_rss, rss_bytes, write_section
 
 
 def child(src: str, dst_suffix: str, runs: int) -> None:
@@ -85,15 +44,15 @@ def child(src: str, dst_suffix: str, runs: int) -> None:
         if fmt != NEUTRAL:
             get_backend(fmt)  # framework imports are not part of the conversion
     dst = Path(src).with_name(f"out_{Path(src).stem}{dst_suffix}")
-    idle = _rss_bytes()
-    reset = _reset_peak()
+    idle = rss_bytes()
+    reset = reset_peak_rss()
     seconds = []
     peak = None
     for _ in range(runs):
         start = time.perf_counter()
         convert(src, dst, force=True, progress=False)
         seconds.append(time.perf_counter() - start)
-        peak = _peak_bytes(reset) if peak is None else peak  # the first conversion's high-water mark
+        peak = peak_rss_bytes() if peak is None else peak  # the first conversion's high-water mark
     dst.unlink()
     print(json.dumps({"seconds": seconds, "idle_rss": idle, "peak_rss": peak, "exact_peak": reset}))
 
@@ -115,21 +74,6 @@ def _sources(workdir: Path, preset: str) -> tuple[dict[str, Path], int]:
         write_canonical(path, weights, spec, force=True)
         paths[fmt] = path
     return paths, sum(a.nbytes for a in weights.values())
-
-
-def _write_section(text: str) -> None:
-    """Replace (or append) the "## Conversion" section of RESULTS.md, leaving other sections alone."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    from resnet_multi.io_util import atomic_write_text
-
-    atomic_write_text(RESULTS, new)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if not args.no_write:
-        _write_section(text)
+        write_section(SECTION, text)
         print(f"wrote the {SECTION!r} section of {RESULTS}")
     return 0
 
