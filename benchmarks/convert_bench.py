@@ -11,8 +11,7 @@ keeps it (a high-water mark: exact, nothing sampled). On Linux the child reads i
 importing the frameworks (idle), resets the high-water mark (``/proc/self/clear_refs`` "5"),
 converts once and reads ``VmHWM`` from ``/proc/self/status``: "peak extra" = peak - idle is
 exactly what one conversion needed above the idle process. (``ru_maxrss`` is not used on Linux:
-it also carries the parent's RSS across fork+exec and the import's own peak.) Elsewhere it
-needs Linux's /proc (VmHWM).
+it also carries the parent's RSS across fork+exec and the import's own peak.) Linux only.
 The target is peak extra < 3x the checkpoint size.
 
 Results go to benchmarks/RESULTS.md under "## Conversion" (only that section is replaced).
