@@ -39,26 +39,33 @@ def machine(frameworks: dict[str, str]) -> str:
             f"load average (1/5/15 min) {load_average()} at the end of the run.")
 
 
-def calibrate(fn: Callable[[], object], min_seconds: float) -> int:
-    """Calls per sample so that one sample lasts at least ``min_seconds`` (timer noise, Python overhead)."""
+def calibrate(fn: Callable[[], object], min_seconds: float) -> tuple[int, float]:
+    """(calls per sample so that one sample lasts at least ``min_seconds``, seconds of one call)."""
     start = time.perf_counter()
     fn()
-    once = time.perf_counter() - start
-    return max(1, int(min_seconds / max(once, 1e-6) + 0.999))
+    once = max(time.perf_counter() - start, 1e-6)
+    return max(1, int(min_seconds / once + 0.999)), once
 
 
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int, budget: float = 0.0, warmup: int = 2,
                 min_seconds: float = 0.2) -> dict[str, list[float]]:
-    """Seconds per call of each variant, ``repeats`` samples each, taken round-robin so that a change
-    of machine load hits every variant alike; the order rotates every round (A B C, B C A, C A B, ...)
-    so that no variant always runs first or after the same neighbour. Warm-up calls are not timed."""
+    """Seconds per call of each variant, taken in rounds: each round times every variant once,
+    so that a change of machine load hits every variant alike; the order rotates every round
+    (A B C, B C A, C A B, ...) so that no variant always runs first or after the same neighbour.
+
+    At least ``repeats`` rounds, more while they fit in ``budget`` seconds (cheap configurations
+    get many rounds, where a single round is noisiest). Warm-up calls are not timed."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
-    calls = {name: calibrate(fn, min_seconds) for name, fn in variants.items()}
+    calls, round_seconds = {}, 0.0
+    for name, fn in variants.items():
+        calls[name], once = calibrate(fn, min_seconds)
+        round_seconds += calls[name] * once
+    rounds = max(repeats, int(budget / round_seconds))
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
-    for round_ in range(repeats):
+    for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             fn, n = variants[name], calls[name]

@@ -1,7 +1,7 @@
 """Forward latency, eval mode: models built from a spec against each framework's own ResNet.
 
 Run:  python -m benchmarks.forward_bench [--backends torch,paddle,flax] [--models resnet18,resnet50,resnet45]
-                                         [--batches 1,8] [--repeats 5] [--no-deploy] [--torch-compile] [--no-write]
+                                         [--batches 1,8] [--repeats 5] [--budget 20] [--no-deploy] [--torch-compile] [--no-write]
 
 Per backend, in one fresh process, per (model, batch): resnet18/50 at 224x224, resnet45 at 32x128.
 
@@ -19,12 +19,17 @@ torch and paddle models are called directly on framework tensors (NCHW) under
 inference_mode / no_grad; flax ones through ``jax.jit`` of ``nnx.merge(graphdef, state)(x)``
 on NHWC arrays (the same harness for built and native), waiting for the result.
 
-Timing: two warm-up calls per variant (not timed; also jit compilation), then ``--repeats``
-rounds that time every variant once each, round-robin (A B C A B C ...), each sample long
-enough (>= 0.2 s, several calls if needed) for the timer. Reported: median ms per call, and the
-ratio to native as the median of per-round ratios (the two samples of a round are neighbours in
-time, so a change of machine load hits both). Results go to benchmarks/RESULTS.md under
-"## Forward latency" (only that section is replaced).
+Timing: two warm-up calls per variant (not timed; also jit compilation), then rounds that time
+every variant once each, round-robin, each sample long enough (>= 0.2 s, several calls if
+needed) for the timer; the order rotates every round. At least ``--repeats`` rounds, more while
+they fit in ``--budget`` seconds per (model, batch) (batch-1 rounds are short and noisiest). Reported:
+median ms per call, and the ratio to native as the median of per-round ratios (the two samples
+of a round are neighbours in time, so a change of machine load hits both). The deploy rows are
+timed in a second series against native alone (their runtimes' worker threads keep spinning
+after a call and would slow the next variant).
+
+Results go to benchmarks/RESULTS.md, one section per backend ("## Forward latency: torch", ...),
+so that re-running one backend replaces only its section.
 """
 
 from __future__ import annotations
@@ -56,6 +61,27 @@ def _first(out):
 def _rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _measure(variants: dict, args) -> dict[str, dict[str, float]]:
+    """{variant: {"ms": median ms per call, "ratio": median per-round ratio to native}}.
+
+    The deployment runtimes (onnxruntime, Paddle Inference) keep their worker threads spinning
+    for a while after each call, which would slow whatever runs next; so they are timed in a
+    second series of rounds, against native alone, after the framework models' rounds."""
+    deploy = {k: fn for k, fn in variants.items() if k.startswith("deploy")}
+    main = {k: fn for k, fn in variants.items() if k not in deploy}
+    out = {}
+    for group in (main, {"native": variants["native"], **deploy}):
+        if len(group) < 2:
+            continue
+        samples = _common.interleaved(group, args.repeats, args.budget)
+        for name, values in samples.items():
+            if name == "native" and name in out:
+                continue  # the second series' native only serves its own ratios
+            out[name] = {"ms": statistics.median(values) * 1e3, "rounds": len(values),
+                         "ratio": _common.paired_ratio(samples, name, "native")}
+    return out
 
 
 # --------------------------------------------------------------------------- per backend (child process)
@@ -90,8 +116,8 @@ def _torch(name, batch, hw, args, tmp):
     with torch.inference_mode():
         reference = native(x).numpy()
         errors = {k: _rel_err(_first(fn()), reference) for k, fn in variants.items() if k != "native"}
-        samples = _common.interleaved(variants, args.repeats)
-    return samples, errors, {"torch": torch.__version__, "torch threads": torch.get_num_threads()}
+        timings = _measure(variants, args)
+    return timings, errors, {"torch": torch.__version__, "torch threads": torch.get_num_threads()}
 
 
 def _paddle(name, batch, hw, args, tmp):
@@ -131,8 +157,8 @@ def _paddle(name, batch, hw, args, tmp):
     with paddle.no_grad():
         reference = native(x).numpy()
         errors = {k: _rel_err(_first(fn()), reference) for k, fn in variants.items() if k != "native"}
-        samples = _common.interleaved(variants, args.repeats)
-    return samples, errors, {"paddle": paddle.__version__}
+        timings = _measure(variants, args)
+    return timings, errors, {"paddle": paddle.__version__}
 
 
 def _flax(name, batch, hw, args, tmp):
@@ -160,8 +186,8 @@ def _flax(name, batch, hw, args, tmp):
                 "fast": jitted(rm.build(spec, "flax", weights=weights, inference=True))}
     reference = np.asarray(built())  # the native peer has other weights: compare fast with built
     errors = {"fast": _rel_err(np.asarray(variants["fast"]()), reference), "built": float("nan")}
-    samples = _common.interleaved(variants, args.repeats)
-    return samples, errors, {"jax": jax.__version__, "flax": flax.__version__}
+    timings = _measure(variants, args)
+    return timings, errors, {"jax": jax.__version__, "flax": flax.__version__}
 
 
 RUNNERS = {"torch": _torch, "paddle": _paddle, "flax": _flax}
@@ -172,8 +198,8 @@ def child(backend: str, args) -> None:
         for name in args.models:
             for batch in args.batches:
                 hw = SIZES[name]
-                samples, errors, versions = RUNNERS[backend](name, batch, hw, args, tmp)
-                print(json.dumps({"model": name, "batch": batch, "hw": hw, "samples": samples, "errors": errors,
+                timings, errors, versions = RUNNERS[backend](name, batch, hw, args, tmp)
+                print(json.dumps({"model": name, "batch": batch, "hw": hw, "timings": timings, "errors": errors,
                                   "versions": versions}), flush=True)
 
 
@@ -181,14 +207,12 @@ def child(backend: str, args) -> None:
 
 
 def _rows(backend: str, result: dict) -> list[str]:
-    samples = result["samples"]
     rows = []
-    for variant, values in samples.items():
-        ms = statistics.median(values) * 1e3
+    for variant, timing in result["timings"].items():
+        ms, ratio = timing["ms"], timing["ratio"]
         if variant == "native":
-            rows.append(f"| {backend} | {result['model']} | {result['batch']} | {variant} | {ms:.1f} | 1.000 | | |")
+            rows.append(f"| {backend} | {result['model']} | {result['batch']} | {variant} | {ms:.1f} | 1.000 | | | {timing['rounds']} |")
             continue
-        ratio = _common.paired_ratio(samples, variant, "native")
         note = ""
         if variant == "built":
             note = "ok" if ratio <= TARGET_BUILT else f"over {TARGET_BUILT}"
@@ -197,7 +221,7 @@ def _rows(backend: str, result: dict) -> list[str]:
         err = result["errors"].get(variant, float("nan"))
         err_text = "" if err != err else f"{err:.1e}"  # NaN: not comparable (other weights)
         rows.append(f"| {backend} | {result['model']} | {result['batch']} | {variant} | {ms:.1f} | {ratio:.3f} "
-                    f"| {note} | {err_text} |")
+                    f"| {note} | {err_text} | {timing['rounds']} |")
     return rows
 
 
@@ -206,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="torch,paddle,flax")
     parser.add_argument("--models", default="resnet18,resnet50,resnet45")
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (medians reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="minimum interleaved rounds (medians reported)")
+    parser.add_argument("--budget", type=float, default=20.0,
+                        help="seconds per (model, batch) series: more rounds while they fit (default 20)")
     parser.add_argument("--no-deploy", dest="deploy", action="store_false", help="skip the exported-artifact rows")
     parser.add_argument("--torch-compile", action="store_true", help="add a torch.compile row (slow to compile)")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not update RESULTS.md")
@@ -221,69 +247,82 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args)
         return 0
 
-    rows, versions = [], {}
     for backend in [b for b in args.backends.split(",") if b]:
-        command = [sys.executable, "-m", "benchmarks.forward_bench", "--child", backend, "--models",
-                   ",".join(args.models), "--batches", ",".join(map(str, args.batches)), "--repeats",
-                   str(args.repeats)] + ([] if args.deploy else ["--no-deploy"]) + \
-                  (["--torch-compile"] if args.torch_compile else [])
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   cwd=Path(__file__).resolve().parent.parent)
-        for line in process.stdout:
-            if not line.startswith("{"):
-                continue
-            result = json.loads(line)
-            versions.update(result["versions"])
-            new = _rows(backend, result)
-            rows += new
-            print("\n".join(new), flush=True)
-        stderr = process.stderr.read()
-        if process.wait() != 0:
-            print(stderr, file=sys.stderr)
-            raise SystemExit(f"the {backend} benchmark failed")
+        rows, versions = _run_backend(backend, args)
+        text = _section(backend, rows, versions, args)
+        print()
+        print(text)
+        if not args.no_write:
+            _common.write_section(f"{SECTION}: {backend}", text)
+            print(f"wrote the {SECTION}: {backend!r} section of {_common.RESULTS}")
+    return 0
 
-    command = "python -m benchmarks.forward_bench" + "".join(
-        f" --{k} {v}" for k, v in (("backends", args.backends), ("models", ",".join(args.models)),
-                                   ("batches", ",".join(map(str, args.batches))), ("repeats", args.repeats)))
+
+def _run_backend(backend: str, args) -> tuple[list[str], dict]:
+    command = [sys.executable, "-m", "benchmarks.forward_bench", "--child", backend, "--models",
+               ",".join(args.models), "--batches", ",".join(map(str, args.batches)), "--repeats",
+               str(args.repeats), "--budget", str(args.budget)] + ([] if args.deploy else ["--no-deploy"]) + \
+              (["--torch-compile"] if args.torch_compile else [])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent)
+    rows, versions = [], {}
+    for line in process.stdout:
+        if not line.startswith("{"):
+            continue
+        result = json.loads(line)
+        versions.update(result["versions"])
+        new = _rows(backend, result)
+        rows += new
+        print("\n".join(new), flush=True)
+    stderr = process.stderr.read()
+    if process.wait() != 0:
+        print(stderr, file=sys.stderr)
+        raise SystemExit(f"the {backend} benchmark failed")
+    return rows, versions
+
+
+NOTES = {
+    "torch": "Folding removes every BatchNorm pass and channels_last lets oneDNN run the convolutions in its "
+             "preferred layout; both are needed for the 15% (folding alone gave ~14% on resnet50 batch 8, "
+             "channels_last another ~10%). The deploy row is the ONNX file `rm.export` writes, run by "
+             "onnxruntime (its default threads).",
+    "paddle": "Paddle's dynamic-graph CPU convolutions do not use oneDNN (FLAGS_use_onednn has no effect there) "
+              "and take ~90% of the time, so removing BatchNorm (a fast kernel in Paddle) gains nothing "
+              "measurable; the folded model is only kept from being slower (its `optimize` hook adds conv biases "
+              "as (C,1,1): Paddle's own (1,C,1,1) broadcast made the folded resnet50 1.26x native). Paddle's fast "
+              "route is the exported static model under Paddle Inference with oneDNN (the deploy row): "
+              "`rm.export(model, prefix, shape)`, then `paddle.inference.Config(prefix + '.json', prefix + "
+              "'.pdiparams')` with `enable_mkldnn()`.",
+    "flax": "XLA already fuses each BatchNorm into its convolution's elementwise epilogue, so folding saves "
+            "almost nothing; no legitimate CPU switch was found (`XLA_FLAGS=--xla_cpu_use_onednn=true` and "
+            "closing over the weights as jit constants changed nothing measurable). \"rel. err\" of fast is "
+            "against built (the plain Flax peer has its own weights).",
+}
+
+
+def _section(backend: str, rows: list[str], versions: dict, args) -> str:
+    command = (f"python -m benchmarks.forward_bench --backends {backend} --models {','.join(args.models)} "
+               f"--batches {','.join(map(str, args.batches))} --repeats {args.repeats} --budget {args.budget:g}")
     command += ("" if args.deploy else " --no-deploy") + (" --torch-compile" if args.torch_compile else "")
-    text = "\n".join([
-        SECTION,
+    return "\n".join([
+        f"{SECTION}: {backend}",
         "",
-        f"`{command}`. Eval mode, float32, CPU; resnet18/50 at 224x224, resnet45 at 32x128. "
-        f"Median ms per call over {args.repeats} interleaved rounds (warm-up excluded); ratio = median of "
-        "per-round ratios to the native model (< 1 is faster). Targets: built/native <= 1.03; fast path "
-        ">= 15% faster than native for resnet50 batch 8. \"rel. err\" = max|out - native| / max|native| "
-        "with the same weights (flax: fast vs built, as the plain Flax peer has its own weights).",
+        f"`{command}`. Eval mode, float32, CPU; resnet18/50 at 224x224, resnet45 at 32x128. Median ms per "
+        f"call over the interleaved rounds (warm-up excluded); ratio = median of per-round ratios to "
+        "the native model (< 1 is faster). Targets: built/native <= 1.03; fast path >= 15% faster than native "
+        "for resnet50 batch 8. \"rel. err\" = max|out - native| / max|native| with the same weights. "
+        "See the script's docstring for what each variant is.",
         "",
-        _common.machine({k: str(v) for k, v in versions.items()}) + " Each framework at its default thread "
-        "count (2 cores); the machine is shared with other jobs, so absolute times are noisy, ratios less so.",
+        _common.machine({k: str(v) for k, v in versions.items()}) + " Default thread counts. The machine is "
+        "shared with other jobs: absolute times are noisy, ratios less so.",
         "",
-        "| backend | model | batch | variant | ms | ratio to native | target | rel. err |",
-        "|---|---|---:|---|---:|---:|---|---:|",
+        "| backend | model | batch | variant | ms | ratio to native | target | rel. err | rounds |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|",
         *rows,
         "",
-        "What the fast path can gain, per framework (see also `resnet_multi/inference.py`):",
-        "",
-        "- torch: folding removes every BatchNorm pass and channels_last lets oneDNN run the convs in its "
-        "preferred layout; both are needed for the 15% (folding alone gave ~14% on resnet50 batch 8, "
-        "channels_last another ~10%).",
-        "- paddle: Paddle's dynamic-graph CPU convolutions do not use oneDNN (FLAGS_use_onednn has no effect "
-        "there) and take ~90% of the time, so removing BatchNorm (a fast fused kernel in Paddle) gains "
-        "nothing measurable; the folded model is only kept from being slower (a (C,1,1) bias add: Paddle's "
-        "own (1,C,1,1) broadcast made it 1.26x native). Paddle's fast route is the exported static model "
-        "under Paddle Inference with oneDNN (the deploy row): `rm.export(model, prefix, shape)`, then "
-        "`paddle.inference.Config(prefix + '.json', prefix + '.pdiparams').enable_mkldnn()`.",
-        "- flax: XLA already fuses each BatchNorm into its convolution's elementwise epilogue, so folding "
-        "saves almost nothing; no legitimate CPU switch was found (`XLA_FLAGS=--xla_cpu_use_onednn=true` "
-        "and closing over the weights as jit constants changed nothing measurable).",
+        NOTES[backend],
         "",
     ])
-    print()
-    print(text)
-    if not args.no_write:
-        _common.write_section(SECTION, text)
-        print(f"wrote the {SECTION!r} section of {_common.RESULTS}")
-    return 0
 
 
 if __name__ == "__main__":
