@@ -79,8 +79,10 @@ def _measure(variants: dict, args) -> dict[str, dict[str, float]]:
         for name, values in samples.items():
             if name == "native" and name in out:
                 continue  # the second series' native only serves its own ratios
+            ratios = sorted(a / b for a, b in zip(values, samples["native"]))
             out[name] = {"ms": statistics.median(values) * 1e3, "rounds": len(values),
-                         "ratio": _common.paired_ratio(samples, name, "native")}
+                         "ratio": _common.paired_ratio(samples, name, "native"),
+                         "quartiles": statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else ratios * 2}
     return out
 
 
@@ -211,7 +213,7 @@ def _rows(backend: str, result: dict) -> list[str]:
     for variant, timing in result["timings"].items():
         ms, ratio = timing["ms"], timing["ratio"]
         if variant == "native":
-            rows.append(f"| {backend} | {result['model']} | {result['batch']} | {variant} | {ms:.1f} | 1.000 | | | {timing['rounds']} |")
+            rows.append(f"| {backend} | {result['model']} | {result['batch']} | {variant} | {ms:.1f} | 1.000 | | | | {timing['rounds']} |")
             continue
         note = ""
         if variant == "built":
@@ -220,8 +222,9 @@ def _rows(backend: str, result: dict) -> list[str]:
             note = "ok (>= 15% faster)" if ratio <= TARGET_FAST else "misses 15%"
         err = result["errors"].get(variant, float("nan"))
         err_text = "" if err != err else f"{err:.1e}"  # NaN: not comparable (other weights)
+        q1, q3 = timing["quartiles"]
         rows.append(f"| {backend} | {result['model']} | {result['batch']} | {variant} | {ms:.1f} | {ratio:.3f} "
-                    f"| {note} | {err_text} | {timing['rounds']} |")
+                    f"| {q1:.2f}-{q3:.2f} | {note} | {err_text} | {timing['rounds']} |")
     return rows
 
 
@@ -309,15 +312,16 @@ def _section(backend: str, rows: list[str], versions: dict, args) -> str:
         "",
         f"`{command}`. Eval mode, float32, CPU; resnet18/50 at 224x224, resnet45 at 32x128. Median ms per "
         f"call over the interleaved rounds (warm-up excluded); ratio = median of per-round ratios to "
-        "the native model (< 1 is faster). Targets: built/native <= 1.03; fast path >= 15% faster than native "
+        "the native model (< 1 is faster), with the quartiles of the per-round ratios (their spread is the "
+        "noise). Targets: built/native <= 1.03; fast path >= 15% faster than native "
         "for resnet50 batch 8. \"rel. err\" = max|out - native| / max|native| with the same weights. "
         "See the script's docstring for what each variant is.",
         "",
         _common.machine({k: str(v) for k, v in versions.items()}) + " Default thread counts. The machine is "
         "shared with other jobs: absolute times are noisy, ratios less so.",
         "",
-        "| backend | model | batch | variant | ms | ratio to native | target | rel. err | rounds |",
-        "|---|---|---:|---|---:|---:|---|---:|---:|",
+        "| backend | model | batch | variant | ms | ratio to native | quartiles | target | rel. err | rounds |",
+        "|---|---|---:|---|---:|---:|---|---|---:|---:|",
         *rows,
         "",
         NOTES[backend],
