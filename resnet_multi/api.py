@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-import numpy as np
-
+from ._lazy import np
 from .inference import build_inference
 from .plan import Plan, make_plan
 from .registry import backend_of, get_backend

@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-import numpy as np
-
+from ._lazy import np
 from .io_util import atomic_path
 from .plan import make_plan
 from .registry import get_backend, native_suffixes

@@ -27,8 +27,7 @@ import dataclasses
 from types import ModuleType
 from typing import Mapping
 
-import numpy as np
-
+from ._lazy import np
 from . import plan as P
 from .weights import check_weights
 

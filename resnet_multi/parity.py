@@ -23,8 +23,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
-import numpy as np
-
+from ._lazy import np
 from . import api
 from .plan import Plan, make_plan
 from .reference import reference_forward

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-
+from ._lazy import np
 from . import plan as P
 
 # --------------------------------------------------------------------------- primitives (NCHW, float64)
@@ -37,7 +35,8 @@ def _windows(x: np.ndarray, kernel_size: int, stride: int, dilation: int = 1) ->
     (i * stride, j * stride) and samples every ``dilation``-th pixel.
     """
     span = dilation * (kernel_size - 1) + 1  # the window's extent in the input
-    views = sliding_window_view(x, (span, span), axis=(2, 3))  # (N, C, H-span+1, W-span+1, span, span)
+    # (N, C, H-span+1, W-span+1, span, span)
+    views = np.lib.stride_tricks.sliding_window_view(x, (span, span), axis=(2, 3))
     return views[:, :, ::stride, ::stride, ::dilation, ::dilation]
 
 

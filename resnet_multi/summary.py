@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-
-import numpy as np
 
 from .plan import make_plan, trace
 from .zoo import resolve_spec
@@ -62,7 +61,7 @@ def summary(spec, input_shape=None) -> Summary:
     figures = trace(p, input_shape)
 
     def count(prefixes, buffers=False):
-        return sum(int(np.prod(i.shape)) for n, i in p.params.items()
+        return sum(math.prod(i.shape) for n, i in p.params.items()
                    if i.is_buffer == buffers and n.split(".")[0] in prefixes)
 
     stem_names = {"conv1", "bn1"}
@@ -72,7 +71,7 @@ def summary(spec, input_shape=None) -> Summary:
         rows.append(SummaryRow(stage.name, figures[stage.name][0], count({stage.name}), macs))
     if p.head is not None:
         rows.append(SummaryRow("head", figures["logits"][0], count({"fc"}), figures["logits"][1]))
-    total_params = sum(int(np.prod(i.shape)) for i in p.params.values() if not i.is_buffer)
-    total_buffers = sum(int(np.prod(i.shape)) for i in p.params.values() if i.is_buffer)
+    total_params = sum(math.prod(i.shape) for i in p.params.values() if not i.is_buffer)
+    total_buffers = sum(math.prod(i.shape) for i in p.params.values() if i.is_buffer)
     return Summary(spec.name, tuple(input_shape), tuple(rows), total_params, total_buffers,
                    sum(r.macs for r in rows), {name: f[0] for name, f in figures.items()})

@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-import numpy as np
-
+from ._lazy import np
 from .plan import Plan, make_plan
 
 if TYPE_CHECKING:

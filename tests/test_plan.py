@@ -138,3 +138,20 @@ def test_import_loads_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "clean"
+
+
+def test_numpy_runs_only_when_arrays_are_needed():
+    """numpy is most of the import's cost (issue 6: `import resnet_multi` < 0.1 s), so specs, plans
+    and summaries must not execute it; the first call that needs arrays loads it transparently."""
+    code = (
+        "import json, sys, resnet_multi as rm\n"
+        "ran = lambda: any(name.startswith('numpy.') for name in sys.modules)\n"
+        "spec = rm.ResNetSpec.from_dict(json.loads(rm.get_spec('resnet50').to_json()))\n"
+        "rm.summary(spec); rm.list_specs(); rm.make_plan(spec)\n"
+        "assert not ran(), sorted(m for m in sys.modules if m.startswith('numpy'))\n"
+        "weights = rm.weights.init_weights(rm.make_plan(rm.get_spec('resnet18')), seed=0)\n"
+        "assert ran() and type(weights['fc.weight']).__name__ == 'ndarray'\n"
+        "print('lazy')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "lazy"
