@@ -117,6 +117,11 @@ def test_inference_model_equals_ordinary_model(name, backend):
     for tap in expected:
         assert_close(actual[tap], expected[tap], f"{name} {backend} {tap}")
         assert actual[tap].flags.c_contiguous, f"{tap}: a backend's memory format leaked out"
+    # without taps a backend may take another route (Paddle: its inference engine): same function
+    expected_out, actual_out = rm.forward(ordinary, x), rm.forward(fast, x)
+    for i, (a, e) in enumerate(zip(*[o if isinstance(o, list) else [o] for o in (actual_out, expected_out)],
+                                   strict=True)):
+        assert_close(a, e, f"{name} {backend} output {i} without taps")
 
     # the fast path's plan and weights are the folded ones
     folded_plan, folded = fold_batchnorm(rm.make_plan(spec), weights)
@@ -192,3 +197,50 @@ def test_paddle_inference_model_converts_to_static():
     with paddle.no_grad():
         assert_close(static(paddle.to_tensor(x)).numpy(), expected, "paddle.jit.to_static")
     assert_close(rm.forward(static, x), expected, "rm.forward of the static layer")
+
+
+def test_paddle_inference_model_runs_its_engine_and_keeps_it_current(monkeypatch):
+    """Eval calls of Paddle's fast path run under Paddle Inference (oneDNN); calls that need the
+    layers (taps, gradients, to_static) run the dygraph forward; new weights drop the engine; an
+    engine that cannot be made leaves a warning and the dygraph forward, with the same outputs."""
+    import paddle
+    from paddle import inference
+
+    spec = _tiny_spec()
+    weights, other = (random_weights(rm.make_plan(spec), seed=s) for s in (5, 6))
+    fast = rm.build(spec, "paddle", weights=weights, inference=True)
+    x = odd_input(spec, batch=2)
+    expected = rm.forward(rm.build(spec, "paddle", weights=weights), x)
+
+    assert fast._engine is None  # nothing made before it is needed
+    rm.forward(fast, x, taps=True)
+    assert fast._engine is None, "taps must use the layers"
+    with paddle.no_grad():
+        out = fast(paddle.to_tensor(x))
+    assert isinstance(out, paddle.Tensor) and fast._engine is not None
+    assert_close(out.numpy(), expected, "engine output")
+
+    wants_grad = paddle.to_tensor(x, stop_gradient=False)
+    out = fast(wants_grad)
+    out.sum().backward()  # the dygraph route: the input gets its gradient
+    assert wants_grad.grad is not None and wants_grad.grad.shape == wants_grad.shape
+
+    # new weights: the engine is dropped and remade from them
+    rm.import_weights(fast, rm.export_weights(rm.build(spec, "paddle", weights=other, inference=True)))
+    assert fast._engine is None
+    expected_other = rm.forward(rm.build(spec, "paddle", weights=other), x)
+    assert_close(rm.forward(fast, x), expected_other, "engine after import_weights")
+    fast.set_state_dict(rm.build(spec, "paddle", weights=weights, inference=True).state_dict())
+    assert fast._engine is None
+    assert_close(rm.forward(fast, x), expected, "engine after set_state_dict")
+
+    def unavailable(config):
+        raise RuntimeError("no engine here")
+
+    monkeypatch.setattr(inference, "create_predictor", unavailable)
+    broken = rm.build(spec, "paddle", weights=weights, inference=True)
+    with pytest.warns(RuntimeWarning, match="no engine here"):
+        out = rm.forward(broken, x)
+    assert broken._engine is None
+    assert_close(out, expected, "dygraph fallback")
+
