@@ -10,6 +10,7 @@ Per backend, in one fresh process, per (model, batch): resnet18/50 at 224x224, r
   see benchmarks/_native.py). torch and paddle peers hold the built model's very weights.
 - built: ``rm.build(spec, backend)``.
 - fast: ``rm.build(spec, backend, inference=True)`` (BatchNorm folded; torch: channels_last;
+  flax: 1x1 convs as channel products;
   paddle: its eval calls run under Paddle Inference with oneDNN, so it is timed in the second
   series below, like the deploy rows).
 - deploy (unless --no-deploy): the fast path exported with ``rm.export`` and run by the
@@ -298,10 +299,12 @@ NOTES = {
               "deployment engine (made on the first call from `paddle.jit.save` of the folded model; taps, "
               "gradients and `to_static` use the dygraph layers). The deploy row is the file `rm.export` writes, "
               "run by Paddle Inference with its defaults (one thread; the fast path uses every core).",
-    "flax": "XLA already fuses each BatchNorm into its convolution's elementwise epilogue, so folding saves "
-            "almost nothing; no legitimate CPU switch was found (`XLA_FLAGS=--xla_cpu_use_onednn=true` and "
-            "closing over the weights as jit constants changed nothing measurable). \"rel. err\" of fast is "
-            "against built (the plain Flax peer has its own weights).",
+    "flax": "XLA already fuses each BatchNorm into its convolution's elementwise epilogue, so folding alone saves "
+            "almost nothing (`XLA_FLAGS=--xla_cpu_use_onednn=true` and closing over the weights as jit constants "
+            "changed nothing measurable either). What gains is the primitive: the fast path computes every 1x1 "
+            "conv as a channel product (`_PointwiseConv`), which XLA:CPU runs faster than its convolution; "
+            "im2col for the 3x3 convs was slower. \"rel. err\" of fast is against built (the plain Flax peer has "
+            "its own weights).",
 }
 
 

@@ -17,6 +17,7 @@ import resnet_multi as rm
 from conftest import BACKENDS, PRESETS, assert_close, odd_input
 from resnet_multi import plan as P
 from resnet_multi.inference import fold_batchnorm, is_folded
+from resnet_multi.registry import get_backend
 from resnet_multi.weights import WeightsError, random_weights
 
 
@@ -244,3 +245,33 @@ def test_paddle_inference_model_runs_its_engine_and_keeps_it_current(monkeypatch
     assert broken._engine is None
     assert_close(out, expected, "dygraph fallback")
 
+
+
+def test_flax_inference_model_runs_pointwise_convs_as_products_under_jit():
+    """Flax's fast path computes every 1x1 conv (no padding, no groups) as a channel product: the
+    module swaps class but keeps its state, survives nnx.split/merge and nnx.jit, and other convs
+    stay nnx.Conv."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    flax_backend = get_backend("flax")
+    spec = _tiny_spec()
+    weights = random_weights(rm.make_plan(spec), seed=2)
+    fast = rm.build(spec, "flax", weights=weights, inference=True)
+    kinds = {(tuple(m.kernel_size), type(m).__name__) for _, m in nnx.iter_modules(fast) if isinstance(m, nnx.Conv)}
+    assert ((1, 1), "_PointwiseConv") in kinds and ((3, 3), "Conv") in kinds, kinds
+    assert ((1, 1), "Conv") not in kinds and ((3, 3), "_PointwiseConv") not in kinds, kinds
+
+    x = odd_input(spec, batch=2)
+    expected = rm.forward(rm.build(spec, "flax", weights=weights), x)
+    graphdef, state = nnx.split(fast)
+    merged = nnx.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    assert_close(np.asarray(merged), expected, "nnx.jit of split/merge")
+
+    # what is not a plain 1x1 conv keeps the convolution primitive
+    rngs = nnx.Rngs(0)
+    assert flax_backend._is_pointwise(nnx.Conv(4, 4, (1, 1), strides=(2, 2), padding=((0, 0), (0, 0)), rngs=rngs))
+    for conv in (nnx.Conv(4, 4, (1, 1), padding=((1, 1), (1, 1)), rngs=rngs),
+                 nnx.Conv(4, 4, (1, 1), padding=((0, 0), (0, 0)), feature_group_count=2, rngs=rngs),
+                 nnx.Conv(4, 4, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)):
+        assert not flax_backend._is_pointwise(conv), conv
