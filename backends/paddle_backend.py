@@ -23,6 +23,7 @@ import numpy as np
 import paddle
 from paddle import ParamAttr, nn
 from paddle.nn import functional as F
+from paddle.jit.dy2static.program_translator import StaticFunction
 from paddle.nn.initializer import Constant
 
 from resnet_multi import plan as P
@@ -296,7 +297,7 @@ def forward(model: ResNet, x_nchw: np.ndarray, *, taps: bool = False) -> dict[st
     if taps:
         return {name: t.numpy() for name, t in out.items()}
     outputs = out if isinstance(out, list) else [out]
-    return {name: t.numpy() for name, t in zip(model.plan.output_names(), outputs)}
+    return {name: t.numpy() for name, t in zip(model.plan.output_names(), outputs, strict=True)}
 
 
 # --------------------------------------------------------------------------- native files (.pdparams)
@@ -443,37 +444,61 @@ class InferenceResNet(ResNet):
 
     The engine is made on the first call that can use it, from the weights the model holds then
     (``paddle.jit.save`` of this layer to a temporary directory, then a predictor with dynamic
-    batch and image size; a few seconds for resnet50). Calls that need the layers themselves run
-    the ordinary dygraph forward: ``taps=True``, train mode, an input that wants gradients, an
-    input not on the CPU, inside static-graph tracing, or after ``paddle.jit.to_static(model)``.
-    ``set_state_dict`` and ``rm.import_weights`` drop the engine, so the next call rebuilds it;
-    after assigning a parameter directly, call ``model.drop_engine()``. If the engine cannot be
-    made, the model warns once and stays on the dygraph forward.
+    batch and image size; a few seconds for resnet50). It holds its own copy of the weights and
+    runs on every core this process may use (``os.sched_getaffinity``, not ``OMP_NUM_THREADS``).
+    Calls that need the layers themselves run the ordinary dygraph forward: ``taps=True``, train
+    mode, an input that wants gradients or is not float32 on the CPU, a parameter that wants
+    gradients, a forward hook on any sublayer, a static-graph program being built (AST
+    ``to_static``), or after ``paddle.jit.to_static(model)``. (Under the default SOT
+    ``to_static`` of a model that contains this one, the engine runs through a graph break, with
+    the same outputs.) ``set_state_dict``, ``rm.import_weights`` and ``train()`` drop the engine,
+    so the next eval call makes a new one; after assigning a parameter directly, call
+    ``model.drop_engine()``. If the engine cannot be made, the model warns and stays on the
+    dygraph forward until ``drop_engine()``. Copies and pickles leave the engine out.
     """
 
     _engine = None  # the paddle.inference predictor, made on first use
     _engine_failed = False
 
-    def __call__(self, x, taps: bool = False):
-        if (taps or self.training or self._engine_failed or "forward" in self.__dict__  # to_static'd
-                or not paddle.in_dynamic_mode() or not isinstance(x, paddle.Tensor) or not x.place.is_cpu_place()
+    def _needs_layers(self, x, taps: bool) -> bool:
+        if (taps or self.training or self._engine_failed or isinstance(self.forward, StaticFunction)
+                or not paddle.in_dynamic_mode() or not isinstance(x, paddle.Tensor)
+                or not x.place.is_cpu_place() or x.dtype != paddle.float32
                 or (paddle.is_grad_enabled() and not x.stop_gradient)):
+            return True
+        return any(layer._forward_pre_hooks or layer._forward_post_hooks
+                   for layer in self.sublayers(include_self=True)) or \
+            any(not param.stop_gradient for param in self.parameters())
+
+    def __call__(self, x, taps: bool = False):
+        if self._needs_layers(x, taps):
             return super().__call__(x, taps=taps)
         engine = self._engine if self._engine is not None else self._make_engine()
         if engine is None:
             return super().__call__(x, taps=taps)
-        outputs = engine.run([x])
+        # the predictor reuses its output buffers on the next run: hand out copies
+        outputs = [out.clone() for out in engine.run([x])]
         return outputs if (not self._has_head and self._out_indices is not None) else outputs[0]
 
     def drop_engine(self) -> None:
-        """Forget the engine (after changing weights in place); the next call makes a new one."""
+        """Forget the engine (after changing weights in place); the next eval call makes a new one."""
         self._engine = None
+        self._engine_failed = False
 
     def set_state_dict(self, *args, **kwargs):
         self.drop_engine()
         return super().set_state_dict(*args, **kwargs)
 
     set_dict = load_dict = set_state_dict
+
+    def train(self, *args, **kwargs):
+        self.drop_engine()  # training changes the weights the engine copied
+        return super().train(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # Layer returns its own __dict__: copy before editing
+        state.pop("_engine", None)  # a predictor cannot be copied or pickled; remade on demand
+        return state
 
     def _make_engine(self):
         from paddle import inference

@@ -10,9 +10,8 @@ Per backend, in one fresh process, per (model, batch): resnet18/50 at 224x224, r
   see benchmarks/_native.py). torch and paddle peers hold the built model's very weights.
 - built: ``rm.build(spec, backend)``.
 - fast: ``rm.build(spec, backend, inference=True)`` (BatchNorm folded; torch: channels_last;
-  flax: 1x1 convs as channel products;
-  paddle: its eval calls run under Paddle Inference with oneDNN, so it is timed in the second
-  series below, like the deploy rows).
+  flax: 1x1 convs as channel products; paddle: its eval calls run under Paddle Inference with
+  oneDNN, so it is timed in the second series below, like the deploy rows).
 - deploy (unless --no-deploy): the fast path exported with ``rm.export`` and run by the
   deployment runtime: onnxruntime for torch's ONNX, Paddle Inference with oneDNN for Paddle's
   static model. flax: none (XLA's jit already compiles the whole graph).

@@ -61,8 +61,9 @@ def optimize_for_inference(model):
 
     Every BatchNorm is folded into the convolution before it (once, in numpy, float64; see
     ``resnet_multi.inference``), the folded plan is compiled by the model's backend, and the
-    backend's own speed-ups are applied (torch: channels_last memory format; see each backend's
-    ``optimize``). Outputs equal ``model``'s within float32 noise; ``rm.forward`` with taps works.
+    backend's own speed-ups are applied (torch: channels_last memory format; paddle: eval calls
+    run under Paddle Inference with oneDNN; flax: 1x1 convs as channel products; see each
+    backend's ``optimize``). Outputs equal ``model``'s within float32 noise; ``rm.forward`` with taps works.
     ``model`` itself is not changed.
 
     The result is for inference only: training it would train the folded convs, not BatchNorm.

@@ -9,9 +9,10 @@ two collapse into one convolution with
 
 This module rewrites a Plan and its canonical weights that way, ONCE, in numpy (float64, then
 float32), so every backend gets the fast path by compiling the folded plan with its ordinary
-``build()``: backends hold no folding code. A backend may add its own speed-ups (memory
-format, graph compilation) through an optional ``optimize(model) -> model`` function in its
-module; ``build_inference`` calls it when present.
+``build()``: backends hold no folding code. A backend may add its own speed-ups (torch:
+memory format; paddle: a Paddle Inference engine; flax: 1x1 convs as products) through an
+optional ``optimize(model) -> model`` function in its module; ``build_inference`` calls it
+when present.
 
 The folded plan has the same ``spec``, the same taps (``plan.tap_names``) and the same output
 names as the original. Its parameter table differs: no BatchNorm entries, and every conv that

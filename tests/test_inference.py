@@ -9,6 +9,7 @@ float32 summation-order noise as between two frameworks.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -120,6 +121,7 @@ def test_inference_model_equals_ordinary_model(name, backend):
         assert actual[tap].flags.c_contiguous, f"{tap}: a backend's memory format leaked out"
     # without taps a backend may take another route (Paddle: its inference engine): same function
     expected_out, actual_out = rm.forward(ordinary, x), rm.forward(fast, x)
+    assert type(actual_out) is type(expected_out)
     for i, (a, e) in enumerate(zip(*[o if isinstance(o, list) else [o] for o in (actual_out, expected_out)],
                                    strict=True)):
         assert_close(a, e, f"{name} {backend} output {i} without taps")
@@ -200,33 +202,64 @@ def test_paddle_inference_model_converts_to_static():
     assert_close(rm.forward(static, x), expected, "rm.forward of the static layer")
 
 
+class _CountingEngine:
+    """Wraps a Paddle Inference predictor and counts its runs (the engine route was taken)."""
+
+    def __init__(self, engine):
+        self.engine, self.runs = engine, 0
+
+    def run(self, inputs):
+        self.runs += 1
+        return self.engine.run(inputs)
+
+
 def test_paddle_inference_model_runs_its_engine_and_keeps_it_current(monkeypatch):
     """Eval calls of Paddle's fast path run under Paddle Inference (oneDNN); calls that need the
-    layers (taps, gradients, to_static) run the dygraph forward; new weights drop the engine; an
-    engine that cannot be made leaves a warning and the dygraph forward, with the same outputs."""
+    layers (taps, gradients, hooks, to_static) run the dygraph forward; new weights and training
+    drop the engine; an engine that cannot be made warns once and leaves the dygraph forward."""
+    import copy
+
     import paddle
     from paddle import inference
 
     spec = _tiny_spec()
     weights, other = (random_weights(rm.make_plan(spec), seed=s) for s in (5, 6))
     fast = rm.build(spec, "paddle", weights=weights, inference=True)
-    x = odd_input(spec, batch=2)
-    expected = rm.forward(rm.build(spec, "paddle", weights=weights), x)
+    x, x2 = odd_input(spec, batch=2), odd_input(spec, batch=3)
+    ordinary = rm.build(spec, "paddle", weights=weights)
+    expected, expected2 = rm.forward(ordinary, x), rm.forward(ordinary, x2)
+
+    def engine_runs(model) -> int:
+        if not isinstance(model._engine, _CountingEngine):
+            model._engine = _CountingEngine(model._engine or model._make_engine())
+        return model._engine.runs
 
     assert fast._engine is None  # nothing made before it is needed
     rm.forward(fast, x, taps=True)
     assert fast._engine is None, "taps must use the layers"
     with paddle.no_grad():
-        out = fast(paddle.to_tensor(x))
-    assert isinstance(out, paddle.Tensor) and fast._engine is not None
-    assert_close(out.numpy(), expected, "engine output")
+        first = fast(paddle.to_tensor(x))
+        second = fast(paddle.to_tensor(x2))  # another batch and the same engine; `first` must survive it
+    assert engine_runs(fast) == 0 and fast._engine is not None
+    assert isinstance(first, paddle.Tensor)
+    assert_close(first.numpy(), expected, "engine output")
+    assert_close(second.numpy(), expected2, "engine output, second call")
+    assert_close(rm.forward(fast, x), expected, "rm.forward")
+    assert engine_runs(fast) == 1
 
+    # calls that need the layers do not touch the engine
     wants_grad = paddle.to_tensor(x, stop_gradient=False)
-    out = fast(wants_grad)
-    out.sum().backward()  # the dygraph route: the input gets its gradient
+    fast(wants_grad).sum().backward()
     assert wants_grad.grad is not None and wants_grad.grad.shape == wants_grad.shape
+    hook = fast.layer1.register_forward_post_hook(lambda layer, inputs, output: None)
+    assert_close(rm.forward(fast, x), expected, "with a hook")
+    hook.remove()
+    assert engine_runs(fast) == 1
+    copied = copy.deepcopy(fast)  # the predictor is left out of copies, remade on demand
+    assert copied._engine is None and fast._engine is not None
+    assert_close(rm.forward(copied, x), expected, "a deep copy")
 
-    # new weights: the engine is dropped and remade from them
+    # new weights, by import_weights, set_state_dict or training: the engine is remade from them
     rm.import_weights(fast, rm.export_weights(rm.build(spec, "paddle", weights=other, inference=True)))
     assert fast._engine is None
     expected_other = rm.forward(rm.build(spec, "paddle", weights=other), x)
@@ -234,6 +267,9 @@ def test_paddle_inference_model_runs_its_engine_and_keeps_it_current(monkeypatch
     fast.set_state_dict(rm.build(spec, "paddle", weights=weights, inference=True).state_dict())
     assert fast._engine is None
     assert_close(rm.forward(fast, x), expected, "engine after set_state_dict")
+    fast.train()
+    assert fast._engine is None
+    fast.eval()
 
     def unavailable(config):
         raise RuntimeError("no engine here")
@@ -244,7 +280,27 @@ def test_paddle_inference_model_runs_its_engine_and_keeps_it_current(monkeypatch
         out = rm.forward(broken, x)
     assert broken._engine is None
     assert_close(out, expected, "dygraph fallback")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not at every call
+        assert_close(rm.forward(broken, x), expected, "dygraph fallback, again")
 
+
+def test_paddle_engine_returns_every_output_of_a_pyramid():
+    """A model with ``out_indices`` returns a list from its engine, as from its layers, and the
+    next call leaves the tensors it returned alone (the predictor reuses its output buffers)."""
+    import paddle
+
+    spec = _tiny_spec().replace(name="tiny_pyramid", head=None, out_indices=(0, 1))
+    weights = random_weights(rm.make_plan(spec), seed=7)
+    fast = rm.build(spec, "paddle", weights=weights, inference=True)
+    x = odd_input(spec, batch=2)
+    expected = rm.forward(rm.build(spec, "paddle", weights=weights), x)
+    with paddle.no_grad():
+        outputs = fast(paddle.to_tensor(x))
+        fast(paddle.to_tensor(odd_input(spec, batch=2, seed=1)))  # must not overwrite `outputs`
+    assert fast._engine is not None and isinstance(outputs, list) and len(outputs) == len(expected) == 2
+    for i, (actual, wanted) in enumerate(zip(outputs, expected, strict=True)):
+        assert_close(actual.numpy(), wanted, f"pyramid output {i}")
 
 
 def test_flax_inference_model_runs_pointwise_convs_as_products_under_jit():

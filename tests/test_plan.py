@@ -155,3 +155,26 @@ def test_numpy_runs_only_when_arrays_are_needed():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "lazy"
+
+
+def test_numpy_first_used_from_many_threads_at_once():
+    """The first use of the lazily imported numpy may come from several threads; each must see
+    numpy whole (importlib's LazyLoader let 7 of 8 threads see a half-initialised module on
+    Python 3.11: CPython gh-114763)."""
+    code = (
+        "import threading, resnet_multi as rm\n"
+        "plan = rm.make_plan(rm.get_spec('resnet18'))\n"
+        "barrier, errors = threading.Barrier(8), []\n"
+        "def first_use():\n"
+        "    barrier.wait()\n"
+        "    try:\n"
+        "        rm.weights.init_weights(plan, seed=0)\n"
+        "    except Exception as error:\n"
+        "        errors.append(repr(error))\n"
+        "threads = [threading.Thread(target=first_use) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert not errors, errors\n"
+        "print('whole')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "whole", out.stderr[-2000:]
