@@ -95,7 +95,13 @@ class Block(nn.Module):
         shortcut = x
         for m in self._shortcut:
             shortcut = m(shortcut)
-        return F.relu(out + shortcut)
+        if out is x:  # no main path (no plan makes one): never write into the input
+            return F.relu(out + shortcut)
+        # In place, as torchvision's blocks: no new batch-sized tensor per block (resnet50 at
+        # batch 8 was ~3-8% slower than torchvision with two). `out` is the main path's own
+        # output (BN, conv or SE product), which no backward pass and no tap needs.
+        out += shortcut
+        return F.relu(out, inplace=True)
 
 
 class ResNet(nn.Module):

@@ -84,3 +84,39 @@ def test_traceable():
     with torch.no_grad():
         traced = torch.jit.trace(model, x)
         np.testing.assert_allclose(traced(x).numpy(), model(x).numpy(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, peer", [("resnet50", lambda: torchvision.models.resnet50()),
+                                        ("resnet50d", lambda: __import__("timm").create_model("resnet50d"))])
+def test_training_step_gradients_match_the_peer(name, peer):
+    """Train mode, one backward pass: every parameter's gradient and every updated running
+    statistic equal the peer's. The blocks add the shortcut and apply ReLU in place (as
+    torchvision does); autograd must accept that, and the result must not change."""
+    spec = rm.get_spec(name)
+    reference = peer()
+    _randomize_bn(reference)
+    model = rm.build(spec, "torch", weights=reference.state_dict())
+    x = torch.from_numpy(odd_input(spec, batch=2))
+    upstream = torch.randn(2, spec.head.num_classes, generator=torch.Generator().manual_seed(1))
+    for m in (model, reference):
+        m.train()
+        (m(x) * upstream).sum().backward()
+    expected = dict(reference.named_parameters())
+    for param_name, param in model.named_parameters():
+        np.testing.assert_array_equal(param.grad.numpy(), expected[param_name].grad.numpy(), err_msg=param_name)
+    expected_buffers = dict(reference.named_buffers())
+    for buffer_name, buffer in model.named_buffers():
+        np.testing.assert_array_equal(buffer.numpy(), expected_buffers[buffer_name].numpy(), err_msg=buffer_name)
+
+
+def test_se_and_conv_shortcut_blocks_train():
+    """The in-place shortcut add must also be legal after a squeeze-excite product and with a
+    conv-only (d2l) shortcut: one backward pass gives a finite gradient for every parameter."""
+    for spec in (rm.get_spec("resnet50").replace(name="se50", block=rm.BlockSpec(kind="bottleneck", se_ratio=0.25)),
+                 rm.get_spec("d2l_resnet18")):
+        model = rm.build(spec, "torch")
+        model.train()
+        x = torch.from_numpy(odd_input(spec, batch=2))
+        model(x).square().mean().backward()
+        for param_name, param in model.named_parameters():
+            assert param.grad is not None and torch.isfinite(param.grad).all(), f"{spec.name} {param_name}"
