@@ -22,8 +22,8 @@ from typing import Mapping
 import numpy as np
 import paddle
 from paddle import ParamAttr, nn
-from paddle.nn import functional as F
 from paddle.jit.dy2static.program_translator import StaticFunction
+from paddle.nn import functional as F
 from paddle.nn.initializer import Constant
 
 from resnet_multi import plan as P
