@@ -27,6 +27,12 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, what: str, rtol: floa
     assert err <= bound, f"{what}: max abs error {err:.3g} > bound {bound:.3g}"
 
 
+def assert_weights_equal(actual, expected) -> None:
+    """Every tensor of ``expected`` is in ``actual``, bit for bit (the failure names the tensor)."""
+    for name, array in expected.items():
+        np.testing.assert_array_equal(actual[name], array, err_msg=name)
+
+
 @pytest.fixture(params=PRESETS)
 def preset(request) -> rm.ResNetSpec:
     return rm.get_spec(request.param)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import resnet_multi as rm
-from conftest import BACKENDS, PRESETS, odd_input
+from conftest import BACKENDS, PRESETS, assert_weights_equal, odd_input
 from resnet_multi.weights import random_weights
 
 
@@ -39,8 +39,7 @@ def test_same_seed_same_model_everywhere(backend):
     exported = rm.export_weights(rm.build(spec, backend=backend, seed=3))
     assert list(exported) == list(plan.params)
     reference = rm.weights.init_weights(plan, seed=3)
-    for name, array in reference.items():
-        np.testing.assert_array_equal(exported[name], array, err_msg=name)
+    assert_weights_equal(exported, reference)
 
 
 def test_init_follows_spec():
@@ -60,8 +59,7 @@ def test_weights_round_trip_exactly(backend):
     model = rm.build(spec, backend=backend, weights=weights)
     exported = rm.export_weights(model)
     assert exported.keys() == weights.keys()
-    for name in weights:
-        np.testing.assert_array_equal(exported[name], weights[name], err_msg=name)
+    assert_weights_equal(exported, weights)
     rm.import_weights(model, random_weights(rm.make_plan(spec), seed=2))
     assert not np.array_equal(rm.export_weights(model)["fc.weight"], weights["fc.weight"])
 

@@ -19,7 +19,7 @@ from flax import nnx, serialization
 from torch.nn import functional as F
 
 import resnet_multi as rm
-from conftest import PRESETS, assert_close, odd_input
+from conftest import PRESETS, assert_close, assert_weights_equal, odd_input
 from resnet_multi import plan as P
 from resnet_multi.backends import flax_backend as fb
 from resnet_multi.weights import random_weights
@@ -283,9 +283,7 @@ def test_msgpack_round_trip_is_bit_exact(tmp_path):
     state = nnx.state(other)
     nnx.replace_by_pure_dict(state, tree)
     nnx.update(other, state)
-    exported = fb.export_weights(other)
-    for name, array in weights.items():
-        np.testing.assert_array_equal(exported[name], array, err_msg=name)
+    assert_weights_equal(fb.export_weights(other), weights)
 
 
 def test_corrupt_msgpack_is_a_clear_error(tmp_path):
@@ -344,8 +342,7 @@ def test_chunked_arrays_are_written_and_read_as_flax_does(tmp_path, monkeypatch)
         np.testing.assert_array_equal(restored[key], array, err_msg=key)
     loaded = fb.load_native(path)
     assert loaded.keys() == weights.keys()
-    for name, array in weights.items():
-        np.testing.assert_array_equal(loaded[name], array, err_msg=name)
+    assert_weights_equal(loaded, weights)
 
 
 def test_msgpack_stream_errors_name_the_file_and_tensor(tmp_path):

@@ -127,6 +127,13 @@ def test_summary_rejects_bad_input_shape(shape, message):
         rm.summary("resnet50", input_shape=shape)
 
 
+def _run_fresh(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); its stdout, stripped."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
 def test_import_loads_no_framework():
     code = (
         "import sys, resnet_multi as rm\n"
@@ -136,8 +143,7 @@ def test_import_loads_no_framework():
         "assert not loaded, loaded\n"
         "print('clean')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "clean"
+    assert _run_fresh(code) == "clean"
 
 
 def test_numpy_runs_only_when_arrays_are_needed():
@@ -153,8 +159,7 @@ def test_numpy_runs_only_when_arrays_are_needed():
         "assert ran() and type(weights['fc.weight']).__name__ == 'ndarray'\n"
         "print('lazy')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "lazy"
+    assert _run_fresh(code) == "lazy"
 
 
 def test_numpy_first_used_from_many_threads_at_once():
@@ -176,5 +181,4 @@ def test_numpy_first_used_from_many_threads_at_once():
         "assert not errors, errors\n"
         "print('whole')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "whole", out.stderr[-2000:]
+    assert _run_fresh(code) == "whole"
