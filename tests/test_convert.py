@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -304,7 +305,6 @@ def test_unknown_suffix_is_a_bad_argument(argv, capsys):
 
 
 def test_inspect_reports_format_size_dtypes_and_preset(tmp_path, capsys):
-    torch = pytest.importorskip("torch")
     spec = rm.get_spec("resnet18").replace(in_channels=1, head=rm.HeadSpec(num_classes=10))
     weights = random_weights(rm.make_plan(spec))
     path = make_file(tmp_path, "torch", weights, spec)  # torch's writer adds num_batches_tracked
@@ -317,10 +317,7 @@ def test_inspect_reports_format_size_dtypes_and_preset(tmp_path, capsys):
     assert "preset    resnet18, with in_channels=1, num_classes=10" in text
     assert "(+20 num_batches_tracked left out)" in text
     assert main(["inspect", str(path), "--json"]) == 0
-    import json
-
     assert json.loads(capsys.readouterr().out)["preset"] == "resnet18"
-    del torch
 
 
 def test_inspect_without_a_match_shows_the_closest(tmp_path, capsys):
