@@ -9,6 +9,7 @@ from .convert import CheckpointError, InspectReport, convert, infer_spec, inspec
 from .export import export
 from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
+from .plot import diagram
 from .reference import reference_forward
 from .registry import BackendError, available_backends, backend_names
 from .spec import (BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec", "ParityReport",
     "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends",
-    "backend_names", "build", "check_parity", "convert", "export", "export_weights", "forward", "get_spec",
+    "backend_names", "build", "check_parity", "convert", "diagram", "export", "export_weights", "forward", "get_spec",
     "import_weights", "infer_spec", "inspect_file", "list_specs", "load_spec", "load_weights", "make_plan",
     "optimize_for_inference", "plan_of", "reference_forward", "save_spec", "save_weights", "summary",
 ]
