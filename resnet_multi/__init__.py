@@ -9,7 +9,6 @@ from .convert import CheckpointError, InspectReport, convert, infer_spec, inspec
 from .export import export
 from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
-from .plot import diagram
 from .reference import reference_forward
 from .registry import BackendError, available_backends, backend_names
 from .spec import (BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
@@ -27,3 +26,12 @@ __all__ = [
     "import_weights", "infer_spec", "inspect_file", "list_specs", "load_spec", "load_weights", "make_plan",
     "optimize_for_inference", "plan_of", "reference_forward", "save_spec", "save_weights", "summary",
 ]
+
+
+def __getattr__(name: str):
+    """``rm.diagram`` is loaded on first use: the drawing module is not needed to import the package."""
+    if name == "diagram":
+        from .plot import diagram
+
+        return diagram
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

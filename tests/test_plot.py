@@ -397,6 +397,7 @@ def test_drawing_imports_no_framework_and_import_stays_free_of_matplotlib(tmp_pa
     code = (
         "import sys, resnet_multi as rm\n"
         "assert 'matplotlib' not in sys.modules, 'import resnet_multi imported matplotlib'\n"
+        "assert 'resnet_multi.plot' not in sys.modules, 'the drawing code is loaded on first use'\n"
         f"rm.diagram('resnet152', {str(tmp_path / 'd.svg')!r})\n"
         "assert 'matplotlib' in sys.modules\n"
         "loaded = [m for m in ('torch', 'paddle', 'jax', 'flax') if m in sys.modules]\n"
