@@ -24,7 +24,6 @@ import contextlib
 import io
 import math
 import os
-import re
 from pathlib import Path
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -115,8 +114,28 @@ def _finite_positive(values) -> list[float]:
     return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
 
 
+def _on_log_axis(value: float, floor: float, ceiling: float) -> float:
+    """Where an error is drawn on a log axis: non-numbers (inf, nan) at the top edge, exact
+    zeros at the bottom edge (each with its own marker where it matters)."""
+    if not math.isfinite(value):
+        return ceiling
+    return floor if value <= 0 else value
+
+
+_FIXED = {"torch": 0, "paddle": 1, "flax": 2, "numpy": 7}  # one colour per backend in every picture
+
+
 def _colors(names) -> dict[str, tuple[str, str]]:
-    return {name: (_COLORS[i % len(_COLORS)], _MARKERS[i % len(_MARKERS)]) for i, name in enumerate(names)}
+    """(colour, marker) per name: the known backends keep theirs; other labels take the rest in order."""
+    free = [i for i in range(len(_COLORS)) if i not in _FIXED.values()]
+    style, k = {}, 0
+    for name in names:
+        if name in _FIXED:
+            i = _FIXED[name]
+        else:
+            i, k = free[k % len(free)], k + 1
+        style[name] = (_COLORS[i], _MARKERS[i])
+    return style
 
 
 # --------------------------------------------------------------------------- parity
@@ -186,9 +205,10 @@ def parity_figure(report):
                     fontsize=7.5, color="0.35", zorder=1)
 
         xs = list(range(len(taps)))
-        ax.step(xs, rel_bound, where="mid", color="0.25", ls="--", lw=1.2, zorder=3,
+        drawn_bound = [max(b, floor) if math.isfinite(b) else b for b in rel_bound]  # a zero bound (rtol=atol=0)
+        ax.step(xs, drawn_bound, where="mid", color="0.25", ls="--", lw=1.2, zorder=3,
                 label=f"bound: {report.rtol:g} + {report.atol:g} / max|ref|")
-        ax.fill_between(xs, rel_bound, [high] * len(xs), step="mid", color=_FAIL, alpha=0.07, lw=0, zorder=0)
+        ax.fill_between(xs, drawn_bound, [high] * len(xs), step="mid", color=_FAIL, alpha=0.07, lw=0, zorder=0)
 
         style = _colors(report.backends)
         zeros = nonnumbers = False
@@ -225,7 +245,7 @@ def parity_figure(report):
             keep.append(first.tap)
             x = x_of.get(first.tap, 0)
             row = next(r for r in report.results if r.backend == first.backend and r.tap == first.tap)
-            y = row.rel if math.isfinite(row.rel) and row.rel > 0 else (ceiling if not math.isfinite(row.rel) else floor)
+            y = _on_log_axis(row.rel, floor, ceiling)
             detail = row.note or (f"rel {row.rel:.2e}, bound {rel_bound[x]:.1e}" if math.isfinite(row.rel)
                                   else f"rel {row.rel}")
             right = x < 0.6 * n
@@ -366,8 +386,7 @@ def training_figure(report):
                     worst = _worst([r for r in mine if r.backend == backend and r.step == step])
                     if worst is None:
                         continue
-                    y = worst.rel
-                    y = ceiling if not math.isfinite(y) else (floor if y <= 0 else y)
+                    y = _on_log_axis(worst.rel, floor, ceiling)
                     xs.append(step)
                     ys.append(y)
                     ok.append(all(r.ok for r in mine if r.backend == backend and r.step == step))
@@ -381,7 +400,7 @@ def training_figure(report):
                     ax.scatter(*zip(*bad), s=80, facecolors="none", edgecolors=_FAIL, linewidths=1.4, zorder=6,
                                label="a tensor fails at this step", gid=f"failing-{phase}-{backend}")
             if first is not None and first.phase == phase:
-                y = first.rel if math.isfinite(first.rel) and first.rel > 0 else ceiling
+                y = _on_log_axis(first.rel, floor, ceiling)
                 ax.annotate(f"first divergence\nstep {first.step}, {first.backend}\n{first.tensor}\n"
                             f"rel {first.rel:.2e}", xy=(first.step, y),
                             xytext=(0.5, 0.5), textcoords="axes fraction", ha="center", va="center",

@@ -486,19 +486,18 @@ def test_html_report_is_self_contained_and_complete(tmp_path, failing):
 # --------------------------------------------------------------------------- command line
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resnet_multi.cli", *argv], capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("failing", [False, True], ids=["pass", "fail"])
-def test_cli_parity_writes_plot_and_html(tmp_path, failing):
+def test_cli_parity_writes_plot_and_html(tmp_path, capsys, failing):
     """A real check (torch against the oracle); --rtol 0 --atol 0 makes every tap fail (float32
     is never exactly float64), and the files are written for the failing report too."""
+    from resnet_multi.cli import main
+
     bound = ["--rtol", "0", "--atol", "0"] if failing else []
-    out = _cli("parity", "resnet18", "--backends", "torch", *bound, "--plot", str(tmp_path / "p.svg"),
-               "--html", str(tmp_path / "r.html"))
-    assert out.returncode == (1 if failing else 0), out.stderr[-2000:]
-    assert f"wrote {tmp_path / 'p.svg'}" in out.stderr and f"wrote {tmp_path / 'r.html'}" in out.stderr
+    code = main(["parity", "resnet18", "--backends", "torch", *bound, "--plot", str(tmp_path / "p.svg"),
+                 "--html", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err
+    assert code == (1 if failing else 0), err
+    assert f"wrote {tmp_path / 'p.svg'}" in err and f"wrote {tmp_path / 'r.html'}" in err
     text = svg_texts(tmp_path / "p.svg")
     page = (tmp_path / "r.html").read_text()
     assert ("first divergence: torch at stem" in text) is failing
@@ -507,10 +506,11 @@ def test_cli_parity_writes_plot_and_html(tmp_path, failing):
     assert '"name": "resnet18"' in page.replace("&quot;", '"')
 
 
-def test_cli_summary_diagram(tmp_path):
-    out = _cli("summary", "resnet50", "--input", "1,3,160,160", "--diagram", str(tmp_path / "r50.png"))
-    assert out.returncode == 0, out.stderr
-    assert "layer4" in out.stdout  # the table is still printed
+def test_cli_summary_diagram(tmp_path, capsys):
+    from resnet_multi.cli import main
+
+    assert main(["summary", "resnet50", "--input", "1,3,160,160", "--diagram", str(tmp_path / "r50.png")]) == 0
+    assert "layer4" in capsys.readouterr().out  # the table is still printed
     assert_sensible(tmp_path / "r50.png", "png")
 
 
@@ -519,8 +519,11 @@ def test_cli_summary_diagram(tmp_path):
     (["parity", "resnet18", "--html", "r.txt"], "expected a file name ending in .html, .htm"),
     (["summary", "resnet18", "--diagram", "d"], "expected a file name ending in .png, .svg, .pdf"),
 ])
-def test_cli_rejects_bad_output_names_before_any_work(tmp_path, argv, message):
-    out = subprocess.run([sys.executable, "-m", "resnet_multi.cli", *argv], capture_output=True, text=True,
-                         cwd=tmp_path)
-    assert out.returncode == 2 and message in out.stderr
+def test_cli_rejects_bad_output_names_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
+    from resnet_multi.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
