@@ -464,8 +464,9 @@ def _chw(shape) -> str:
     return "\u00d7".join(str(v) for v in tuple(shape)[1:])
 
 
-def _under(params: dict, prefix: str) -> list:
-    return [info for name, info in params.items() if name.startswith(prefix + ".")]
+def _under(params: dict, prefix: str) -> list[tuple[str, object]]:
+    """(canonical name, ParamInfo) of the parameters named under ``prefix``, in module order."""
+    return [(name, info) for name, info in params.items() if name.startswith(prefix + ".")]
 
 
 def _conv_text(weight, in_channels: int | None) -> str:
@@ -474,11 +475,11 @@ def _conv_text(weight, in_channels: int | None) -> str:
     return f"{kh}\u00d7{kw}, {out_c}" + (f", {groups} groups" if groups > 1 else "")
 
 
-def _convs(infos, in_channels: int | None) -> list[str]:
-    """'k x k, out' of every conv weight (4-D parameter) in module order."""
+def _convs(items, in_channels: int | None) -> list[str]:
+    """'k x k, out' of every conv weight (4-D parameter) among (name, info) ``items``, in order."""
     texts = []
-    for info in infos:
-        if info.name.endswith(".weight") and len(info.shape) == 4 and not info.is_buffer:
+    for name, info in items:
+        if name.endswith(".weight") and len(info.shape) == 4 and not info.is_buffer:
             texts.append(_conv_text(info, in_channels))
             in_channels = info.shape[0]
     return texts
@@ -533,9 +534,8 @@ def _diagram_rows(spec, input_shape):
     from .summary import summary
 
     plan = make_plan(spec)
-    plan.check_input_shape(input_shape, what="input_shape")
+    table = {row.name: row for row in summary(spec, input_shape=input_shape).rows}  # checks input_shape
     shapes = plan.shapes(input_shape)
-    table = {row.name: row for row in summary(spec, input_shape=input_shape).rows}
     params = plan.params
     stage_names = [stage.name for stage in plan.stages]
 
@@ -545,29 +545,28 @@ def _diagram_rows(spec, input_shape):
     names = list(params)
     inside = [i for i, n in enumerate(names) if owned(n)]
     first, last = (inside[0], inside[-1]) if inside else (len(names), len(names) - 1)
-    stem_infos = [params[n] for n in names[:first]]
-    head_infos = [params[n] for n in names[last + 1:]]
+    stem_items = [(n, params[n]) for n in names[:first]]
+    head_items = [(n, params[n]) for n in names[last + 1:]]
 
-    def count(infos):
-        return sum(math.prod(i.shape) for i in infos if not i.is_buffer)
+    def count(items):
+        return sum(math.prod(i.shape) for _, i in items if not i.is_buffer)
 
     rows = [_Row("input", "input", f"{input_shape[1]} channel{'s' * (input_shape[1] != 1)}", tuple(input_shape), 0)]
     stem_shape = shapes["stem"]
     down = _stride(input_shape, stem_shape)
-    convs = " \u2192 ".join(_convs(stem_infos, input_shape[1]))
-    rows.append(_Row("stem", "stem", f"conv {convs}" + (f"  (1/{down} of the input)" if down > 1 else ""),
-                     stem_shape, table["stem"].params if "stem" in table else count(stem_infos)))
+    convs = " \u2192 ".join(_convs(stem_items, input_shape[1]))
+    rows.append(_Row("stem", "stem", f"conv {convs}" + (f"  (total stride {down})" if down > 1 else ""),
+                     stem_shape, table["stem"].params if "stem" in table else count(stem_items)))
     previous = stem_shape
     for stage in plan.stages:
-        stage_row = table.get(stage.name)
         groups: list[list] = []
         for block in stage.blocks:
             out = shapes[block.name]
             stride = _stride(previous, out)
-            infos = [i for i in _under(params, block.name) if not i.name.startswith(f"{block.name}.downsample.")]
-            main_infos = [i for i in infos if not i.name.startswith(f"{block.name}.se.")]
-            detail = "conv " + " \u2192 ".join(_convs(main_infos, block.in_channels))
-            if len(main_infos) != len(infos):
+            items = [(n, i) for n, i in _under(params, block.name) if not n.startswith(f"{block.name}.downsample.")]
+            main_items = [(n, i) for n, i in items if not n.startswith(f"{block.name}.se.")]
+            detail = "conv " + " \u2192 ".join(_convs(main_items, block.in_channels))
+            if len(main_items) != len(items):
                 detail += " + SE"
             kind = _shortcut(params, block.name, stride)
             signature = (detail, kind, block.in_channels, block.out_channels, tuple(out), stride,
@@ -583,16 +582,15 @@ def _diagram_rows(spec, input_shape):
             if stride > 1:
                 kind += f", stride {stride}"
             rows.append(_Row("block", title, detail, out, n, shortcut=kind, stage=stage.name))
-        rows[-1].stage_total = stage_row
-    if head_infos or "pre_logits" in shapes:
-        fc = [i for i in head_infos if i.name.endswith(".weight") and len(i.shape) == 2]
+    if head_items or "pre_logits" in shapes:
+        fc = [i for n, i in head_items if n.endswith(".weight") and len(i.shape) == 2]
         parts = []
         if "pre_logits" in shapes:
             parts.append(f"global average pool \u2192 {shapes['pre_logits'][1]}")
         parts += [f"fc {i.shape[1]} \u2192 {i.shape[0]}" for i in fc]
         head_shape = shapes.get("logits", shapes.get("pre_logits"))
         rows.append(_Row("head", "head", " \u2192 ".join(parts) if parts else "", head_shape,
-                         table["head"].params if "head" in table else count(head_infos)))
+                         table["head"].params if "head" in table else count(head_items)))
     return plan, rows, table
 
 
