@@ -111,9 +111,9 @@ def _cmd_parity(args) -> int:
     if args.html:
         import shlex
 
-        from .html_report import write_parity_html
+        from .html_report import write_html
 
-        write_parity_html(report, args.html, spec=spec, command=shlex.join(["resnet-multi", *args.argv]))
+        write_html(report, args.html, spec=spec, command=shlex.join(["resnet-multi", *args.argv]))
         print(f"wrote {args.html}", file=sys.stderr)
     return 0 if report.ok else 1
 

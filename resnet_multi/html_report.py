@@ -1,4 +1,4 @@
-"""A parity report as one self-contained HTML file, to attach to an issue or a pull request.
+"""A parity or training report as one self-contained HTML file, to attach to an issue or a pull request.
 
 The file holds everything and fetches nothing: the plot as inline SVG (text kept as text), the
 summary table, every tap's numbers for every backend, the spec as JSON, the environment
@@ -96,8 +96,36 @@ def _table(head: list[str], rows: list[tuple[str, list[tuple[str, str]]]]) -> st
     return "".join(out)
 
 
+def _page_head(title: str) -> str:
+    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n")
+
+
+def _generated() -> str:
+    return f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC."
+
+
+def _page_tail(spec, env: dict[str, str] | None, data: dict | None) -> str:
+    """Spec, environment, the machine-readable report, and the end of the page."""
+    esc = html.escape
+    parts = ["\n<h2>Spec</h2>\n"]
+    if spec is not None:
+        parts.append(f"<pre>{esc(json.dumps(spec.to_dict(), indent=2))}</pre>\n")
+    else:
+        parts.append('<p class="muted">(not attached)</p>\n')
+    parts.append("<h2>Environment</h2>\n")
+    env = environment() if env is None else env
+    parts.append(_table(["", "version / value"], [("", [("name", esc(k)), ("name", esc(v))]) for k, v in env.items()]))
+    if data is not None:
+        text = json.dumps(data).replace("</", "<\\/")  # cannot end the script element early
+        parts.append(f'\n<script type="application/json" id="report-data">{text}</script>')
+    parts.append("\n</body>\n</html>\n")
+    return "".join(parts)
+
+
 def parity_html(report, *, spec=None, command: str | None = None, env: dict[str, str] | None = None) -> str:
-    """The HTML text of a parity report (see ``write_parity_html``)."""
+    """The HTML text of a parity report (see ``write_html``)."""
     from .plot import parity_figure, svg_text
 
     esc = html.escape
@@ -105,15 +133,11 @@ def parity_html(report, *, spec=None, command: str | None = None, env: dict[str,
     ok = first is None
     reference = report.reference + (" (float64 oracle)" if report.reference == "numpy" else "")
     shape = "x".join(map(str, report.input_shape))
-    title = f"parity of {report.spec_name}: {'PASS' if ok else 'FAIL'}"
-    parts = [f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-             f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"]
+    parts = [_page_head(f"parity of {report.spec_name}: {'PASS' if ok else 'FAIL'}")]
     parts.append(f"<h1>Parity of {esc(report.spec_name)}</h1>\n")
     parts.append(f'<p class="muted">input {esc(shape)}, reference {esc(reference)}, backends '
                  f"{esc(', '.join(report.backends))}. A tap passes when max|out - ref| &le; "
-                 f"{report.atol:g} + {report.rtol:g} &times; max|ref|. Generated "
-                 f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>\n")
+                 f"{report.atol:g} + {report.rtol:g} &times; max|ref|. {_generated()}</p>\n")
     if command:
         parts.append(f"<pre>{esc(command)}</pre>\n")
     if ok:
@@ -165,38 +189,102 @@ def parity_html(report, *, spec=None, command: str | None = None, env: dict[str,
         tap_rows.append(("stage" if "." not in tap else "", cells))
     parts.append(_table(head, tap_rows))
 
-    parts.append("\n<h2>Spec</h2>\n")
-    if spec is not None:
-        parts.append(f"<pre>{esc(json.dumps(spec.to_dict(), indent=2))}</pre>\n")
-    else:
-        parts.append(f'<p class="muted">spec {esc(report.spec_name)} (not attached)</p>\n')
-
-    parts.append("<h2>Environment</h2>\n")
-    env = environment() if env is None else env
-    parts.append(_table(["", "version / value"], [("", [("name", esc(k)), ("name", esc(v))]) for k, v in env.items()]))
-
-    data = json.dumps(report.to_dict()).replace("</", "<\\/")
-    parts.append(f'\n<script type="application/json" id="report-data">{data}</script>\n</body>\n</html>\n')
+    parts.append(_page_tail(spec, env, report.to_dict()))
     return "".join(parts)
 
 
-def write_parity_html(report, path: str | os.PathLike, *, spec=None, command: str | None = None) -> Path:
-    """Write a parity report as one self-contained HTML file (inline SVG plot, no network).
+def training_html(report, *, spec=None, command: str | None = None, env: dict[str, str] | None = None) -> str:
+    """The HTML text of a training check (see ``write_html``): verdict, plot, per-backend and
+    per-phase summary, loss per step, and every comparison (step, phase, tensor) per backend."""
+    from .plot import PHASES, training_figure, svg_text
+
+    esc = html.escape
+    first = getattr(report, "first_divergence", None)
+    records = tuple(report.records)
+    failing = [r for r in records if not r.ok]
+    name = getattr(report, "spec_name", None) or (spec.name if spec is not None else "")
+    parts = [_page_head(f"training check {name}: {'FAIL' if failing or first else 'PASS'}".replace("  ", " "))]
+    parts.append(f"<h1>Training check{' of ' + esc(name) if name else ''}</h1>\n")
+    bound = getattr(report, "bound_label", None)
+    parts.append(f'<p class="muted">backends {esc(", ".join(report.backends))}, {int(report.steps)} steps'
+                 f"{'; ' + esc(bound) if isinstance(bound, str) and bound else ''}. {_generated()}</p>\n")
+    if command:
+        parts.append(f"<pre>{esc(command)}</pre>\n")
+    if first is None and not failing:
+        parts.append(f'<div class="verdict pass">PASS: all {len(records)} comparisons are within the bound.</div>\n')
+    else:
+        where = ("" if first is None else f" First divergence: step {first.step}, {esc(first.phase)}, "
+                 f"{esc(first.backend)}, <code>{esc(first.tensor)}</code> (relative {_num(first.rel, 3)}).")
+        parts.append(f'<div class="verdict failbox" id="first-divergence">FAIL: {len(failing)} of {len(records)} '
+                     f"comparisons out of bound.{where}</div>\n")
+    parts.append(f"<figure>{_inline_svg(svg_text(training_figure(report)))}</figure>\n")
+
+    parts.append("<h2>Summary</h2>\n")
+    rows = []
+    for backend in report.backends:
+        for phase in PHASES:
+            mine = [r for r in records if r.backend == backend and r.phase == phase]
+            if not mine:
+                continue
+            worst = max(mine, key=lambda r: math.inf if math.isnan(r.rel) else r.rel)
+            bad = sum(not r.ok for r in mine)
+            rows.append(("", [("name", esc(backend)), ("name", esc(phase)), ("", f"{len(mine) - bad}/{len(mine)}"),
+                              ("fail" if not worst.ok else "", _num(worst.rel)),
+                              ("name", f"step {worst.step}: {esc(worst.tensor)}")]))
+    parts.append(_table(["backend", "phase", "passed", "worst rel", "at"], rows))
+
+    parts.append("\n<h2>Loss per step</h2>\n")
+    names = list(report.losses)
+    steps = max((len(v) for v in report.losses.values()), default=0)
+    rows = [("", [("name", str(step))] + [("", f"{report.losses[n][step]:.12g}" if step < len(report.losses[n])
+                                              else "-") for n in names]) for step in range(steps)]
+    parts.append(_table(["step", *names], rows))
+
+    parts.append("\n<h2>Every comparison</h2>\n<p class=\"muted\">relative error per backend; failing cells are "
+                 "red; the first divergence is outlined.</p>\n")
+    table: dict[tuple, dict] = {}
+    order = {phase: i for i, phase in enumerate(PHASES)}
+    for r in records:
+        table.setdefault((r.step, r.phase, r.tensor), {})[r.backend] = r
+    rows = []
+    for (step, phase, tensor), by_backend in sorted(table.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9))):
+        some = next(iter(by_backend.values()))
+        cells = [("name", str(step)), ("name", esc(phase)), ("name", esc(tensor)), ("", _num(some.bound))]
+        for backend in report.backends:
+            r = by_backend.get(backend)
+            if r is None:
+                cells.append(("", "-"))
+                continue
+            klass = "" if r.ok else "fail"
+            if first is not None and (r.step, r.phase, r.backend, r.tensor) == (
+                    first.step, first.phase, first.backend, first.tensor):
+                klass += " first"
+            cells.append((klass.strip(), _num(r.rel)))
+        rows.append(("", cells))
+    parts.append(_table(["step", "phase", "tensor", "bound", *report.backends], rows))
+    to_dict = getattr(report, "to_dict", None)
+    parts.append(_page_tail(spec, env, to_dict() if callable(to_dict) else None))
+    return "".join(parts)
+
+
+def write_html(report, path: str | os.PathLike, *, spec=None, command: str | None = None) -> Path:
+    """Write a parity or training report as one self-contained HTML file (inline SVG plot, the
+    tables, spec and environment; nothing is loaded from the network).
 
     Args:
-        report: a ParityReport.
+        report: a ParityReport (``rm.check_parity``) or a TrainingReport (``rm.check_training``:
+            anything with ``records``).
         path: the .html file to write (through a temporary file and a rename).
         spec: the ResNetSpec checked, shown as JSON (optional).
         command: the command line that produced the report, shown verbatim (optional).
     Returns:
         The path written.
     Example:
-        >>> write_parity_html(rm.check_parity("resnet18", backends=("torch",)), "parity.html",
-        ...                   spec=rm.get_spec("resnet18"))
+        >>> write_html(rm.check_parity("resnet18", backends=("torch",)), "parity.html", spec=rm.get_spec("resnet18"))
         PosixPath('parity.html')
     """
     from .io_util import atomic_write_text
 
-    text = parity_html(report, spec=spec, command=command)
-    atomic_write_text(path, text)
+    render = training_html if hasattr(report, "records") else parity_html
+    atomic_write_text(path, render(report, spec=spec, command=command))
     return Path(path)

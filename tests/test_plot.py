@@ -446,11 +446,11 @@ class _Collector(HTMLParser):
 
 @pytest.mark.parametrize("failing", [False, True], ids=["pass", "fail"])
 def test_html_report_is_self_contained_and_complete(tmp_path, failing):
-    from resnet_multi.html_report import write_parity_html
+    from resnet_multi.html_report import write_html
 
     report = synthetic_parity("resnet50", "layer3.1" if failing else None)
     spec = rm.get_spec("resnet50")
-    path = write_parity_html(report, tmp_path / "report.html", spec=spec, command="resnet-multi parity resnet50")
+    path = write_html(report, tmp_path / "report.html", spec=spec, command="resnet-multi parity resnet50")
     page = path.read_text(encoding="utf-8")
     parser = _Collector()
     parser.feed(page)
@@ -481,6 +481,29 @@ def test_html_report_is_self_contained_and_complete(tmp_path, failing):
     else:
         assert "PASS: all 69 comparisons" in page and 'id="first-divergence"' not in page
         assert "first divergence:" not in page
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["pass", "fail"])
+def test_training_html_report(tmp_path, failing):
+    from resnet_multi.html_report import write_html
+
+    report = synthetic_training(failing)
+    page = write_html(report, tmp_path / "training.html", spec=rm.get_spec("resnet18")).read_text()
+    parser = _Collector()
+    parser.feed(page)
+    tags = [t for t, _ in parser.tags]
+    assert tags.count("svg") == 1 and "img" not in tags and "link" not in tags
+    assert all("src" not in attrs for _, attrs in parser.tags)
+    for r in report.records:  # every comparison's number, in its row
+        assert f"{r.rel:.2e}" in page and f">{r.tensor}<" in page
+    for name, values in report.losses.items():
+        assert f"<th class=\"\">{name}</th>" in page and f"{values[-1]:.12g}" in page
+    assert ('id="first-divergence"' in page) is failing
+    if failing:
+        assert ("First divergence: step 1, running_stats, paddle, <code>bn1.running_var</code>" in page
+                and 'class="fail first"' in page)
+    else:
+        assert "PASS: all 90 comparisons" in page
 
 
 # --------------------------------------------------------------------------- command line
