@@ -22,7 +22,16 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec", "ParityReport",
     "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends",
-    "backend_names", "build", "check_parity", "convert", "export", "export_weights", "forward", "get_spec",
+    "backend_names", "build", "check_parity", "convert", "diagram", "export", "export_weights", "forward", "get_spec",
     "import_weights", "infer_spec", "inspect_file", "list_specs", "load_spec", "load_weights", "make_plan",
     "optimize_for_inference", "plan_of", "reference_forward", "save_spec", "save_weights", "summary",
 ]
+
+
+def __getattr__(name: str):
+    """``rm.diagram`` is loaded on first use: the drawing module is not needed to import the package."""
+    if name == "diagram":
+        from .plot import diagram
+
+        return diagram
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

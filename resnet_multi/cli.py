@@ -46,6 +46,11 @@ def _cmd_summary(args) -> int:
     except ValueError as exc:  # the --input shape does not fit the spec
         raise UsageError(str(exc)) from None
     print(table)
+    if args.diagram:
+        from .plot import diagram
+
+        diagram(spec, args.diagram, input_shape=shape)
+        print(f"wrote {args.diagram}", file=sys.stderr)
     return 0
 
 
@@ -100,7 +105,38 @@ def _cmd_parity(args) -> int:
             from .io_util import atomic_write_text
 
             atomic_write_text(args.json, text)
+    if args.plot:  # written for failing reports too: that is when a picture is wanted
+        report.plot(args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.html:
+        import shlex
+
+        from .html_report import write_html
+
+        write_html(report, args.html, spec=spec, command=shlex.join(["resnet-multi", *args.argv]))
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _output_file(suffixes: tuple[str, ...]):
+    """An argparse type for a picture or report path: its suffix must be one of ``suffixes``, and
+    matplotlib (the ``plot`` extra) must be installed; checked before any work is done."""
+    def check(text: str) -> str:
+        from pathlib import Path
+
+        if Path(text).suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a file name ending in {', '.join(suffixes)}")
+        from .plot import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return check
+
+
+_PICTURE = (".png", ".svg", ".pdf")
 
 
 def _tolerance(text: str) -> float:
@@ -126,6 +162,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="output shapes, parameters and MACs of a spec (no framework needed)")
     p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
     p.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W (default 1,C,224,224)")
+    p.add_argument("--diagram", type=_output_file(_PICTURE), default=None, metavar="FILE",
+                   help="also draw the architecture to FILE (.png, .svg or .pdf; needs resnet_multi[plot])")
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("convert", help="convert a checkpoint between .pth/.pt, .pdparams, .msgpack, .safetensors")
@@ -161,6 +199,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-taps", action="store_true", help="list every tap, not only the failing ones")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="also write the report as JSON to FILE ('-': JSON on stdout instead of the table)")
+    p.add_argument("--plot", type=_output_file(_PICTURE), default=None, metavar="FILE",
+                   help="also draw the error of every tap per backend to FILE (.png, .svg or .pdf)")
+    p.add_argument("--html", type=_output_file((".html", ".htm")), default=None, metavar="FILE",
+                   help="also write a self-contained HTML report to FILE: plot, summary, every tap's numbers, "
+                        "spec and environment")
     p.set_defaults(func=_cmd_parity)
     return parser
 
@@ -168,6 +211,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # quoted in reports (--html)
     from .registry import BackendError
     from .spec import SpecError
 

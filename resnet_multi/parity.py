@@ -217,6 +217,23 @@ class ParityReport:
     def __str__(self) -> str:
         return self.format()
 
+    def plot(self, path: str | os.PathLike):
+        """Draw the report to ``path`` (.png, .svg or .pdf): the relative error of every tap per
+        backend on a log scale against the bound, failing taps marked, the first divergence
+        annotated. Needs matplotlib (``pip install 'resnet_multi[plot]'``).
+
+        Args:
+            path: the file to write; its suffix chooses the format.
+        Returns:
+            The path written (a ``pathlib.Path``).
+        Example:
+            >>> rm.check_parity("resnet18", backends=("torch", "paddle")).plot("parity.svg")
+            PosixPath('parity.svg')
+        """
+        from .plot import plot_parity
+
+        return plot_parity(self, path)
+
 
 # --------------------------------------------------------------------------- comparing
 
