@@ -306,7 +306,8 @@ def test_cli_dtype(tmp_path, capsys):
     dst = tmp_path / "out.pdparams"
     assert main(["convert", str(src), str(dst), "--spec", str(tmp_path / "tiny.json"), "--dtype", "bfloat16"]) == 0
     err = capsys.readouterr().err
-    assert re.search(r"resnet-multi convert: warning: .* casting to bfloat16 changed values by up to [0-9.e-]+", err), err
+    assert re.search(r"resnet-multi convert: warning: .* casting to bfloat16 changed values by up to [0-9.e-]+ relative",
+                     err), err
     assert {a.dtype.name for a in read_canonical(dst)[0].values()} == {"bfloat16"}
     assert main(["convert", str(dst), str(tmp_path / "up.pth"), "--spec", str(tmp_path / "tiny.json"),
                  "--dtype", "float32"]) == 0
@@ -332,9 +333,11 @@ def test_inspect_shows_dtypes_per_tensor_group(tmp_path, capsys):
     assert groups["fc.bias"] == "linear" and groups["bn1.running_var"] == "norm stats"
     path = make_file(tmp_path, "torch", mixed, spec)
     report = rm.inspect_file(path)
-    assert report.dtypes == {"bfloat16": count["conv"] + count["linear"], "float32": count["norm"] + count["norm stats"]}
+    assert report.dtypes == {"bfloat16": count["conv"] + count["linear"],
+                             "float32": count["norm"] + count["norm stats"]}
     assert report.dtype_groups == {"conv": {"bfloat16": count["conv"]}, "norm": {"float32": count["norm"]},
-                                   "norm stats": {"float32": count["norm stats"]}, "linear": {"bfloat16": count["linear"]}}
+                                   "norm stats": {"float32": count["norm stats"]},
+                                   "linear": {"bfloat16": count["linear"]}}
     text = str(report)
     assert f"\n  conv        bfloat16 ({count['conv']})\n  norm        float32 ({count['norm']})\n" in text, text
     assert main(["inspect", str(path), "--json"]) == 0
