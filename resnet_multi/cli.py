@@ -69,17 +69,21 @@ def _warnings_as_messages(command: str):
     warnings (from the frameworks) are shown as Python shows them."""
     from .weights import NonFiniteWarning, PrecisionWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PrecisionWarning)
-        warnings.simplefilter("always", NonFiniteWarning)
-        try:
-            yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, (PrecisionWarning, NonFiniteWarning)):
-                    print(f"resnet-multi {command}: warning: {w.message}", file=sys.stderr)
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always", PrecisionWarning)
+            warnings.simplefilter("always", NonFiniteWarning)
+            try:
+                yield
+            finally:
+                caught = list(records)
+    finally:  # shown after catch_warnings has restored showwarning (inside, it appends to records)
+        for w in caught:
+            if issubclass(w.category, (PrecisionWarning, NonFiniteWarning)):
+                print(f"resnet-multi {command}: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _cmd_convert(args) -> int:

@@ -9,6 +9,7 @@ joins every test here without a new line.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import warnings
@@ -21,7 +22,7 @@ import resnet_multi as rm
 from resnet_multi.cli import main
 from resnet_multi.convert import read_canonical, tensor_group, write_canonical
 from resnet_multi.weights import (NonFiniteWarning, PrecisionWarning, cast_weights, check_weights, random_weights,
-                                  resolve_dtype)
+                                  resolve_dtype, warn_nonfinite)
 from test_convert import FORMATS, SUFFIX, assert_same_bits, digest, leftovers, make_file, tiny_spec
 from test_plan import _run_fresh
 
@@ -314,6 +315,24 @@ def test_cli_dtype(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["convert", str(src), str(tmp_path / "x.pth"), "--dtype", "int8"])
     assert info.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_cli_shows_other_warnings_once_as_python_does(tmp_path, capsys, monkeypatch):
+    """A framework's own warning during convert is shown as Python shows it (once), beside the
+    library's one-line warnings, and the command completes."""
+    convert_module = importlib.import_module("resnet_multi.convert")  # (rm.convert is the function)
+
+    def noisy(weights, **kwargs):
+        warnings.warn("a framework's own warning", UserWarning)
+        return warn_nonfinite(weights, **kwargs)
+    monkeypatch.setattr(convert_module, "warn_nonfinite", noisy)
+    spec = tiny_spec()
+    src = make_file(tmp_path, "neutral", with_nonfinite(spec), spec, stem="src")
+    with pytest.warns(UserWarning) as record:  # where showwarning sends it under pytest
+        assert main(["convert", str(src), str(tmp_path / "out.safetensors"), "--dtype", "float16"]) == 0
+    assert [str(w.message) for w in record] == ["a framework's own warning"]
+    err = capsys.readouterr().err
+    assert err.count("resnet-multi convert: warning: ") == 2, err  # NaN/Inf, and the cast
 
 
 # --------------------------------------------------------------------------- inspect
