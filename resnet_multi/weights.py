@@ -113,7 +113,7 @@ def cast_weights(weights: Mapping[str, np.ndarray], dtype, *, source: str = "wei
             continue
         # Measured in float32 (float64 for float64 sources): it holds both sides exactly, and their
         # difference too (a rounded value is within a factor 2 of the original: Sterbenz), at half
-        # the cost of float64 copies (resnet152: 1.0 s -> 0.4 s).
+        # the cost of float64 copies (resnet152 to bfloat16: 1.0 s -> 0.35 s).
         work = np.float64 if array.dtype.itemsize > 4 else np.float32
         wide, back = array.astype(work, copy=False), cast.astype(work)
         finite = np.isfinite(wide)
@@ -177,9 +177,9 @@ def warn_nonfinite(weights: Mapping[str, object], *, source: str = "weights", st
 
 def widen_bfloat16(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``weights`` with bfloat16 arrays as float32 (exact: float32 holds every bfloat16 value),
-    others passed through. For handing weights to a framework: ``torch.from_numpy`` refuses
-    ``ml_dtypes.bfloat16`` and Paddle reads it as raw uint16, while float32 goes in anywhere and
-    casting it back to a bfloat16 model gives the same bits."""
+    others passed through. For handing weights to a framework: ``torch.from_numpy`` and Paddle's
+    ``set_value`` refuse ``ml_dtypes.bfloat16`` arrays (Paddle wants bfloat16 as uint16 bits), while
+    float32 goes in anywhere, and casting it to a bfloat16 model gives back the same bits."""
     return {name: a.astype(np.float32) if a.dtype.name == "bfloat16" else a for name, a in weights.items()}
 
 
