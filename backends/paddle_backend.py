@@ -381,6 +381,11 @@ SUFFIXES = (".pdparams",)
 # Keys paddle.save adds beside the tensors; bookkeeping, not weights.
 _NAME_TABLE = "StructuredToParameterName@@"  # structured name -> Paddle's internal parameter name
 _BIG_PARAM_INFO = "UnpackBigParamInfor@@"  # protocol 2/3: how >1 GiB tensors were split into slices
+# Paddle keeps bfloat16 in numpy as uint16 holding the bits: paddle.save writes a bfloat16 tensor
+# as a uint16 array, and paddle.load / paddle.to_tensor turn a uint16 array back into bfloat16
+# (paddle.to_tensor(np.uint16 array).dtype is paddle.bfloat16: Paddle has no uint16 tensors). So in
+# a .pdparams file uint16 means bfloat16; here it is ml_dtypes.bfloat16 (the core's bfloat16), same bits.
+_BFLOAT16_AS = np.uint16
 
 
 def _dense_tensor_data(expression, namespace):
@@ -432,7 +437,8 @@ def load_native(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Names and layouts are translated by the ``_RULES`` table (no plan needed): ``_mean`` ->
     ``running_mean``, ``_variance`` -> ``running_var``, 2-D ``*.weight`` (Linear, stored (in, out))
     transposed to (out, in). Other names are kept as they are. The pickle is read with an
-    allow-list of numpy types, so a file never runs code.
+    allow-list of numpy types, so a file never runs code. Dtypes are kept; Paddle's bfloat16
+    (uint16 arrays, see ``_BFLOAT16_AS``) becomes ``ml_dtypes.bfloat16``, bit for bit.
 
     Raises:
         FileNotFoundError: no such file.
@@ -466,6 +472,10 @@ def load_native(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if not isinstance(name, str) or not isinstance(value, np.ndarray):
             bad.append(f"{name!r} ({type(value).__name__})")
             continue
+        if value.dtype == _BFLOAT16_AS:  # Paddle's own numpy form of bfloat16 (see _BFLOAT16_AS)
+            import ml_dtypes
+
+            value = value.view(ml_dtypes.bfloat16)
         new, array = _translate(name, value, _PADDLE)
         if new in out:
             raise ValueError(f"{path}: {name!r} and another tensor both map to canonical name {new!r}")
@@ -479,13 +489,18 @@ def load_native(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def save_native(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
     """Write canonical ``weights`` as a ``.pdparams`` file that ``paddle.load`` +
     ``set_state_dict`` accept: Paddle names (``_mean``, ``_variance``) and layout (Linear (in, out)).
-    Written to a temporary file and renamed, so a failure never leaves a partial file."""
+    Dtypes are kept; bfloat16 is written as paddle.save writes it (uint16 bits), so paddle.load
+    gives bfloat16 tensors. Written to a temporary file and renamed, so a failure never leaves a
+    partial file."""
     state = {}
     for name, value in weights.items():
         if name.rsplit(".", 1)[-1] in FRAMEWORK_EXTRAS:
             continue  # PyTorch's BN step counter: Paddle has none
         new, array = _translate(name, np.asarray(value), _CANONICAL)
-        state[new] = np.ascontiguousarray(array)
+        array = np.ascontiguousarray(array)
+        if array.dtype.name == "bfloat16":
+            array = array.view(_BFLOAT16_AS)  # as paddle.save writes a bfloat16 tensor
+        state[new] = array
     with atomic_path(path) as tmp:
         paddle.save(state, os.fspath(tmp), protocol=4)
 

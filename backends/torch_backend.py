@@ -214,27 +214,10 @@ def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32
     return model.eval()
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A numpy copy; bfloat16 as ``ml_dtypes.bfloat16`` (numpy has no bfloat16 of its own)."""
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
-    return tensor.numpy().copy()
-
-
 def export_weights(model: ResNet) -> dict[str, np.ndarray]:
     """Canonical weights (copies), without ``num_batches_tracked``."""
     state = model.state_dict()
-    return {name: _numpy(state[name]) for name in model.plan.params}
-
-
-def _tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    array = np.ascontiguousarray(array)
-    if array.dtype.name == "bfloat16":  # ml_dtypes: reinterpret the bits, then cast
-        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).to(dtype)
-    return torch.from_numpy(array).to(dtype)
+    return {name: tensor_to_numpy(state[name]).copy() for name in model.plan.params}
 
 
 def import_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
@@ -250,7 +233,7 @@ def import_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
         array = np.asarray(value)
         if tuple(array.shape) != tuple(target.shape):
             raise ValueError(f"{name}: expected shape {tuple(target.shape)}, found {array.shape}")
-        staged[name] = _tensor(array, target.dtype)
+        staged[name] = numpy_to_tensor(array).to(target.dtype)
     with torch.no_grad():
         for name, tensor in staged.items():
             state[name].copy_(tensor)
@@ -287,13 +270,16 @@ def forward(model: ResNet, x_nchw: np.ndarray, *, taps: bool = False) -> dict[st
 # --------------------------------------------------------------------------- native files (.pt / .pth)
 
 SUFFIXES = (".pt", ".pth")
+# numpy's bfloat16 (ml_dtypes, a dependency of the core) is imported by the functions that need it,
+# which keeps this section's imports within it.
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net", "module")
 
 
 def load_native(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Canonical-named arrays from a ``torch.save``d state_dict (or a dict holding one under a usual
     key such as ``state_dict``/``model``). Loaded with ``weights_only=True``: no arbitrary unpickling.
-    A ``module.`` prefix (DataParallel) is removed."""
+    A ``module.`` prefix (DataParallel) is removed. Dtypes are kept (bfloat16 tensors become
+    ``ml_dtypes.bfloat16`` arrays, see ``tensor_to_numpy``)."""
     obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     if isinstance(obj, dict):
         for key in _STATE_DICT_KEYS:
@@ -307,16 +293,40 @@ def load_native(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for name, tensor in obj.items():
         if name.startswith("module."):
             name = name[len("module."):]
-        out[name] = tensor.detach().cpu().numpy()
+        out[name] = tensor_to_numpy(tensor)
     return out
+
+
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's values as a numpy array of the same dtype, bfloat16 included (as an
+    ``ml_dtypes.bfloat16`` array: ``Tensor.numpy()`` refuses bfloat16, so its bits are viewed
+    as int16 and reinterpreted; no value passes through float32). Shares memory when it can."""
+    import ml_dtypes
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """The inverse of ``tensor_to_numpy``: a tensor of the array's dtype (``ml_dtypes.bfloat16``
+    becomes ``torch.bfloat16``, bit for bit). Shares memory with a C-contiguous array."""
+    import ml_dtypes
+
+    array = np.ascontiguousarray(array)
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def save_native(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
     """``torch.save`` a state_dict of canonical weights (``num_batches_tracked`` added for BNs,
-    as torchvision's own checkpoints have it)."""
+    as torchvision's own checkpoints have it). Dtypes are kept: bfloat16 arrays become
+    ``torch.bfloat16`` tensors."""
     state = {}
     for name, array in weights.items():
-        state[name] = torch.from_numpy(np.ascontiguousarray(array))
+        state[name] = numpy_to_tensor(array)
         if name.endswith(".running_var"):
             state[name[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     torch.save(state, os.fspath(path))

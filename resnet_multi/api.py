@@ -10,7 +10,7 @@ from .inference import build_inference
 from .plan import Plan, make_plan
 from .registry import backend_of, get_backend
 from .spec import ResNetSpec
-from .weights import check_weights, init_weights
+from .weights import check_weights, init_weights, warn_nonfinite, widen_bfloat16
 from .zoo import resolve_spec
 
 
@@ -27,6 +27,10 @@ DTYPES = ("float32", "float64", "bfloat16")
 (torch and flax; Paddle has no CPU bfloat16 convolution)."""
 
 
+def _source(weights) -> str:
+    return str(weights) if isinstance(weights, (str, os.PathLike)) else "weights"
+
+
 def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed: int = 0,
           strict: bool = True, inference: bool = False, dtype: str = "float32"):
     """Compile ``spec`` into a native model of ``backend``.
@@ -36,7 +40,9 @@ def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed:
         backend: "torch", "paddle" or "flax" (see ``available_backends()``).
         weights: canonical weights (dict name -> array) or a checkpoint file of any supported
             format; without them the model is initialised as ``spec.init`` says, from ``seed``,
-            identically in every backend.
+            identically in every backend. Half-precision weights (float16, bfloat16) give a
+            float32 model holding exactly their values. Tensors with NaN or Inf are loaded, with
+            a NonFiniteWarning naming them.
         seed: the seed of that initialisation.
         strict: with weights, require exactly the plan's names (as torch's load_state_dict).
         inference: build the eval-only fast path instead, as ``optimize_for_inference`` makes it
@@ -60,6 +66,8 @@ def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed:
         initial = init_weights(plan, seed)
     else:
         initial = check_weights(plan, _weights_from(weights), strict=strict)
+        warn_nonfinite(initial, source=_source(weights))
+        initial = widen_bfloat16(initial)  # exact; frameworks take float32 from numpy, not bfloat16
         if len(initial) < len(plan.params):  # strict=False with a subset: the rest from the spec's init
             initial = {**init_weights(plan, seed), **initial}
     if inference:
@@ -107,12 +115,14 @@ def import_weights(model, weights, *, strict: bool = True) -> None:
     """Load canonical weights (dict or checkpoint file) into ``model``, all or nothing.
 
     Every missing, unexpected or mis-shaped tensor is reported in one WeightsError and the
-    model is left untouched.
+    model is left untouched. Values are cast to the model's dtype (float16/bfloat16 into a
+    float32 model exactly). Tensors with NaN or Inf are loaded, with a NonFiniteWarning naming them.
     """
     backend = backend_of(model)
     plan = backend.plan_of(model)
     checked = check_weights(plan, _weights_from(weights), strict=strict)
-    backend.import_weights(model, checked)
+    warn_nonfinite(checked, source=_source(weights))
+    backend.import_weights(model, widen_bfloat16(checked))  # widening is exact, see build
 
 
 def forward(model, x_nchw: np.ndarray, *, taps: bool = False):

@@ -6,8 +6,10 @@ Exit codes: 0 success, 1 a failed check or unreadable/invalid file, 2 bad argume
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 
 
 class UsageError(ValueError):
@@ -65,10 +67,35 @@ def _checkpoint(text: str) -> str:
     return text
 
 
+@contextlib.contextmanager
+def _warnings_as_messages(command: str):
+    """Print the library's warnings about the weights (lossy cast, NaN/Inf) as one line each,
+    ``resnet-multi COMMAND: warning: ...`` on stderr, also when the command then fails; other
+    warnings (from the frameworks) are shown as Python shows them."""
+    from .weights import NonFiniteWarning, PrecisionWarning
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always", PrecisionWarning)
+            warnings.simplefilter("always", NonFiniteWarning)
+            try:
+                yield
+            finally:
+                caught = list(records)
+    finally:  # shown after catch_warnings has restored showwarning (inside, it appends to records)
+        for w in caught:
+            if issubclass(w.category, (PrecisionWarning, NonFiniteWarning)):
+                print(f"resnet-multi {command}: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def _cmd_convert(args) -> int:
     from .convert import convert
 
-    convert(args.src, args.dst, spec=args.spec, force=args.force)
+    with _warnings_as_messages("convert"):
+        convert(args.src, args.dst, spec=args.spec, dtype=args.dtype, force=args.force)
     print(f"wrote {args.dst}", file=sys.stderr)
     return 0
 
@@ -76,7 +103,8 @@ def _cmd_convert(args) -> int:
 def _cmd_inspect(args) -> int:
     from .convert import inspect_file
 
-    report = inspect_file(args.file)
+    with _warnings_as_messages("inspect"):
+        report = inspect_file(args.file)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return 0
 
@@ -166,14 +194,21 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also draw the architecture to FILE (.png, .svg or .pdf; needs resnet_multi[plot])")
     p.set_defaults(func=_cmd_summary)
 
-    p = sub.add_parser("convert", help="convert a checkpoint between .pth/.pt, .pdparams, .msgpack, .safetensors")
+    p = sub.add_parser("convert", help="convert a checkpoint between .pth/.pt, .pdparams, .msgpack, .safetensors",
+                       description="Convert a checkpoint; tensors keep their dtype (float16, bfloat16, float32, "
+                                   "float64) bit for bit unless --dtype is given. The output directory must "
+                                   "exist (it is not created).")
     p.add_argument("src", type=_checkpoint, help="input checkpoint (never modified)")
     p.add_argument("dst", type=_checkpoint, help="output checkpoint; format from its suffix")
     p.add_argument("--spec", default=None, help="preset name or spec file (default: inferred from the shapes)")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "float64"),
+                   help="cast every tensor to this dtype (default: keep each tensor's dtype); widening is "
+                        "exact, a cast that changes values warns with the largest relative change")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("inspect", help="format, tensor count, size and matching preset of a checkpoint")
+    p = sub.add_parser("inspect", help="format, tensor count, size, dtypes (per tensor group), NaN/Inf tensors "
+                                       "and matching preset of a checkpoint")
     p.add_argument("file", type=_checkpoint, help="checkpoint (.pth/.pt, .pdparams, .msgpack, .safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_inspect)

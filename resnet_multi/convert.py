@@ -11,17 +11,23 @@ The formats:
 
 Safety, as the CLI promises it: the format is detected from the suffix and checked against the
 content before the framework is asked to parse it; any reader failure becomes a CheckpointError
-naming the file; an existing output is refused without ``force`` before any work is done; the
-output is written to a temporary file and renamed only when complete; the input is only read.
+naming the file; an existing output is refused without ``force``, and a missing output directory
+is refused (never created), before any work is done; the output is written to a temporary file
+and renamed only when complete, with normal file permissions (``io_util``); the input is only read.
 
-Conversion moves bits, not values: tensors keep their dtype and bytes. float16, float32 and
-float64 are kept by every format (tested). bfloat16 is not supported: numpy has no bfloat16 of
-its own, so the torch reader cannot hand such tensors over and ``check_weights`` accepts numpy
-floating types only; cast a bfloat16 checkpoint to float32 in PyTorch first (float32 holds
-every bfloat16 value exactly). ``num_batches_tracked`` (torch BN step counters) is not
-canonical: it is left out on reading and the torch writer recreates it (as zeros). Names and shapes alone cannot tell some
-spec fields apart (stride on the 1x1 or the 3x3, dilation, BN epsilon): ``infer_spec`` picks the
-preset whose parameter table matches, so pass ``spec=`` when the network differs in those.
+Conversion moves bits, not values: tensors keep their dtype and bytes. float16, bfloat16, float32
+and float64 are kept by every format, bit for bit (tested for every pair of formats). bfloat16 is
+``ml_dtypes.bfloat16`` on the numpy side (see ``weights``); each format stores it natively:
+safetensors ``BF16``, ``torch.bfloat16`` tensors, Paddle's bfloat16 (uint16 bits, as paddle.save
+writes it), Flax msgpack's ``bfloat16`` arrays; no value passes through float32. ``dtype=``
+(``--dtype``) casts on the way: widening is exact, narrowing warns with the largest change it
+made (``weights.cast_weights``). Tensors holding NaN or Inf are converted as they are, with a
+NonFiniteWarning naming them (``inspect_file`` warns and lists them too).
+
+``num_batches_tracked`` (torch BN step counters) is not canonical: it is left out on reading and
+the torch writer recreates it (as zeros). Names and shapes alone cannot tell some spec fields
+apart (stride on the 1x1 or the 3x3, dilation, BN epsilon): ``infer_spec`` picks the preset whose
+parameter table matches, so pass ``spec=`` when the network differs in those.
 """
 
 from __future__ import annotations
@@ -36,12 +42,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 from ._lazy import np
-from .io_util import atomic_path
+from .io_util import atomic_path, check_output_dir
 from .plan import Linear, make_plan
 from .registry import get_backend, native_suffixes
 from .spec import HeadSpec, ResNetSpec, SpecError
-from .weights import (FRAMEWORK_EXTRAS, NEUTRAL_SUFFIX, WeightsError, check_weights, load_weights,
-                      save_weights)
+from .weights import (FRAMEWORK_EXTRAS, NEUTRAL_SUFFIX, WeightsError, cast_weights, check_weights, load_weights,
+                      resolve_dtype, save_weights, warn_nonfinite)
 from .zoo import get_spec, list_specs, resolve_spec
 
 NEUTRAL = "neutral"
@@ -179,7 +185,8 @@ def _read(path: Path) -> tuple[str, dict[str, np.ndarray], list[str], ResNetSpec
 def read_canonical(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], ResNetSpec | None]:
     """Canonical weights from a checkpoint of any supported format.
 
-    Framework extras (``num_batches_tracked``) are left out; dtypes are as stored.
+    Framework extras (``num_batches_tracked``) are left out; dtypes are as stored (bfloat16 as
+    ``ml_dtypes.bfloat16`` arrays).
 
     Returns:
         ``(weights, spec)``; spec is the one stored in a neutral file, else None.
@@ -218,6 +225,9 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
                     *, on_tensor: Callable[[np.ndarray], None] | None = None) -> Path:
     """Write canonical ``weights`` in the format ``path``'s suffix names, atomically.
 
+    Tensors are written in their own dtypes. The directory of ``path`` must exist (it is not
+    created); the file gets normal permissions (umask), as ``open`` would give it.
+
     Args:
         path: output file (``.pt``/``.pth``, ``.pdparams``, ``.msgpack``, ``.safetensors``).
         weights: canonical weights.
@@ -227,11 +237,14 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
         on_tensor: called with each tensor as the writer takes it (progress reporting).
     Returns:
         ``path`` as a Path.
+    Raises:
+        FileExistsError (exists, no force), FileNotFoundError (no such directory), WeightsError.
     """
     path = Path(path)
     fmt = format_of_suffix(path)
     if not force and path.exists():
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    check_output_dir(path)
     if spec is not None:
         spec = resolve_spec(spec)
         weights = check_weights(make_plan(spec), weights, source=f"weights for {path}")
@@ -375,36 +388,47 @@ def _progress_bar(progress: bool | None, total: int, desc: str):
                 disable=not progress, leave=True, dynamic_ncols=True)
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, force: bool = False,
+def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=None, force: bool = False,
             progress: bool | None = None) -> Path:
     """Convert a checkpoint between any two formats (also to the same format).
 
     Reads ``src`` into canonical weights, checks them against ``spec`` (given, stored in a
     neutral file, or inferred from the names and shapes) and writes ``dst`` in the format of
-    its suffix. Tensors keep their dtype.
+    its suffix. Tensors keep their dtype (float16, bfloat16, float32, float64), bit for bit,
+    unless ``dtype`` is given. Tensors holding NaN or Inf are converted as they are, with a
+    NonFiniteWarning naming them.
 
     Args:
         src: input checkpoint (``.pt``/``.pth``, ``.pdparams``, ``.msgpack``, ``.safetensors``);
             only read.
-        dst: output checkpoint; written to a temporary file and renamed when complete.
+        dst: output checkpoint; written to a temporary file and renamed when complete, with
+            normal file permissions. Its directory must exist: it is not created (a mistyped path
+            fails instead of making a new tree), checked before any work is done.
         spec: ResNetSpec, preset name or spec file; default: the spec stored in ``src`` (neutral
             files) or inferred by ``infer_spec``.
+        dtype: "float32", "float16", "bfloat16" or "float64": cast every tensor on the way.
+            Widening (e.g. bfloat16 -> float32) is exact; a cast that changes values warns
+            (PrecisionWarning) with the largest relative change, ``max|cast - x| / max|x|``
+            per tensor, and names tensors that overflowed to inf. Default: keep each tensor's dtype.
         force: overwrite an existing ``dst`` (checked before any work is done).
         progress: tqdm progress bar on stderr: None shows it when stderr is a terminal,
             True/False force it on/off.
     Returns:
         ``dst`` as a Path.
     Raises:
-        FileNotFoundError, FileExistsError (dst exists, no force), KeyError/SpecError (bad spec),
-        CheckpointError (unreadable src), WeightsError (tensors do not fit the spec).
+        FileNotFoundError (no src, or no directory for dst), FileExistsError (dst exists, no
+        force), KeyError/SpecError (bad spec), ValueError (bad dtype), CheckpointError
+        (unreadable src), WeightsError (tensors do not fit the spec).
     Example:
         >>> rm.convert("resnet50.pth", "resnet50.pdparams")
+        >>> rm.convert("resnet50_bf16.pth", "resnet50.safetensors", dtype="float32")  # exact
     """
     src, dst = Path(src), Path(dst)
     dst_format = format_of_suffix(dst)
     format_of_suffix(src)
     if spec is not None:
         spec = resolve_spec(spec)  # a bad spec fails before any file is touched
+    target = resolve_dtype(dtype) if dtype is not None else None  # so does a bad dtype
     if not src.is_file():
         raise FileNotFoundError(f"checkpoint not found: {src}")
     if dst.exists():
@@ -412,6 +436,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, force:
             raise ValueError(f"{dst}: output is the input file; the input is never modified")
         if not force:
             raise FileExistsError(f"{dst} exists; pass force=True (--force) to overwrite it")
+    check_output_dir(dst)
     if dst_format != NEUTRAL:
         get_backend(dst_format)  # a missing framework fails before the input is read
     src_size = src.stat().st_size
@@ -420,6 +445,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, force:
         bar.update(src_size)
         spec = spec or file_spec or infer_spec(weights, source=str(src))
         checked = check_weights(make_plan(spec), weights, source=str(src))
+        warn_nonfinite(checked, source=str(src))
+        if target is not None:
+            checked = cast_weights(checked, target, source=f"{src} -> {dst}", stacklevel=3)  # the caller's line
         # the write half of the bar advances by each tensor's share of the file's size
         scale = src_size / max(1, sum(a.nbytes for a in checked.values()))
         bar.set_description(f"write {dst.name}")
@@ -435,6 +463,21 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+_STATS = ("running_mean", "running_var")
+
+
+def tensor_group(name: str, weights: Mapping[str, object]) -> str:
+    """The kind of layer a canonical tensor belongs to, from names and ranks alone (no spec needed):
+    "conv", "linear" or "norm" by the rank of its module's ``weight`` (4, 2 or 1; a bias goes with
+    its module), "norm stats" for running means and variances, "other" for anything else."""
+    module, _, last = name.rpartition(".")
+    if last in _STATS:
+        return "norm stats"
+    weight = weights.get(f"{module}.weight" if module else "weight")
+    ndim = np.ndim(weight) if weight is not None else np.ndim(weights[name])
+    return {4: "conv", 2: "linear", 1: "norm"}.get(ndim, "other")
+
+
 @dataclass
 class InspectReport:
     """What ``inspect_file`` found: format, tensors, sizes, dtypes and the matching spec."""
@@ -445,6 +488,8 @@ class InspectReport:
     tensor_count: int
     tensor_bytes: int
     dtypes: dict[str, int]                  # dtype name -> number of tensors
+    dtype_groups: dict[str, dict[str, int]]  # tensor group (tensor_group) -> dtype name -> number
+    nonfinite: dict[str, str]               # tensors holding NaN/Inf -> "2 NaN, 1 Inf"
     extras: list[str]                       # framework extras left out (num_batches_tracked)
     stored_spec: str | None                 # name of the spec stored in the file (neutral files)
     preset: str | None                      # the matching preset, or None
@@ -471,6 +516,13 @@ class InspectReport:
             f"file {_megabytes(self.file_bytes)}",
             f"dtypes    {', '.join(f'{d} ({n})' for d, n in self.dtypes.items())}",
         ]
+        width = max((len(group) for group in self.dtype_groups), default=0)
+        for group, dtypes in self.dtype_groups.items():
+            lines.append(f"  {group:<{width}}  {', '.join(f'{d} ({n})' for d, n in dtypes.items())}")
+        if self.nonfinite:
+            listed = ", ".join(f"{name} ({what})" for name, what in list(self.nonfinite.items())[:10])
+            more = f", ... ({len(self.nonfinite) - 10} more)" if len(self.nonfinite) > 10 else ""
+            lines.append(f"NaN/Inf   {len(self.nonfinite)} tensor(s): {listed}{more}")
         if self.stored_spec is not None:
             lines.append(f"spec      {self.stored_spec} (stored in the file)")
         if self.preset is not None:
@@ -487,7 +539,9 @@ class InspectReport:
 
 
 def inspect_file(path: str | os.PathLike) -> InspectReport:
-    """Format, tensor count, size, dtypes of a checkpoint, and which preset it matches.
+    """Format, tensor count, size, dtypes (overall and per tensor group: conv, norm, norm stats,
+    linear) of a checkpoint, which preset it matches, and which tensors hold NaN or Inf (also
+    warned, NonFiniteWarning).
 
     Raises:
         FileNotFoundError, ValueError (unknown suffix), CheckpointError (unreadable content).
@@ -497,14 +551,19 @@ def inspect_file(path: str | os.PathLike) -> InspectReport:
     path = Path(path)
     fmt, weights, extras, stored = _read(path)
     dtypes: dict[str, int] = {}
-    for array in weights.values():
+    groups: dict[str, dict[str, int]] = {}
+    for name, array in weights.items():
         dtypes[str(array.dtype)] = dtypes.get(str(array.dtype), 0) + 1
+        group = groups.setdefault(tensor_group(name, weights), {})
+        group[str(array.dtype)] = group.get(str(array.dtype), 0) + 1
+    nonfinite = warn_nonfinite(weights, source=str(path))
     matches = match_presets(weights) if weights else []
     exact = [m for m in matches if m.differences == 0]
     best = exact[0] if exact else (matches[0] if matches else None)
     return InspectReport(
         path=str(path), format=fmt, file_bytes=path.stat().st_size, tensor_count=len(weights),
-        tensor_bytes=int(sum(a.nbytes for a in weights.values())), dtypes=dtypes, extras=extras,
+        tensor_bytes=int(sum(a.nbytes for a in weights.values())), dtypes=dtypes,
+        dtype_groups=groups, nonfinite=nonfinite, extras=extras,
         stored_spec=stored.name if stored is not None else None,
         preset=best.preset if exact else None,
         adaptations=dict(best.adaptations) if best else {},
