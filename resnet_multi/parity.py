@@ -40,6 +40,19 @@ mistakes show only at some sizes; at 33x47 a torchvision ResNet's stride-2 layer
 17x24, 9x12, 5x6, 3x3: odd and even, square and not."""
 
 
+BOUNDS: dict[str, tuple[float, float]] = {
+    "float32": (1e-5, 1e-6),
+    "float64": (1e-10, 1e-12),
+    "bfloat16": (3e-2, 1e-3),
+}
+"""Default (rtol, atol) per model dtype, about 10x (bfloat16: 2x) the noise measured against the
+float64 oracle on the presets at 33x47 with random BN statistics. float32: 1e-7 to 3e-6 relative.
+float64: up to 1.3e-12 (paddle, resnet50d). bfloat16 (8-bit mantissa, weights and input rounded
+to bfloat16 first): inner taps up to 1.5e-2 (resnet50), logits 5e-3 to 7e-3. A porting bug gives
+1e-2 and more in float32 and float64; in bfloat16 only gross ones (a transpose, a swapped mean and
+variance) stand out, so prove a port in float32 or float64 and use bfloat16 to bound its drift."""
+
+
 @dataclass(frozen=True)
 class TapResult:
     """One backend's error on one tap. ``max_abs`` = max|out - ref|; ``max_ref`` = max|ref|;
@@ -78,7 +91,7 @@ class ParityReport:
     Attributes:
         spec_name, input_shape, reference (a backend name or "numpy"), backends (compared,
         in order), taps (every tap, in execution order), rtol, atol, results (TapResult per
-        backend and tap, backend-major, taps in execution order).
+        backend and tap, backend-major, taps in execution order), dtype (of the models compared).
     """
 
     spec_name: str
@@ -89,6 +102,7 @@ class ParityReport:
     rtol: float
     atol: float
     results: tuple[TapResult, ...]
+    dtype: str = "float32"
 
     @property
     def ok(self) -> bool:
@@ -141,6 +155,7 @@ class ParityReport:
             "input_shape": list(self.input_shape),
             "reference": self.reference,
             "backends": list(self.backends),
+            "dtype": self.dtype,
             "rtol": self.rtol,
             "atol": self.atol,
             "ok": self.ok,
@@ -172,8 +187,9 @@ class ParityReport:
         bw = max([len("backend"), *map(len, self.backends)])
         tw = max([len("tap"), len("at tap"), *map(len, self.taps)])
         lines = [f"parity of {self.spec_name}: input {tuple(self.input_shape)}, reference {self.reference}"
-                 f"{' (float64)' if self.reference == NUMPY else ''}; "
-                 f"a tap passes when max|a-b| <= {self.atol:g} + {self.rtol:g} * max|ref|",
+                 f"{' (float64)' if self.reference == NUMPY else ''}, {self.dtype} models; "
+                 f"a tap passes when max|a-b| <= {self.atol:g} + {self.rtol:g} * max|ref|"
+                 f"{' (the ' + self.dtype + ' bound)' if self.dtype != 'float32' else ''}",
                  "",
                  f"{'backend':<{bw}}  {'passed':>7}  {'worst rel':>9}  {'at tap':<{tw}}  result"]
         for b in self.backends:
@@ -257,7 +273,8 @@ def compare_tap(backend: str, tap: str, out, ref, *, rtol: float, atol: float) -
 
 def compare_outputs(plan: Plan, outputs: Mapping[str, Mapping[str, np.ndarray]],
                     reference_outputs: Mapping[str, np.ndarray], *, input_shape: Sequence[int],
-                    reference: str = NUMPY, rtol: float = 1e-5, atol: float = 1e-6) -> ParityReport:
+                    reference: str = NUMPY, rtol: float = 1e-5, atol: float = 1e-6,
+                    dtype: str = "float32") -> ParityReport:
     """A ParityReport from outputs already computed: ``outputs[backend][tap]`` against
     ``reference_outputs[tap]``, for every tap of ``plan.tap_names``."""
     _check_tolerances(rtol, atol)
@@ -266,7 +283,7 @@ def compare_outputs(plan: Plan, outputs: Mapping[str, Mapping[str, np.ndarray]],
         for tap in plan.tap_names:
             results.append(compare_tap(backend, tap, taps.get(tap), reference_outputs[tap], rtol=rtol, atol=atol))
     return ParityReport(plan.spec.name, tuple(int(s) for s in input_shape), reference, tuple(outputs),
-                        plan.tap_names, float(rtol), float(atol), tuple(results))
+                        plan.tap_names, float(rtol), float(atol), tuple(results), dtype)
 
 
 def _check_tolerances(rtol: float, atol: float) -> None:
@@ -347,8 +364,8 @@ def _resolve_weights(spec, weights):
 
 
 def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), weights=None, inputs=None,
-                 input_shape: Sequence[int] | None = None, seed: int = 0, rtol: float = 1e-5, atol: float = 1e-6,
-                 reference: str = NUMPY) -> ParityReport:
+                 input_shape: Sequence[int] | None = None, seed: int = 0, rtol: float | None = None,
+                 atol: float | None = None, reference: str = NUMPY, dtype: str = "float32") -> ParityReport:
     """Check that backends compute the same function as a reference, tap by tap.
 
     Every backend is built with the same canonical weights and fed the same float32 input;
@@ -369,8 +386,11 @@ def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), we
         input_shape: (N, C, H, W) of the default input; default (1, in_channels, 33, 47):
             small, odd and non-square, where padding and ceil_mode bugs show.
         seed: seed of the default weights and input.
-        rtol, atol: the bound (defaults: about 10x float32 summation-order noise).
+        rtol, atol: the bound; default ``BOUNDS[dtype]`` (float32: about 10x summation-order noise).
         reference: "numpy" (the float64 oracle, default) or a backend name.
+        dtype: the models' dtype, "float32", "float64" or "bfloat16" (``rm.build``'s). For
+            bfloat16 the weights and input are rounded to bfloat16 first, so the oracle computes on
+            the values the models hold; the report states the dtype and its bound.
     Returns:
         ParityReport: ``.ok``, ``.first_divergence`` (None or (backend, tap, max abs, rel)),
         ``.to_dict()``, and ``print(report)`` for a table.
@@ -381,6 +401,10 @@ def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), we
     """
     spec, weights = _resolve_weights(spec, weights)
     plan = make_plan(spec)
+    if dtype not in BOUNDS:
+        raise ValueError(f"dtype: expected one of {', '.join(BOUNDS)}, got {dtype!r}")
+    rtol = BOUNDS[dtype][0] if rtol is None else rtol
+    atol = BOUNDS[dtype][1] if atol is None else atol
     _check_tolerances(rtol, atol)
     backends = tuple(dict.fromkeys(backends))  # keep order, drop repeats
     if not backends:
@@ -403,13 +427,23 @@ def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), we
                          "give one of them")
     x = _as_input(plan, inputs)
     weights = random_weights(plan, seed) if weights is None else check_weights(plan, weights)
+    if dtype == "bfloat16":  # what the models hold and see, exactly, for the oracle too
+        weights = {name: _bfloat16_values(w) for name, w in weights.items()}
+        x = _bfloat16_values(x)
 
     def run(name: str) -> dict[str, np.ndarray]:
         if name == NUMPY:
             return reference_forward(plan, weights, x, taps=True)
-        return api.forward(api.build(spec, backend=name, weights=weights), x, taps=True)
+        return api.forward(api.build(spec, backend=name, weights=weights, dtype=dtype), x, taps=True)
 
     reference_outputs = run(reference)
     outputs = {name: run(name) for name in backends if name != reference}
     return compare_outputs(plan, outputs, reference_outputs, input_shape=x.shape, reference=reference,
-                           rtol=rtol, atol=atol)
+                           rtol=rtol, atol=atol, dtype=dtype)
+
+
+def _bfloat16_values(array) -> np.ndarray:
+    """float32 array of the values ``array`` takes when rounded to bfloat16."""
+    import ml_dtypes
+
+    return np.asarray(array, dtype=np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)

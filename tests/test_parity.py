@@ -14,7 +14,7 @@ import pytest
 
 import _wrong_backends as wrong
 import resnet_multi as rm
-from conftest import BACKENDS
+from conftest import BACKENDS, odd_input
 from resnet_multi import cli
 from resnet_multi.parity import Divergence, check_models
 from resnet_multi.weights import random_weights
@@ -228,3 +228,26 @@ def test_cli_as_a_process_json_on_stdout(tmp_path):
                            "--json", "-"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["summary"]["torch"]["taps"] == 15
+
+
+@pytest.mark.parametrize("backend,dtype", [("torch", "bfloat16"), ("flax", "bfloat16"), ("torch", "float64"),
+                                           ("paddle", "float64")])
+def test_check_parity_in_another_dtype_uses_that_dtypes_bound(backend, dtype):
+    report = rm.check_parity("resnet18", backends=(backend,), dtype=dtype)
+    from resnet_multi.parity import BOUNDS
+
+    assert report.ok, report.format()
+    assert (report.dtype, report.rtol, report.atol) == (dtype, *BOUNDS[dtype])
+    assert f"{dtype} models" in str(report) and report.to_dict()["dtype"] == dtype
+    worst = max(r.rel for r in report.results)
+    if dtype == "float64":
+        assert worst < 1e-10  # float64 all the way: a float32 step anywhere would show ~1e-7
+    else:
+        assert 1e-4 < worst < BOUNDS[dtype][0]  # really bfloat16 (float32 would be ~1e-6)
+    plan = rm.make_plan(rm.get_spec("resnet18"))
+    weights = random_weights(plan, 0)
+    weights["layer3.1.bn2.running_var"] = weights["layer3.1.bn2.running_var"] * 1.5  # a planted bug...
+    broken = check_models({backend: rm.build("resnet18", backend, weights=weights)},
+                             odd_input(rm.get_spec("resnet18")), weights=random_weights(plan, 0))
+    assert broken.first_divergence.tap == "layer3.1"  # ...that the bfloat16 bound would also catch (18%)
+    assert broken.first_divergence.rel > BOUNDS["bfloat16"][0]
