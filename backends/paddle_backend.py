@@ -28,6 +28,7 @@ from paddle.nn.initializer import Constant
 
 from resnet_multi import plan as P
 from resnet_multi.io_util import atomic_path
+from resnet_multi.training import OptimizerError
 from resnet_multi.weights import FRAMEWORK_EXTRAS
 
 NAME = "paddle"
@@ -592,7 +593,7 @@ def _exact_in_float32(model: ResNet, params: list, settings: dict[str, float]) -
     for name, value in settings.items():
         rounded = float(np.float32(value))
         if rounded != value:
-            raise ValueError(
+            raise OptimizerError(
                 f"optimizer: {name}={value!r} is not exact in float32, and Paddle holds {name} as float32 even "
                 f"for the float64 model {model.plan.spec.name!r} (it would act as {rounded!r}, silently). "
                 f"Pass {name}={rounded!r}, the value Paddle computes with, so that every framework uses it "

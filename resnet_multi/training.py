@@ -37,17 +37,21 @@ from .zoo import resolve_spec
 # --------------------------------------------------------------------------- optimizer descriptions
 
 
+class OptimizerError(ValueError):
+    """An optimizer setting out of range, unknown, or one a framework cannot represent exactly."""
+
+
 def _number(owner: str, name: str, value, *, low: float, high: float = math.inf, low_open: bool = False,
             high_open: bool = False) -> float:
     """``value`` as a float within [low, high] (bounds open as asked), or a ValueError naming the field."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+        raise OptimizerError(f"{owner}: {name} must be a finite number, got {value!r}")
     value = float(value)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{owner}: {name} must be in {interval}, got {value!r}")
+        raise OptimizerError(f"{owner}: {name} must be in {interval}, got {value!r}")
     return value
 
 
@@ -76,9 +80,9 @@ class SGD:
                                                      high_open=True))
         object.__setattr__(self, "weight_decay", _number(owner, "weight_decay", self.weight_decay, low=0.0))
         if not isinstance(self.nesterov, bool):
-            raise ValueError(f"{owner}: nesterov must be True or False, got {self.nesterov!r}")
+            raise OptimizerError(f"{owner}: nesterov must be True or False, got {self.nesterov!r}")
         if self.nesterov and self.momentum == 0:
-            raise ValueError(f"{owner}: nesterov=True needs momentum > 0, got momentum={self.momentum!r}")
+            raise OptimizerError(f"{owner}: nesterov=True needs momentum > 0, got momentum={self.momentum!r}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class AdamW:
         object.__setattr__(self, "lr", _number(owner, "lr", self.lr, low=0.0, low_open=True))
         betas = self.betas
         if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
-            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+            raise OptimizerError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
         object.__setattr__(self, "betas", tuple(_number(owner, f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
                                                 for i, b in enumerate(betas)))
         object.__setattr__(self, "eps", _number(owner, "eps", self.eps, low=0.0, low_open=True))
@@ -124,18 +128,18 @@ def optimizer_spec(name, **settings) -> OptimizerSpec:
     """
     if isinstance(name, (SGD, AdamW)):
         if settings:
-            raise ValueError(f"optimizer: settings {', '.join(sorted(settings))} given beside a ready "
+            raise OptimizerError(f"optimizer: settings {', '.join(sorted(settings))} given beside a ready "
                              f"{type(name).__name__} description")
         return name
     if name not in _OPTIMIZERS:
-        raise ValueError(f"optimizer: unknown optimizer {name!r}; known: {', '.join(_OPTIMIZERS)}")
+        raise OptimizerError(f"optimizer: unknown optimizer {name!r}; known: {', '.join(_OPTIMIZERS)}")
     cls = _OPTIMIZERS[name]
     known = [f.name for f in fields(cls) if f.init]
     unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise ValueError(f"optimizer {name!r}: no setting {', '.join(unknown)}; its settings are {', '.join(known)}")
+        raise OptimizerError(f"optimizer {name!r}: no setting {', '.join(unknown)}; its settings are {', '.join(known)}")
     if "lr" not in settings:
-        raise ValueError(f"optimizer {name!r}: lr (the learning rate) is required")
+        raise OptimizerError(f"optimizer {name!r}: lr (the learning rate) is required")
     return cls(**settings)
 
 
@@ -453,9 +457,11 @@ def _compare(step: int, phase: str, backend: str, names: Sequence[str], outs: Ma
 
 DEFAULT_INPUT_HW = (33, 47)
 DEFAULT_BATCH = 4
-DEFAULT_OPTIMIZER = SGD(lr=0.1, momentum=0.875, weight_decay=2.0 ** -10)
-"""check_training's default: SGD with momentum and weight decay, both exact float32 values (Paddle
-holds them as float32 even in a float64 model; see ``optimizer``)."""
+DEFAULT_SETTINGS = {"sgd": dict(lr=0.1, momentum=0.875, weight_decay=2.0 ** -10),
+                    "adamw": dict(lr=1e-3, weight_decay=2.0 ** -7)}
+"""check_training's settings for an optimizer given by name: momentum and weight decay are exact
+float32 values, since Paddle holds them as float32 even in a float64 model (see ``optimizer``)."""
+DEFAULT_OPTIMIZER = SGD(**DEFAULT_SETTINGS["sgd"])
 
 
 @dataclass
@@ -550,8 +556,9 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
         spec: a ResNetSpec, preset name or spec file (None: the spec stored in ``weights``).
         backends: the backends to run (at least two, or one beside ``reference``).
         steps: optimizer steps (>= 1).
-        optimizer: an ``SGD``/``AdamW`` description or "sgd"/"adamw" with default settings;
-            default ``SGD(lr=0.1, momentum=0.875, weight_decay=2**-10)``.
+        optimizer: an ``SGD``/``AdamW`` description, or "sgd"/"adamw" with ``DEFAULT_SETTINGS``
+            (sgd: lr 0.1, momentum 0.875, weight_decay 2**-10; adamw: lr 1e-3, weight_decay
+            2**-7); default "sgd".
         dtype: "float64" (default) or "float32".
         weights: canonical weights (dict) or a checkpoint file; default ``random_weights(plan, seed)``.
         inputs: the NCHW batch; default standard normal of ``input_shape`` (default (4, C, 33, 47)).
@@ -576,7 +583,9 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
     if optimizer is None:
         optimizer = DEFAULT_OPTIMIZER
     elif isinstance(optimizer, str):
-        optimizer = optimizer_spec(optimizer, lr=DEFAULT_OPTIMIZER.lr)
+        if optimizer not in DEFAULT_SETTINGS:
+            raise OptimizerError(f"optimizer: unknown optimizer {optimizer!r}; known: {', '.join(DEFAULT_SETTINGS)}")
+        optimizer = optimizer_spec(optimizer, **DEFAULT_SETTINGS[optimizer])
     elif not isinstance(optimizer, (SGD, AdamW)):
         raise ValueError(f"optimizer: expected an SGD or AdamW description or 'sgd'/'adamw', got {optimizer!r}")
     if rtol is None:

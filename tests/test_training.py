@@ -34,7 +34,7 @@ def tiny(spec: rm.ResNetSpec | str, max_depth: int = 1, divisor: int = 8) -> rm.
 
 
 TINY = tiny("resnet18")
-BATCH = (2, 3, 21, 27)  # odd, non-square; resnet18's last stage sees 1x1, BN over 2 values
+BATCH = (2, 3, 33, 47)  # odd, non-square; the last stage sees 2x2, so BN averages 8 values per channel
 
 
 # --------------------------------------------------------------------------- the neutral description
@@ -220,7 +220,7 @@ def test_float32_report_is_noise_with_the_reason():
     (dict(dtype="float16"), "dtype: expected 'float64' or 'float32'"),
     (dict(backends=("torch",)), "only the reference 'torch' given"),
     (dict(backends=("torch", "mxnet")), "unknown backend 'mxnet'"),
-    (dict(input_shape=(1, 3, 21, 27)), "BatchNorm needs a batch of at least 2"),
+    (dict(input_shape=(1, 3, 33, 47)), "BatchNorm needs a batch of at least 2"),
     (dict(labels=np.array([0, 1000])), "labels: class indices must be in [0, 1000)"),
     (dict(labels=np.array([0.5, 1.0])), "labels: expected 2 integer class indices"),
     (dict(optimizer=("sgd", 0.1)), "optimizer: expected an SGD or AdamW description"),
