@@ -174,8 +174,10 @@ def test_same_float64_trajectories_in_every_backend(key):
     report = rm.check_training(TINY, backends=BACKENDS, steps=3, optimizer=OPTIMIZERS[key], input_shape=BATCH)
     assert report.ok, "\n" + str(report)
     assert report.backends == BACKENDS[1:] and report.reference == BACKENDS[0]
+    # Measured float64 noise: SGD <= 2e-11; AdamW <= 2e-10, since Adam divides each element by its own
+    # gradient magnitude, so elements near eps amplify the ~1e-12 gradient noise. The bound is 1e-9.
     worst = max(r.rel for r in report.records)
-    assert worst < 1e-11, f"measured float64 noise {worst:.2e} (the bound is 1e-9)"
+    assert worst < (3e-11 if OPTIMIZERS[key].name == "sgd" else 3e-10), f"measured float64 noise {worst:.2e}"
     # the steps did train: parameters moved by far more than the bound
     losses = report.losses[BACKENDS[0]]
     assert len(losses) == 3 and len(set(losses)) == 3
