@@ -94,7 +94,8 @@ def _training_report(args, spec, backends):
     settings.update(given)
     reference = None if args.reference == "numpy" else args.reference  # no numpy trainer: a backend is the reference
     try:
-        return check_training(spec, backends=backends, steps=args.steps or 3, optimizer=optimizer_spec(name, **settings),
+        optimizer = optimizer_spec(name, **settings)
+        return check_training(spec, backends=backends, steps=args.steps or 3, optimizer=optimizer,
                               dtype=args.dtype or "float64", weights=args.weights, input_shape=args.input,
                               seed=args.seed, rtol=args.rtol, reference=reference)
     except OptimizerError as exc:  # out of range, or a value a framework would round: a bad argument

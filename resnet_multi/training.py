@@ -137,7 +137,8 @@ def optimizer_spec(name, **settings) -> OptimizerSpec:
     known = [f.name for f in fields(cls) if f.init]
     unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise OptimizerError(f"optimizer {name!r}: no setting {', '.join(unknown)}; its settings are {', '.join(known)}")
+        raise OptimizerError(f"optimizer {name!r}: no setting {', '.join(unknown)}; "
+                             f"its settings are {', '.join(known)}")
     if "lr" not in settings:
         raise OptimizerError(f"optimizer {name!r}: lr (the learning rate) is required")
     return cls(**settings)
@@ -167,10 +168,10 @@ def optimizer(model, name: str | OptimizerSpec = "sgd", **settings):
         flax: ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` with ``tx`` =
         ``optax.chain(optax.add_decayed_weights(wd), optax.sgd(...))`` / ``optax.adamw(...)``.
     Raises:
-        ValueError: a setting out of range, or one the framework cannot represent exactly for this
-            model. Paddle holds momentum and weight decay as float32 even in a float64 model, so
-            for a float64 Paddle model they must be exact float32 values (0.875, 2**-10,
-            ``float(np.float32(0.9))``...): the message says which and why.
+        OptimizerError (a ValueError): a setting unknown or out of range, or one the framework
+            cannot represent exactly for this model. Paddle holds momentum and weight decay as
+            float32 even in a float64 model, so for a float64 Paddle model they must be exact
+            float32 values (0.875, 2**-10, ``float(np.float32(0.9))``...): the message says which.
     Example:
         >>> opt = rm.optimizer(model, "sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
     """
@@ -188,10 +189,13 @@ LOSS = "loss"
 """The tensor name of the loss in a record."""
 
 FLOAT64_RTOL = 1e-9
-"""float64 bound, relative per tensor. Measured noise between correct backends (resnet18 to
-resnet50d at batch 2-4, 3 steps of SGD or AdamW): at most a few 1e-12 (torch vs Paddle vs Flax);
-a convention bug (momentum 1-m, biased variance, eps, decay order, a frozen tensor) gives
-1e-6 to 1e0, so the bound sits three orders above the noise and three below the smallest bug."""
+"""float64 bound, relative per tensor. Measured noise between correct backends (torch vs Paddle
+vs Flax, tests/test_training.py: 3 steps, batch 2 at 33x47): SGD up to 2e-11, AdamW up to 2e-10
+(Adam divides each element by its own gradient's size, so elements near eps amplify the ~1e-12
+gradient noise). A convention bug (momentum 1-m, biased variance, eps, decay order, a frozen
+tensor) gives 1e-6 to 1 (tests/test_training_faults.py). BatchNorm over very few values per
+channel (batch 2 with a 1x1 last stage) makes gradients depend on eps to first order and
+amplifies noise: keep at least ~8 values per channel (the default input gives 16)."""
 
 FLOOR = 1e-6
 """A tensor's errors are relative to max(max|ref|, FLOOR x the largest max|ref| of its phase and
@@ -637,7 +641,8 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
             for name in compared:
                 run = runs[name]
                 if phase == "running_stats":
-                    recs = _compare(step, phase, name, stats, run.weights[step], ref.weights[step], rtol=rtol, norm=norm)
+                    recs = _compare(step, phase, name, stats, run.weights[step], ref.weights[step], rtol=rtol,
+                                    norm=norm)
                 elif phase == "loss":
                     recs = _compare(step, phase, name, [LOSS], {LOSS: np.float64(run.losses[step])},
                                     {LOSS: np.float64(ref.losses[step])}, rtol=rtol, norm=norm)

@@ -136,6 +136,24 @@ def test_optimizer_is_the_frameworks_own(models64, backend, name, settings):
         assert leaves and not any("mean" in map(str, path) or "var" in map(str, path) for path in leaves)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_step_gives_every_gradient_in_canonical_names(models64, backend):
+    """check_training's per-backend step: one gradient per trainable canonical tensor, in canonical
+    layout, and none for the running statistics (Paddle's _mean/_variance are parameters there)."""
+    from resnet_multi.registry import get_backend
+
+    weights, _ = models64
+    plan = rm.make_plan(TINY)
+    model = rm.build(TINY, backend, weights=weights, dtype="float64")
+    module = get_backend(backend)
+    opt = module.make_optimizer(model, T.SGD(lr=0.1, weight_decay=2**-7))
+    x = np.random.default_rng(0).standard_normal(BATCH)
+    loss, grads = module.train_step(model, opt, x, np.array([3, 7]))
+    trainable = [n for n, info in plan.params.items() if not info.is_buffer]
+    assert sorted(grads) == sorted(trainable) and math.isfinite(loss)
+    assert all(grads[n].shape == plan.params[n].shape and grads[n].dtype == np.float64 for n in trainable)
+
+
 def test_optimizer_needs_a_model():
     with pytest.raises(TypeError, match="not a model built by resnet_multi"):
         rm.optimizer(object(), "sgd", lr=0.1)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
 import resnet_multi as rm
 from resnet_multi import training as T
 from resnet_multi.registry import get_backend
