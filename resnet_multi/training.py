@@ -477,14 +477,20 @@ class _Run:
     weights: list = field(default_factory=list)
 
 
-def _run(name: str, spec, weights, opt: OptimizerSpec, x, labels, steps: int, dtype: str) -> _Run:
+def _build(name: str, spec, weights, dtype: str):
+    """The backend's model and its training hooks (every model is built before any trains, so a
+    backend that cannot build, e.g. float64 Flax without JAX's 64-bit mode, fails fast)."""
     backend = get_backend(name)
-    model = api.build(spec, backend=name, weights=weights, dtype=dtype)
-    native = _hook(backend, "make_optimizer")(model, opt)
-    step = _hook(backend, "train_step")
+    hooks = _hook(backend, "make_optimizer"), _hook(backend, "train_step")
+    return backend, api.build(spec, backend=name, weights=weights, dtype=dtype), hooks
+
+
+def _train(backend, model, hooks, opt: OptimizerSpec, x, labels, steps: int) -> _Run:
+    make_optimizer, train_step = hooks
+    native = make_optimizer(model, opt)
     run = _Run()
     for _ in range(steps):
-        loss, grads = step(model, native, x, labels)
+        loss, grads = train_step(model, native, x, labels)
         run.losses.append(float(loss))
         run.gradients.append(grads)
         run.weights.append(backend.export_weights(model))
@@ -521,7 +527,7 @@ def training_classes(plan: Plan) -> int:
     """Number of classes the training loss sees: the head's outputs; without a head, the channels
     of the output feature maps, globally average-pooled and concatenated (see ``check_training``)."""
     if plan.head is not None:
-        return plan.head.fc.out_features
+        return plan.head.out_channels
     out = {s.name: s.out_channels for s in plan.stages}
     return sum(out[name] for name in plan.output_names())
 
@@ -563,7 +569,9 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
         optimizer: an ``SGD``/``AdamW`` description, or "sgd"/"adamw" with ``DEFAULT_SETTINGS``
             (sgd: lr 0.1, momentum 0.875, weight_decay 2**-10; adamw: lr 1e-3, weight_decay
             2**-7); default "sgd".
-        dtype: "float64" (default) or "float32".
+        dtype: "float64" (default) or "float32". A float64 Flax model needs JAX's 64-bit mode,
+            a process-wide switch this function does not flip: call it inside
+            ``with jax.enable_x64(True):`` (or after ``jax.config.update("jax_enable_x64", True)``).
         weights: canonical weights (dict) or a checkpoint file; default ``random_weights(plan, seed)``.
         inputs: the NCHW batch; default standard normal of ``input_shape`` (default (4, C, 33, 47)).
         labels: integer class per input; default random from ``seed``.
@@ -574,7 +582,8 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
         TrainingReport: ``.ok``, ``.first_divergence`` (step, phase, backend, tensor, rel),
         ``.losses``, ``.records``, ``.to_dict()``, ``print(report)``.
     Example:
-        >>> report = rm.check_training("resnet18", backends=("torch", "paddle", "flax"), steps=3)
+        >>> with jax.enable_x64(True):
+        ...     report = rm.check_training("resnet18", backends=("torch", "paddle", "flax"), steps=3)
         >>> report.ok, report.first_divergence
         (True, None)
     """
@@ -628,7 +637,10 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
     y = _labels(plan, labels, x.shape[0], seed)
     weights = random_weights(plan, seed) if weights is None else check_weights(plan, weights)
 
-    runs = {name: _run(name, spec, weights, optimizer, x, y, steps, dtype) for name in (reference, *compared)}
+    built = {name: _build(name, spec, weights, dtype) for name in (reference, *compared)}
+    runs = {name: _train(backend, model, hooks, optimizer, x, y, steps)
+            for name, (backend, model, hooks) in built.items()}
+    del built  # the models: only their trajectories are kept
 
     trainable = [n for n, info in plan.params.items() if not info.is_buffer]
     stats = [n for n, info in plan.params.items() if info.is_buffer]

@@ -33,6 +33,16 @@ def tiny(spec: rm.ResNetSpec | str, max_depth: int = 1, divisor: int = 8) -> rm.
     return spec.replace(stages=stages, stem=stem, block=block)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def x64():
+    """JAX computes in float64 only in its 64-bit mode, a process-wide switch (rm.build refuses a
+    float64 Flax model without it): on for the training tests, and off again after them."""
+    import jax
+
+    with jax.enable_x64(True):
+        yield
+
+
 TINY = tiny("resnet18")
 BATCH = (2, 3, 33, 47)  # odd, non-square; the last stage sees 2x2, so BN averages 8 values per channel
 

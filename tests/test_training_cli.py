@@ -11,6 +11,7 @@ import pytest
 import resnet_multi as rm
 from resnet_multi import cli
 from resnet_multi.registry import get_backend
+from test_training import x64  # noqa: F401 (autouse: float64 Flax models)
 from test_training import TINY
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 import resnet_multi as rm
 from resnet_multi import training as T
 from resnet_multi.registry import get_backend
+from test_training import x64  # noqa: F401 (autouse: float64 Flax models)
 from test_training import BATCH, TINY
 
 PLAN = rm.make_plan(TINY)
