@@ -34,10 +34,10 @@ def _wrap_build(monkeypatch, backend: str, change_spec=None, after=None):
     module = get_backend(backend)
     build = module.build
 
-    def faulty_build(plan, weights):
+    def faulty_build(plan, weights, **kwargs):
         if change_spec is not None:
             plan = rm.make_plan(change_spec(plan.spec))
-        model = build(plan, weights)
+        model = build(plan, weights, **kwargs)
         if after is not None:
             after(model)
         return model
