@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -93,6 +94,10 @@ def _training_report(args, spec, backends):
         raise UsageError(f"--momentum: optimizer {name!r} has no momentum")
     settings.update(given)
     reference = None if args.reference == "numpy" else args.reference  # no numpy trainer: a backend is the reference
+    if (args.dtype or "float64") == "float64":
+        # The command owns its process: JAX computes in float64 only in its 64-bit mode, which it
+        # reads from this variable when first imported (the library itself never flips the switch).
+        os.environ.setdefault("JAX_ENABLE_X64", "1")
     try:
         optimizer = optimizer_spec(name, **settings)
         return check_training(spec, backends=backends, steps=args.steps or 3, optimizer=optimizer,

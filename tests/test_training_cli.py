@@ -4,6 +4,8 @@ arguments (as the forward parity command)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -73,3 +75,14 @@ def test_train_fails_with_exit_1(spec_file, monkeypatch, capsys):
 def test_train_bad_arguments_exit_2(spec_file, capsys, extra, words):
     assert main(["parity", spec_file, "--backends", "torch,paddle", "--input", "2,3,33,47", *extra]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_command_trains_flax_in_float64(spec_file):
+    """A fresh `resnet-multi` process: the command turns on JAX's 64-bit mode for its float64 run
+    (a library call leaves that process-wide switch to the user)."""
+    out = subprocess.run([sys.executable, "-m", "resnet_multi.cli", "parity", spec_file, "--train", "--backends",
+                          "torch,flax", "--input", "2,3,33,47", "--steps", "1", "--json", "-"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    assert data["ok"] and data["backends"] == ["flax"] and data["dtype"] == "float64"
