@@ -400,7 +400,10 @@ class TrainingReport:
                              f"{r.max_ref:>9.2e}  {r.rel:>9.2e}  {verdict}")
         first = self.first_divergence
         lines.append("")
-        if first is None:
+        if first is None and self.noise_only and math.isinf(self.rtol):
+            lines.append(f"{len(self.records)} comparisons measured, all finite and of matching shape (noise only, "
+                         "no bound)")
+        elif first is None:
             lines.append(f"all {len(self.records)} comparisons pass")
         else:
             lines.append(f"first divergence: {first.backend} at step {first.step}, {first.phase}, {first.tensor} "

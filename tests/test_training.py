@@ -242,7 +242,7 @@ def test_float32_report_is_noise_with_the_reason():
     assert report.to_dict()["metric"] == "norm_relative" and report.to_dict()["rtol"] is None
     grads = [r for r in report.records if r.phase == "gradient"]
     assert all(math.isfinite(r.rel) for r in grads) and max(r.rel for r in grads) > 0  # measured, not zero
-    assert "NOISE" in str(report) and "ReLU" in str(report)
+    assert "NOISE" in str(report) and "ReLU" in str(report) and "noise only, no bound" in str(report)
 
 
 @pytest.mark.parametrize("kwargs, words", [
