@@ -29,7 +29,7 @@ and backends register them under that path, so a model's state_dict names are ca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .spec import ResNetSpec
