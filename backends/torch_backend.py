@@ -44,7 +44,10 @@ class BiasedVarBatchNorm2d(nn.BatchNorm2d):
         out = super().forward(x)
         n = x.numel() // x.shape[1]
         with torch.no_grad():
-            self.running_var.sub_((self.running_var - (1.0 - self.momentum) * old) / n)
+            # through .data: autograd saved running_var for the BN backward, and an in-place change of
+            # the tensor itself fails loss.backward() ("modified by an inplace operation"); the train-mode
+            # backward never reads its values
+            self.running_var.data.sub_((self.running_var - (1.0 - self.momentum) * old) / n)
         return out
 
 
