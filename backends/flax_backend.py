@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import msgpack
 import numpy as np
+import optax
 from flax import nnx, serialization
 from jax import lax
 
@@ -736,3 +737,74 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> N
     tree = _name_tree(weights)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         _write_map(f, msgpack.Packer(), tree, weights)
+
+
+# --------------------------------------------------------------------------- training
+# Hooks of resnet_multi.training: the neutral optimizer description (training.SGD / AdamW) as an
+# nnx.Optimizer over an optax chain, and the standard nnx train step for check_training.
+
+
+def optax_transform(spec) -> optax.GradientTransformation:
+    """The optax chain for a neutral optimizer description.
+
+    SGD: optax has no weight-decay argument on ``sgd``; ``add_decayed_weights(wd)`` before
+    ``sgd`` adds ``wd * p`` to the gradient before momentum, as torch and Paddle do.
+    ``optax.sgd``'s trace is torch's momentum buffer (``v = g + m * v``, first ``v = g``) and its
+    Nesterov form ``g + m * v`` is torch's. AdamW: ``optax.adamw`` with ``eps_root=0`` adds eps to
+    the bias-corrected ``sqrt(v)`` and decays ``lr * wd * p``, decoupled, as torch. Without a mask
+    optax decays every leaf it is given; ``nnx.Optimizer(..., wrt=nnx.Param)`` gives it every
+    parameter (BatchNorm scales and biases included, as torch and Paddle) and no BatchStat.
+    """
+    if spec.name == "sgd":
+        tx = optax.sgd(spec.lr, momentum=spec.momentum if spec.momentum > 0 else None, nesterov=spec.nesterov)
+        return optax.chain(optax.add_decayed_weights(spec.weight_decay), tx) if spec.weight_decay > 0 else tx
+    if spec.name == "adamw":
+        return optax.adamw(spec.lr, b1=spec.betas[0], b2=spec.betas[1], eps=spec.eps, eps_root=0.0,
+                           weight_decay=spec.weight_decay)
+    raise ValueError(f"flax backend: no optimizer for {spec!r}")
+
+
+def make_optimizer(model: ResNet, spec) -> nnx.Optimizer:
+    """``nnx.Optimizer(model, optax_transform(spec), wrt=nnx.Param)``: parameters only, never the
+    BatchNorm statistics (``nnx.BatchStat``)."""
+    return nnx.Optimizer(model, optax_transform(spec), wrt=nnx.Param)
+
+
+def _training_logits(out) -> jax.Array:
+    """Logits for the training loss: the head's, or the output feature map(s) averaged over H, W
+    (and concatenated along channels), as resnet_multi.training.check_training defines it."""
+    if isinstance(out, (list, tuple)):
+        return jnp.concatenate([o.mean(axis=(1, 2)) for o in out], axis=1)
+    return out.mean(axis=(1, 2)) if out.ndim == 4 else out
+
+
+@nnx.jit
+def _train_step(model: ResNet, optimizer: nnx.Optimizer, x_nhwc: jax.Array, labels: jax.Array):
+    """The standard nnx step: loss and gradients by ``nnx.value_and_grad`` (BatchNorm's batch
+    statistics are updated in place by the train-mode forward, inside the jitted function),
+    then ``optimizer.update``."""
+    def loss_fn(model):
+        logits = _training_logits(model(x_nhwc))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss, grads
+
+
+def train_step(model: ResNet, optimizer: nnx.Optimizer, x_nchw: np.ndarray, labels: np.ndarray):
+    """One train-mode step (``model.train()``, then the jitted ``_train_step``).
+
+    Returns:
+        (loss as a float, {canonical name: gradient array in canonical layout}).
+    """
+    model.train()
+    dtype = next(iter(_variables(model).values())).get_value().dtype
+    x = jnp.asarray(np.transpose(np.asarray(x_nchw), (0, 2, 3, 1)), dtype=dtype)
+    loss, grads = _train_step(model, optimizer, x, jnp.asarray(np.asarray(labels, dtype=np.int32)))
+    out = {}
+    for path, leaf in nnx.to_flat_state(grads):
+        value = leaf.get_value() if hasattr(leaf, "get_value") else leaf
+        name, array = _flax_to_canonical(_path_key(path), np.asarray(value))
+        out[name] = np.array(array, order="C", copy=True)
+    return float(loss), out

@@ -31,6 +31,7 @@ from paddle.nn.initializer import Constant
 from resnet_multi import plan as P
 from resnet_multi.walk import run_part, run_plan
 from resnet_multi.io_util import atomic_path
+from resnet_multi.training import OptimizerError
 from resnet_multi.weights import FRAMEWORK_EXTRAS
 
 NAME = "paddle"
@@ -656,3 +657,84 @@ def export_model(model: ResNet, prefix: str, input_shape: tuple[int, ...]) -> li
     ``x``, NCHW float32 of ``input_shape`` with a dynamic batch size. ``model`` is not changed.
     Returns the paths written."""
     return _save_static(model, prefix, paddle.static.InputSpec([None, *input_shape[1:]], "float32", "x"))
+
+
+# --------------------------------------------------------------------------- training
+# Hooks of resnet_multi.training: the neutral optimizer description (training.SGD / AdamW) as
+# paddle.optimizer's own optimizer, and one ordinary train step for check_training.
+
+
+def _trainable(model: ResNet) -> list:
+    """The parameters an optimizer may touch. BatchNorm's ``_mean``/``_variance`` are parameters
+    in Paddle, with ``stop_gradient=True``: left out (they are running statistics, updated by the
+    forward pass), and so is any parameter a user froze the same way."""
+    return [p for p in model.parameters() if not p.stop_gradient]
+
+
+def _exact_in_float32(model: ResNet, params: list, settings: dict[str, float]) -> None:
+    """Paddle passes Momentum's ``momentum`` and the ``L2Decay``/AdamW decay coefficient to its
+    kernels as float32 attributes, even for float64 parameters (measured: momentum 0.9 acts as
+    0.89999997615814, trajectories 2e-8 apart from torch's). A float64 model asks for exact
+    arithmetic, so such a value must be exact in float32; a float32 model rounds it like every
+    framework does."""
+    if not any(p.dtype == paddle.float64 for p in params):
+        return
+    for name, value in settings.items():
+        rounded = float(np.float32(value))
+        if rounded != value:
+            raise OptimizerError(
+                f"optimizer: {name}={value!r} is not exact in float32, and Paddle holds {name} as float32 even "
+                f"for the float64 model {model.plan.spec.name!r} (it would act as {rounded!r}, silently). "
+                f"Pass {name}={rounded!r}, the value Paddle computes with, so that every framework uses it "
+                f"(or another value exact in float32, e.g. 0.875 or 2**-10)")
+
+
+def make_optimizer(model: ResNet, spec):
+    """``paddle.optimizer.Momentum`` (decay as ``L2Decay``, added to the gradient before momentum;
+    momentum 0 is plain SGD: ``v = g``) or ``paddle.optimizer.AdamW`` (decoupled decay scaled by
+    the learning rate, eps added to the bias-corrected ``sqrt(v)``: Paddle computes
+    ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps * sqrt(1 - b2^t))``, the same
+    number), over the trainable parameters. Nesterov: Paddle's ``p -= lr * (g + mu * v)`` is
+    PyTorch's form."""
+    params = _trainable(model)
+    if spec.name == "sgd":
+        _exact_in_float32(model, params, {"momentum": spec.momentum, "weight_decay": spec.weight_decay})
+        decay = paddle.regularizer.L2Decay(spec.weight_decay) if spec.weight_decay > 0 else None
+        return paddle.optimizer.Momentum(learning_rate=spec.lr, momentum=spec.momentum, parameters=params,
+                                         use_nesterov=spec.nesterov, weight_decay=decay)
+    if spec.name == "adamw":
+        _exact_in_float32(model, params, {"weight_decay": spec.weight_decay})
+        return paddle.optimizer.AdamW(learning_rate=spec.lr, beta1=spec.betas[0], beta2=spec.betas[1],
+                                      epsilon=spec.eps, parameters=params, weight_decay=spec.weight_decay)
+    raise ValueError(f"paddle backend: no optimizer for {spec!r}")
+
+
+def _training_logits(out):
+    """Logits for the training loss: the head's, or the output feature map(s) averaged over H, W
+    (and concatenated along channels), as resnet_multi.training.check_training defines it."""
+    if isinstance(out, (list, tuple)):
+        return paddle.concat([o.mean(axis=[2, 3]) for o in out], axis=1)
+    return out.mean(axis=[2, 3]) if out.ndim == 4 else out
+
+
+def train_step(model: ResNet, optimizer, x_nchw: np.ndarray, labels: np.ndarray):
+    """One train-mode step: forward, mean cross-entropy, backward, ``optimizer.step()``.
+
+    Returns:
+        (loss as a float, {canonical name: gradient array in canonical layout}) for every
+        trainable parameter that got one.
+    """
+    model.train()
+    dtype = _trainable(model)[0].dtype if _trainable(model) else paddle.float32
+    x = paddle.to_tensor(np.ascontiguousarray(x_nchw), dtype=dtype)
+    y = paddle.to_tensor(np.asarray(labels, dtype=np.int64))
+    loss = F.cross_entropy(_training_logits(model(x)), y)
+    loss.backward()
+    grads = {}
+    for name, p in model.named_parameters():
+        if not p.stop_gradient and p.grad is not None:
+            canonical, array = _translate(name, p.grad.numpy(), _PADDLE)
+            grads[canonical] = array
+    optimizer.step()
+    optimizer.clear_grad()
+    return float(loss), grads

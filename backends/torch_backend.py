@@ -44,7 +44,10 @@ class BiasedVarBatchNorm2d(nn.BatchNorm2d):
         out = super().forward(x)
         n = x.numel() // x.shape[1]
         with torch.no_grad():
-            self.running_var.sub_((self.running_var - (1.0 - self.momentum) * old) / n)
+            # through .data: autograd saved running_var for the BN backward, and an in-place change of
+            # the tensor itself fails loss.backward() ("modified by an inplace operation"); the train-mode
+            # backward never reads its values
+            self.running_var.data.sub_((self.running_var - (1.0 - self.momentum) * old) / n)
         return out
 
 
@@ -363,3 +366,48 @@ def export_model(model: ResNet, prefix: str, input_shape: tuple[int, ...]) -> li
                           dynamic_shapes={"x": {0: torch.export.Dim.DYNAMIC}}, dynamo=True,
                           external_data=False, verbose=False)
     return [path]
+
+
+# --------------------------------------------------------------------------- training
+# Hooks of resnet_multi.training: the neutral optimizer description (training.SGD / AdamW) as
+# torch.optim's own optimizer, and one ordinary train step for check_training.
+
+
+def make_optimizer(model: ResNet, spec) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` (dampening 0, decay added to the gradient before momentum) or
+    ``torch.optim.AdamW`` over ``model.parameters()``: exactly the neutral conventions, since
+    they are PyTorch's. Parameters with ``requires_grad=False`` get no gradient and are skipped
+    by the optimizer, as always in torch."""
+    if spec.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
+                               weight_decay=spec.weight_decay)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, eps=spec.eps,
+                                 weight_decay=spec.weight_decay)
+    raise ValueError(f"torch backend: no optimizer for {spec!r}")
+
+
+def _training_logits(out) -> torch.Tensor:
+    """Logits for the training loss: the head's, or the output feature map(s) averaged over H, W
+    (and concatenated along channels), as resnet_multi.training.check_training defines it."""
+    if isinstance(out, (list, tuple)):
+        return torch.cat([o.mean((2, 3)) for o in out], 1)
+    return out.mean((2, 3)) if out.ndim == 4 else out
+
+
+def train_step(model: ResNet, optimizer: torch.optim.Optimizer, x_nchw: np.ndarray, labels: np.ndarray):
+    """One train-mode step: forward, mean cross-entropy, backward, ``optimizer.step()``.
+
+    Returns:
+        (loss as a float, {canonical name: gradient array}) for every parameter that got one.
+    """
+    model.train()
+    dtype = next(model.parameters()).dtype
+    x = torch.from_numpy(np.ascontiguousarray(x_nchw)).to(dtype)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(_training_logits(model(x)), y)
+    loss.backward()
+    grads = {name: p.grad.detach().numpy().copy() for name, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    return float(loss.detach()), grads

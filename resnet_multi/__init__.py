@@ -14,17 +14,19 @@ from .registry import BackendError, available_backends, backend_names
 from .spec import (BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
                    StemSpec, load_spec, save_spec)
 from .summary import summary
+from .training import TrainingReport, check_training, optimizer
 from .weights import WeightsError, load_weights, save_weights
 from .zoo import get_spec, list_specs
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec", "ParityReport",
-    "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "WeightsError", "available_backends",
-    "backend_names", "build", "check_parity", "convert", "diagram", "export", "export_weights", "forward", "get_spec",
-    "import_weights", "infer_spec", "inspect_file", "list_specs", "load_spec", "load_weights", "make_plan",
-    "optimize_for_inference", "plan_of", "reference_forward", "save_spec", "save_weights", "summary",
+    "BackendError", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
+    "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "TrainingReport",
+    "WeightsError", "available_backends", "backend_names", "build", "check_parity", "check_training", "convert", "diagram",
+    "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "list_specs",
+    "load_spec", "load_weights", "make_plan", "optimize_for_inference", "optimizer", "plan_of", "reference_forward",
+    "save_spec", "save_weights", "summary",
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import warnings
 
@@ -109,6 +110,38 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+_TRAIN_ONLY = ("steps", "optimizer", "lr", "momentum", "weight_decay")
+
+
+def _training_report(args, spec, backends):
+    """``parity --train``: check_training with the optimizer the options describe."""
+    from .training import DEFAULT_SETTINGS, OptimizerError, check_training, optimizer_spec
+
+    for option in ("atol", "all_taps"):
+        if getattr(args, option) not in (None, False):
+            raise UsageError(f"--{option.replace('_', '-')} applies to forward parity, not to --train")
+    name = args.optimizer or "sgd"
+    settings = dict(DEFAULT_SETTINGS[name])
+    given = {key: getattr(args, key) for key in ("lr", "momentum", "weight_decay") if getattr(args, key) is not None}
+    if name != "sgd" and "momentum" in given:
+        raise UsageError(f"--momentum: optimizer {name!r} has no momentum")
+    settings.update(given)
+    reference = None if args.reference == "numpy" else args.reference  # no numpy trainer: a backend is the reference
+    if args.dtype == "bfloat16":
+        raise UsageError("--dtype bfloat16: training parity runs in float64 (a proof) or float32 (noise)")
+    if (args.dtype or "float64") == "float64":
+        # The command owns its process: JAX computes in float64 only in its 64-bit mode, which it
+        # reads from this variable when first imported (the library itself never flips the switch).
+        os.environ.setdefault("JAX_ENABLE_X64", "1")
+    try:
+        optimizer = optimizer_spec(name, **settings)
+        return check_training(spec, backends=backends, steps=args.steps or 3, optimizer=optimizer,
+                              dtype=args.dtype or "float64", weights=args.weights, input_shape=args.input,
+                              seed=args.seed, rtol=args.rtol, reference=reference)
+    except OptimizerError as exc:  # out of range, or a value a framework would round: a bad argument
+        raise UsageError(str(exc)) from None
+
+
 def _cmd_parity(args) -> int:
     from .parity import check_parity
     from .plan import make_plan
@@ -122,13 +155,22 @@ def _cmd_parity(args) -> int:
             print(f"resnet-multi parity: error: {exc}", file=sys.stderr)
             return 2
     backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
-    report = check_parity(spec, backends=backends, weights=args.weights, input_shape=args.input, seed=args.seed,
-                          rtol=args.rtol, atol=args.atol, reference=args.reference)
+    if args.train:
+        report = _training_report(args, spec, backends)
+    else:
+        given = [f"--{key.replace('_', '-')}" for key in _TRAIN_ONLY if getattr(args, key) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --train")
+        dtype = args.dtype or "float32"
+        if dtype == "float64":  # as for --train: this process's JAX computes float64 only in 64-bit mode
+            os.environ.setdefault("JAX_ENABLE_X64", "1")
+        report = check_parity(spec, backends=backends, weights=args.weights, input_shape=args.input, seed=args.seed,
+                              rtol=args.rtol, atol=args.atol, reference=args.reference, dtype=dtype)
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     if args.json == "-":
         sys.stdout.write(text)
     else:
-        print(report.format(all_taps=args.all_taps))
+        print(report.format() if args.train else report.format(all_taps=args.all_taps))
         if args.json:
             from .io_util import atomic_write_text
 
@@ -165,6 +207,16 @@ def _output_file(suffixes: tuple[str, ...]):
 
 
 _PICTURE = (".png", ".svg", ".pdf")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _tolerance(text: str) -> float:
@@ -229,8 +281,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=_shape, default=None,
                    help="input shape N,C,H,W (default 1,C,33,47: odd and non-square)")
     p.add_argument("--seed", type=int, default=0, help="seed of the default weights and input")
-    p.add_argument("--rtol", type=_tolerance, default=1e-5, help="relative to max |reference| per tap (default 1e-5)")
-    p.add_argument("--atol", type=_tolerance, default=1e-6, help="absolute floor (default 1e-6)")
+    p.add_argument("--rtol", type=_tolerance, default=None,
+                   help="relative to max |reference| per tap (default by --dtype: 1e-5 float32, 1e-10 float64, "
+                        "3e-2 bfloat16); with --train per tensor (default "
+                        "1e-9 in float64; none in float32, where errors are reported as noise)")
+    p.add_argument("--atol", type=_tolerance, default=None,
+                   help="absolute floor (default by --dtype: 1e-6 float32, 1e-12 float64, 1e-3 bfloat16)")
     p.add_argument("--all-taps", action="store_true", help="list every tap, not only the failing ones")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="also write the report as JSON to FILE ('-': JSON on stdout instead of the table)")
@@ -239,6 +295,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", type=_output_file((".html", ".htm")), default=None, metavar="FILE",
                    help="also write a self-contained HTML report to FILE: plot, summary, every tap's numbers, "
                         "spec and environment")
+    t = p.add_argument_group(
+        "training parity (--train)",
+        "Train every backend from the same weights, batch (default 4,C,33,47) and labels for a few steps "
+        "(train mode, cross-entropy, each framework's own optimizer) and compare, per step, every BN running "
+        "statistic, the loss, every gradient and every parameter after the update with the reference backend "
+        "(--reference, default the first of --backends).")
+    t.add_argument("--train", action="store_true", help="check training instead of the forward pass")
+    t.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default 3)")
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default sgd")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: sgd 0.1, adamw 1e-3)")
+    t.add_argument("--momentum", type=float, default=None, help="sgd momentum (default 0.875)")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="sgd: L2 before momentum (default 2**-10); adamw: decoupled (default 2**-7)")
+    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default=None,
+                   help="the models' dtype. Forward parity: float32 (default), float64 or bfloat16, each with its "
+                        "own default bound. --train: float64 (default; a 1e-9 bound proves agreement) or float32 "
+                        "(norm-relative noise only)")
     p.set_defaults(func=_cmd_parity)
     return parser
 

@@ -32,7 +32,9 @@ _SUFFIXES: dict[str, str] = {
 @runtime_checkable
 class Backend(Protocol):
     """What every backend module provides (docs/DESIGN.md, "Backend contract"); a test checks each
-    module against it. Optional hooks: ``optimize(model)``, ``export_model`` + ``EXPORT_SUFFIX``."""
+    module against it. Optional hooks: ``optimize(model)``, ``export_model`` + ``EXPORT_SUFFIX``;
+    training (resnet_multi.training, in each module's ``# ---- training`` section):
+    ``make_optimizer(model, spec)`` and ``train_step(model, optimizer, x_nchw, labels)``."""
 
     NAME: str
     SUFFIXES: tuple[str, ...]

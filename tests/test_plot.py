@@ -550,3 +550,13 @@ def test_cli_rejects_bad_output_names_before_any_work(tmp_path, monkeypatch, cap
         main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_real_training_report_plots(tmp_path):
+    """TrainingReport.plot on an actual check_training result (the tests above use stand-ins)."""
+    from test_training import tiny
+
+    report = rm.check_training(tiny("resnet18"), backends=("torch", "paddle"), steps=2)
+    path = report.plot(tmp_path / "training.svg")
+    text = path.read_text()
+    assert report.ok and path.stat().st_size > 5_000 and "loss" in text and "paddle" in text

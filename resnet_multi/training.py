@@ -1,0 +1,688 @@
+"""Training: one optimizer description for every framework, and training parity.
+
+``optimizer(model, "sgd" | "adamw", ...)`` validates a framework-neutral description (``SGD`` or
+``AdamW``, frozen dataclasses) and hands it to the model's backend, which returns the
+framework's own optimizer (``torch.optim.SGD``/``AdamW``, ``paddle.optimizer.Momentum``/``AdamW``,
+``flax.nnx.Optimizer`` over an optax chain). Each backend maps the description in its
+``# ---- training`` section; the conventions they must agree on:
+
+- SGD: ``v = momentum * v + (g + weight_decay * p)``; ``p -= lr * v`` (first step ``v = g +
+  weight_decay * p``); Nesterov: ``p -= lr * (g' + momentum * v)`` with ``g'`` the decayed gradient.
+  Weight decay is L2, added to the gradient before momentum (torch ``weight_decay=``, Paddle
+  ``L2Decay``, optax ``add_decayed_weights`` before ``sgd``).
+- AdamW: bias-corrected Adam with ``eps`` added to ``sqrt(v_hat)`` (outside the square root), and
+  decoupled decay ``p -= lr * weight_decay * p``.
+- Every trainable parameter is optimized and decayed, BatchNorm scales and biases included (each
+  framework's default); BatchNorm running statistics never are (Paddle keeps them as parameters
+  with ``stop_gradient=True``: they are left out).
+
+``check_training(spec, ...)`` runs the same few training steps in several backends and reports,
+per step, where they first disagree (see ``TrainingReport``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+from ._lazy import np
+from . import api
+from .plan import Plan, make_plan
+from .registry import BackendError, backend_of, get_backend
+from .weights import check_weights, random_weights
+from .zoo import resolve_spec
+
+# --------------------------------------------------------------------------- optimizer descriptions
+
+
+class OptimizerError(ValueError):
+    """An optimizer setting out of range, unknown, or one a framework cannot represent exactly."""
+
+
+def _number(owner: str, name: str, value, *, low: float, high: float = math.inf, low_open: bool = False,
+            high_open: bool = False) -> float:
+    """``value`` as a float within [low, high] (bounds open as asked), or a ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise OptimizerError(f"{owner}: {name} must be a finite number, got {value!r}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise OptimizerError(f"{owner}: {name} must be in {interval}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Stochastic gradient descent with (Nesterov) momentum and L2 weight decay, as torch.optim.SGD
+    (dampening 0): the decay ``weight_decay * p`` is added to the gradient before momentum.
+
+    Attributes:
+        lr: learning rate (> 0).
+        momentum: in [0, 1); 0 is plain SGD.
+        nesterov: Nesterov momentum (needs momentum > 0).
+        weight_decay: L2 coefficient (>= 0).
+    """
+
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    name: str = field(default="sgd", init=False)
+
+    def __post_init__(self):
+        owner = "optimizer 'sgd'"
+        object.__setattr__(self, "lr", _number(owner, "lr", self.lr, low=0.0, low_open=True))
+        object.__setattr__(self, "momentum", _number(owner, "momentum", self.momentum, low=0.0, high=1.0,
+                                                     high_open=True))
+        object.__setattr__(self, "weight_decay", _number(owner, "weight_decay", self.weight_decay, low=0.0))
+        if not isinstance(self.nesterov, bool):
+            raise OptimizerError(f"{owner}: nesterov must be True or False, got {self.nesterov!r}")
+        if self.nesterov and self.momentum == 0:
+            raise OptimizerError(f"{owner}: nesterov=True needs momentum > 0, got momentum={self.momentum!r}")
+
+
+@dataclass(frozen=True)
+class AdamW:
+    """Adam with decoupled weight decay, as torch.optim.AdamW (no amsgrad): bias-corrected moments,
+    ``p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``.
+
+    Attributes:
+        lr: learning rate (> 0).
+        betas: (beta1, beta2), each in [0, 1).
+        eps: added to sqrt(v_hat) (> 0).
+        weight_decay: decoupled decay coefficient (>= 0), scaled by lr.
+    """
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    name: str = field(default="adamw", init=False)
+
+    def __post_init__(self):
+        owner = "optimizer 'adamw'"
+        object.__setattr__(self, "lr", _number(owner, "lr", self.lr, low=0.0, low_open=True))
+        betas = self.betas
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+            raise OptimizerError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        object.__setattr__(self, "betas", tuple(_number(owner, f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
+                                                for i, b in enumerate(betas)))
+        object.__setattr__(self, "eps", _number(owner, "eps", self.eps, low=0.0, low_open=True))
+        object.__setattr__(self, "weight_decay", _number(owner, "weight_decay", self.weight_decay, low=0.0))
+
+
+OptimizerSpec = SGD | AdamW
+_OPTIMIZERS = {"sgd": SGD, "adamw": AdamW}
+
+
+def optimizer_spec(name, **settings) -> OptimizerSpec:
+    """The neutral description of optimizer ``name`` ("sgd" or "adamw") with ``settings``.
+
+    Raises:
+        ValueError: an unknown optimizer, a setting it does not have, or a value out of range
+            (the message names the setting).
+    """
+    if isinstance(name, (SGD, AdamW)):
+        if settings:
+            raise OptimizerError(f"optimizer: settings {', '.join(sorted(settings))} given beside a ready "
+                             f"{type(name).__name__} description")
+        return name
+    if name not in _OPTIMIZERS:
+        raise OptimizerError(f"optimizer: unknown optimizer {name!r}; known: {', '.join(_OPTIMIZERS)}")
+    cls = _OPTIMIZERS[name]
+    known = [f.name for f in fields(cls) if f.init]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise OptimizerError(f"optimizer {name!r}: no setting {', '.join(unknown)}; "
+                             f"its settings are {', '.join(known)}")
+    if "lr" not in settings:
+        raise OptimizerError(f"optimizer {name!r}: lr (the learning rate) is required")
+    return cls(**settings)
+
+
+def _hook(backend, name: str):
+    """The backend's training hook ``name`` (a missing one is a clear error, not an AttributeError)."""
+    function = getattr(backend, name, None)
+    if function is None:
+        raise BackendError(f"backend {getattr(backend, 'NAME', backend.__name__)!r} has no training support "
+                           f"(its module defines no {name}())")
+    return function
+
+
+def optimizer(model, name: str | OptimizerSpec = "sgd", **settings):
+    """The model's framework's own optimizer for the neutral description ``name`` + ``settings``.
+
+    Args:
+        model: a model built by ``rm.build`` (torch, paddle or flax).
+        name: "sgd" (settings: lr, momentum=0.0, nesterov=False, weight_decay=0.0) or "adamw"
+            (settings: lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), or a ready ``SGD`` /
+            ``AdamW`` description.
+    Returns:
+        torch: ``torch.optim.SGD`` / ``torch.optim.AdamW`` over ``model.parameters()``.
+        paddle: ``paddle.optimizer.Momentum`` (weight decay as ``L2Decay``) / ``paddle.optimizer.AdamW``
+        over the trainable parameters (BatchNorm's ``_mean``/``_variance`` left out).
+        flax: ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` with ``tx`` =
+        ``optax.chain(optax.add_decayed_weights(wd), optax.sgd(...))`` / ``optax.adamw(...)``.
+    Raises:
+        OptimizerError (a ValueError): a setting unknown or out of range, or one the framework
+            cannot represent exactly for this model. Paddle holds momentum and weight decay as
+            float32 even in a float64 model, so for a float64 Paddle model they must be exact
+            float32 values (0.875, 2**-10, ``float(np.float32(0.9))``...): the message says which.
+    Example:
+        >>> opt = rm.optimizer(model, "sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
+    """
+    spec = optimizer_spec(name, **settings)
+    return _hook(backend_of(model), "make_optimizer")(model, spec)
+
+
+# --------------------------------------------------------------------------- the report
+
+PHASES = ("running_stats", "loss", "gradient", "update")
+"""The phases of one step in execution order: the forward pass updates BatchNorm's running
+statistics and gives the loss, the backward pass the gradients, the optimizer the update."""
+
+LOSS = "loss"
+"""The tensor name of the loss in a record."""
+
+FLOAT64_RTOL = 1e-9
+"""float64 bound, relative per tensor. Measured noise between correct backends (torch vs Paddle
+vs Flax, tests/test_training.py: 3 steps, batch 2 at 33x47): SGD up to 2e-11, AdamW up to 2e-10
+(Adam divides each element by its own gradient's size, so elements near eps amplify the ~1e-12
+gradient noise). A convention bug (momentum 1-m, biased variance, eps, decay order, a frozen
+tensor) gives 5e-5 to 0.2, or a missing tensor (tests/test_training_faults.py, tiny resnet18).
+BatchNorm over very few values per channel (batch 2 with a 1x1 last stage) makes gradients
+depend on eps to first order and amplifies noise: keep at least ~8 values per channel (the
+default input gives 16)."""
+
+FLOOR = 1e-6
+"""A tensor's errors are relative to max(max|ref|, FLOOR x the largest max|ref| of its phase and
+step): a gradient that is zero in exact arithmetic (the bias of a conv before BatchNorm in
+train mode) is computed as rounding noise of the gradients around it, not of its own size."""
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """One backend's error on one tensor at one step and phase.
+
+    ``max_abs`` = max|out - ref| and ``max_ref`` = max|ref| (float64 report); in a float32 report
+    ``max_abs`` = ||out - ref||_2 and ``max_ref`` = ||ref||_2 (norm-relative). ``rel`` = max_abs /
+    scale, scale = max(max_ref, FLOOR x the phase's largest max_ref); ``bound`` is the relative
+    bound ``rel`` is held to; ``ok`` = rel <= bound. ``note`` explains a failure that is not a
+    number (a missing gradient, a shape mismatch).
+    """
+
+    step: int
+    phase: str
+    backend: str
+    tensor: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_ref: float
+    rel: float
+    bound: float
+    ok: bool
+    note: str = ""
+
+
+class TrainingDivergence(NamedTuple):
+    """Where training first disagrees: ``(step, phase, backend, tensor, rel)``."""
+
+    step: int
+    phase: str
+    backend: str
+    tensor: str
+    rel: float
+
+
+def _json_number(value: float):
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """Per-step, per-tensor errors of training runs against a reference run.
+
+    Attributes:
+        spec_name, input_shape, dtype ("float64" or "float32"), optimizer (the SGD/AdamW
+        description), reference (the backend compared against), backends (the compared ones,
+        in order), steps, rtol (the relative bound per tensor; inf for a float32 report: noise
+        only), losses (backend -> loss per step, the reference's included), records (every
+        TrainingRecord, in execution order: step, phase, backend, tensor).
+    """
+
+    spec_name: str
+    input_shape: tuple[int, ...]
+    dtype: str
+    optimizer: OptimizerSpec
+    reference: str
+    backends: tuple[str, ...]
+    steps: int
+    rtol: float
+    losses: dict[str, tuple[float, ...]]
+    records: tuple[TrainingRecord, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every record is within the bound."""
+        return all(r.ok for r in self.records)
+
+    @property
+    def noise_only(self) -> bool:
+        """A float32 report: the errors are measured noise, not a pass/fail proof (see ``format``)."""
+        return self.dtype != "float64"
+
+    def failures(self, backend: str | None = None) -> list[TrainingRecord]:
+        return [r for r in self.records if not r.ok and (backend is None or r.backend == backend)]
+
+    def _order(self) -> dict[tuple[int, str, str], int]:
+        order: dict[tuple[int, str, str], int] = {}
+        for r in self.records:
+            order.setdefault((r.step, r.phase, r.tensor), len(order))
+        return order
+
+    @property
+    def divergences(self) -> dict[str, TrainingDivergence]:
+        """Each failing backend's first failing record in execution order."""
+        first: dict[str, TrainingDivergence] = {}
+        order = self._order()
+        for r in sorted(self.failures(), key=lambda r: order[(r.step, r.phase, r.tensor)]):
+            first.setdefault(r.backend, TrainingDivergence(r.step, r.phase, r.backend, r.tensor, r.rel))
+        return first
+
+    @property
+    def first_divergence(self) -> TrainingDivergence | None:
+        """None when all pass; otherwise the earliest failing (step, phase, tensor) in execution
+        order over all backends (ties: the backend listed first). Later steps, phases and tensors
+        inherit the first error, so that is where to look."""
+        order = self._order()
+        candidates = list(self.divergences.values())
+        if not candidates:
+            return None
+        return min(candidates, key=lambda d: (order[(d.step, d.phase, d.tensor)], self.backends.index(d.backend)))
+
+    @property
+    def reference_suspect(self) -> bool:
+        """True when there are two or more compared backends and all diverge first at the same
+        (step, phase, tensor): then the reference is the likelier culprit."""
+        firsts = {(d.step, d.phase, d.tensor) for d in self.divergences.values()}
+        return len(self.backends) > 1 and len(self.divergences) == len(self.backends) and len(firsts) == 1
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (inf/nan become null)."""
+        records = []
+        for r in self.records:
+            row = asdict(r)
+            row["shape"] = list(r.shape)
+            for key in ("max_abs", "max_ref", "rel", "bound"):
+                row[key] = _json_number(row[key])
+            records.append(row)
+        first = self.first_divergence
+        return {
+            "spec": self.spec_name,
+            "input_shape": list(self.input_shape),
+            "dtype": self.dtype,
+            "optimizer": {"name": self.optimizer.name, **{k: (list(v) if isinstance(v, tuple) else v)
+                                                          for k, v in asdict(self.optimizer).items() if k != "name"}},
+            "reference": self.reference,
+            "backends": list(self.backends),
+            "steps": self.steps,
+            "rtol": _json_number(self.rtol),
+            "metric": self._metric(),
+            "ok": self.ok,
+            "noise_only": self.noise_only,
+            "reference_suspect": self.reference_suspect,
+            "first_divergence": None if first is None else {
+                "step": first.step, "phase": first.phase, "backend": first.backend, "tensor": first.tensor,
+                "rel": _json_number(first.rel)},
+            "losses": {name: [_json_number(v) for v in values] for name, values in self.losses.items()},
+            "summary": {b: self._summary(b, json_ready=True) for b in self.backends},
+            "records": records,
+        }
+
+    def _metric(self) -> str:
+        return "max_abs_relative" if self.dtype == "float64" else "norm_relative"
+
+    def _summary(self, backend: str, json_ready: bool = False) -> dict:
+        rows = [r for r in self.records if r.backend == backend]
+        worst = max(rows, key=lambda r: (r.rel if not math.isnan(r.rel) else math.inf), default=None)
+        worst_rel = None if worst is None else worst.rel
+        if json_ready and worst_rel is not None:
+            worst_rel = _json_number(worst_rel)
+        return {"compared": len(rows), "passed": sum(r.ok for r in rows), "worst_rel": worst_rel,
+                "worst": None if worst is None else f"step {worst.step} {worst.phase} {worst.tensor}"}
+
+    def format(self, *, max_failures: int = 5) -> str:
+        """The report as text: settings, losses per step, a line per backend, the failing tensors."""
+        opt = ", ".join(f"{k}={v}" for k, v in asdict(self.optimizer).items() if k != "name")
+        lines = [f"training parity of {self.spec_name}: input {tuple(self.input_shape)}, {self.dtype}, "
+                 f"{self.steps} step(s) of {self.optimizer.name}({opt}), cross-entropy, reference {self.reference}"]
+        if self.noise_only:
+            lines.append("float32: errors are norm-relative (||a-b|| / ||ref||) and are measured NOISE, not a "
+                         "verdict: train-mode float32 gradients of two correct implementations differ by up to "
+                         "~0.1 (a pre-ReLU value within rounding of zero flips sign; BatchNorm over few values "
+                         "amplifies it). Prove a training with dtype='float64'."
+                         + ("" if math.isinf(self.rtol) else f" Bound asked for: {self.rtol:g}."))
+        else:
+            lines.append(f"a tensor passes when max|a-b| <= {self.rtol:g} x max(max|ref|, {FLOOR:g} x the largest "
+                         f"max|ref| of its step and phase)")
+        nw = max(len("backend"), *map(len, self.losses))
+        lines += ["", f"{'loss':<{nw}}  " + "  ".join(f"{'step ' + str(s):>22}" for s in range(self.steps))]
+        for name, values in self.losses.items():
+            lines.append(f"{name:<{nw}}  " + "  ".join(f"{v:>22.16g}" for v in values))
+        lines += ["", f"{'backend':<{nw}}  {'passed':>9}  {'worst rel':>9}  worst at / result"]
+        for b in self.backends:
+            s = self._summary(b)
+            worst = "-" if s["worst_rel"] is None else f"{s['worst_rel']:.2e}"
+            first = self.divergences.get(b)
+            result = f"ok (worst: {s['worst']})" if first is None else \
+                f"FAIL from step {first.step} {first.phase} {first.tensor}"
+            lines.append(f"{b:<{nw}}  {str(s['passed']) + '/' + str(s['compared']):>9}  {worst:>9}  {result}")
+        shown = []
+        for b in self.backends:
+            failing = sorted(self.failures(b), key=lambda r: self._order()[(r.step, r.phase, r.tensor)])
+            shown += failing[:max_failures]
+            if len(failing) > max_failures:
+                shown.append(f"{b}  ... and {len(failing) - max_failures} more failing tensors")
+        if shown:
+            tw = max(len("tensor"), *(len(r.tensor) for r in shown if not isinstance(r, str)))
+            lines += ["", "failing tensors (later ones inherit the first one's error):",
+                      f"{'step':>4}  {'phase':<13}  {'backend':<{nw}}  {'tensor':<{tw}}  {'max abs':>9}  "
+                      f"{'max|ref|':>9}  {'rel':>9}  result"]
+            for r in shown:
+                if isinstance(r, str):
+                    lines.append(r)
+                    continue
+                verdict = "FAIL" + (f" ({r.note})" if r.note else "")
+                lines.append(f"{r.step:>4}  {r.phase:<13}  {r.backend:<{nw}}  {r.tensor:<{tw}}  {r.max_abs:>9.2e}  "
+                             f"{r.max_ref:>9.2e}  {r.rel:>9.2e}  {verdict}")
+        first = self.first_divergence
+        lines.append("")
+        if first is None and self.noise_only and math.isinf(self.rtol):
+            lines.append(f"{len(self.records)} comparisons measured, all finite and of matching shape (noise only, "
+                         "no bound)")
+        elif first is None:
+            lines.append(f"all {len(self.records)} comparisons pass")
+        else:
+            lines.append(f"first divergence: {first.backend} at step {first.step}, {first.phase}, {first.tensor} "
+                         f"(relative {first.rel:.3g})")
+            if self.reference_suspect:
+                lines.append(f"every compared backend diverges there first: suspect the reference "
+                             f"({self.reference}) itself")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def plot(self, path: str | os.PathLike):
+        """Draw the report to ``path`` (.png, .svg or .pdf): per backend, the loss per step and the
+        worst gradient, update and running-statistic error per step against the bound, the first
+        divergence annotated. Needs matplotlib (``pip install 'resnet_multi[plot]'``).
+
+        Returns:
+            The path written (a ``pathlib.Path``).
+        Example:
+            >>> rm.check_training("resnet18", backends=("torch", "paddle")).plot("training.svg")
+        """
+        from .plot import plot_training
+
+        return plot_training(self, path)
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def _compare(step: int, phase: str, backend: str, names: Sequence[str], outs: Mapping, refs: Mapping, *,
+             rtol: float, norm: bool) -> list[TrainingRecord]:
+    """Records for ``names`` of one step and phase: ``outs[name]`` against ``refs[name]``."""
+    refs64 = {n: np.asarray(refs[n], dtype=np.float64) for n in names if n in refs}
+
+    def size(a):
+        return float(np.linalg.norm(a.ravel())) if norm else (float(np.max(np.abs(a))) if a.size else 0.0)
+
+    sizes = {n: size(a) for n, a in refs64.items()}
+    floor = FLOOR * max(sizes.values(), default=0.0)
+    records = []
+    for n in names:
+        ref = refs64.get(n)
+        out = outs.get(n)
+        shape = tuple(np.shape(ref if ref is not None else out)) if (ref is not None or out is not None) else ()
+
+        def failed(note):
+            return TrainingRecord(step, phase, backend, n, shape, math.inf, sizes.get(n, math.nan), math.inf,
+                                  rtol, False, note)
+
+        if ref is None and out is None:
+            continue  # a tensor neither run has (a frozen parameter in both): nothing to compare
+        if ref is None:
+            records.append(failed("the reference has none (frozen in the reference?)"))
+            continue
+        if out is None:
+            records.append(failed("missing: the backend gave none (a frozen parameter?)"))
+            continue
+        out = np.asarray(out, dtype=np.float64)
+        if out.shape != ref.shape:
+            records.append(failed(f"shape {out.shape} != reference {ref.shape}"))
+            continue
+        max_abs = size(out - ref)  # nan if out has nan
+        scale = max(sizes[n], floor)
+        rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+        records.append(TrainingRecord(step, phase, backend, n, shape, max_abs, sizes[n], rel, rtol,
+                                      bool(rel <= rtol)))
+    return records
+
+
+# --------------------------------------------------------------------------- running
+
+
+DEFAULT_INPUT_HW = (33, 47)
+DEFAULT_BATCH = 4
+DEFAULT_SETTINGS = {"sgd": dict(lr=0.1, momentum=0.875, weight_decay=2.0 ** -10),
+                    "adamw": dict(lr=1e-3, weight_decay=2.0 ** -7)}
+"""check_training's settings for an optimizer given by name: momentum and weight decay are exact
+float32 values, since Paddle holds them as float32 even in a float64 model (see ``optimizer``)."""
+DEFAULT_OPTIMIZER = SGD(**DEFAULT_SETTINGS["sgd"])
+
+
+@dataclass
+class _Run:
+    """One backend's trajectory: per step the loss, the gradients, and the weights after the update."""
+
+    losses: list = field(default_factory=list)
+    gradients: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+
+
+def _build(name: str, spec, weights, dtype: str):
+    """The backend's model and its training hooks (every model is built before any trains, so a
+    backend that cannot build, e.g. float64 Flax without JAX's 64-bit mode, fails fast)."""
+    backend = get_backend(name)
+    hooks = _hook(backend, "make_optimizer"), _hook(backend, "train_step")
+    return backend, api.build(spec, backend=name, weights=weights, dtype=dtype), hooks
+
+
+def _train(backend, model, hooks, opt: OptimizerSpec, x, labels, steps: int) -> _Run:
+    make_optimizer, train_step = hooks
+    native = make_optimizer(model, opt)
+    run = _Run()
+    for _ in range(steps):
+        loss, grads = train_step(model, native, x, labels)
+        run.losses.append(float(loss))
+        run.gradients.append(grads)
+        run.weights.append(backend.export_weights(model))
+    return run
+
+
+def _resolve_weights(spec, weights):
+    file_spec = None
+    if isinstance(weights, (str, os.PathLike)):
+        from .convert import read_canonical  # any supported checkpoint format
+
+        weights, file_spec = read_canonical(weights)
+    if spec is None:
+        if file_spec is None:
+            raise ValueError("check_training: no spec given and the weights carry none; pass a spec")
+        spec = file_spec
+    return resolve_spec(spec), weights
+
+
+def _labels(plan: Plan, labels, batch: int, seed: int) -> np.ndarray:
+    classes = training_classes(plan)
+    if labels is None:
+        return np.random.default_rng((seed, 2)).integers(0, classes, batch).astype(np.int64)
+    y = np.asarray(labels)
+    if y.shape != (batch,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels: expected {batch} integer class indices (one per input), got shape {y.shape} "
+                         f"dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"labels: class indices must be in [0, {classes}), got {y.min()}..{y.max()}")
+    return y.astype(np.int64)
+
+
+def training_classes(plan: Plan) -> int:
+    """Number of classes the training loss sees: the head's outputs; without a head, the channels
+    of the output feature maps, globally average-pooled and concatenated (see ``check_training``)."""
+    if plan.head is not None:
+        return plan.head.out_channels
+    out = {s.name: s.out_channels for s in plan.stages}
+    return sum(out[name] for name in plan.output_names())
+
+
+def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), steps: int = 3,
+                   optimizer: OptimizerSpec | str | None = None, dtype: str = "float64", weights=None, inputs=None,
+                   labels=None, *, input_shape: Sequence[int] | None = None, seed: int = 0,
+                   rtol: float | None = None, reference: str | None = None) -> TrainingReport:
+    """Train the same model for a few steps in several backends and compare every number.
+
+    Every backend builds ``spec`` with the same canonical weights (``dtype``), takes the same batch
+    and labels in train mode, with mean cross-entropy loss and the framework's own optimizer for
+    the same neutral description (``optimizer``), through its own autodiff (for Flax the standard
+    step: ``nnx.jit`` around ``nnx.value_and_grad`` and ``nnx.Optimizer.update``). Per step, in
+    execution order, it compares with the reference run: every BatchNorm running statistic (updated
+    by the forward pass), the loss, every gradient (in backward order, last layer first), every
+    parameter after the update. Gradients and parameters are compared in canonical names and
+    layout (each backend's own rename/transpose rules); Paddle's ``_mean``/``_variance`` are not
+    gradients. A model without a head is trained on its output feature map(s), globally
+    average-pooled and concatenated along channels, as logits.
+
+    Reference: one of the compared backends (default the first), in float64. An independent
+    numpy trainer would need its own backward pass for every op, itself unproven; instead, three
+    frameworks written independently (kernels, autodiff, optimizers) must agree to about 1e-12
+    in float64, and any convention error in one of them (momentum, decay order, variance
+    estimator, eps, a frozen tensor) is 5e-5 or more. The one case this cannot tell apart, the
+    reference being wrong, shows as every other backend diverging at the same place first; the
+    report says so (``reference_suspect``).
+
+    Bounds: float64 (the proof): a tensor passes when max|a - b| <= rtol x max|ref| (rtol default
+    1e-9; measured noise ~1e-12; see ``FLOAT64_RTOL`` and ``FLOOR``). float32: norm-relative
+    errors ||a - b|| / ||ref||, reported as measured noise without a verdict (rtol default inf):
+    float32 train-mode gradients of correct implementations differ by up to ~0.1.
+
+    Args:
+        spec: a ResNetSpec, preset name or spec file (None: the spec stored in ``weights``).
+        backends: the backends to run (at least two, or one beside ``reference``).
+        steps: optimizer steps (>= 1).
+        optimizer: an ``SGD``/``AdamW`` description, or "sgd"/"adamw" with ``DEFAULT_SETTINGS``
+            (sgd: lr 0.1, momentum 0.875, weight_decay 2**-10; adamw: lr 1e-3, weight_decay
+            2**-7); default "sgd".
+        dtype: "float64" (default) or "float32". A float64 Flax model needs JAX's 64-bit mode,
+            a process-wide switch this function does not flip: call it inside
+            ``with jax.enable_x64(True):`` (or after ``jax.config.update("jax_enable_x64", True)``).
+        weights: canonical weights (dict) or a checkpoint file; default ``random_weights(plan, seed)``.
+        inputs: the NCHW batch; default standard normal of ``input_shape`` (default (4, C, 33, 47)).
+        labels: integer class per input; default random from ``seed``.
+        input_shape, seed: of the default batch, weights and labels.
+        rtol: the relative bound (default 1e-9 in float64, inf in float32).
+        reference: the backend compared against (default the first of ``backends``).
+    Returns:
+        TrainingReport: ``.ok``, ``.first_divergence`` (step, phase, backend, tensor, rel),
+        ``.losses``, ``.records``, ``.to_dict()``, ``print(report)``.
+    Example:
+        >>> with jax.enable_x64(True):
+        ...     report = rm.check_training("resnet18", backends=("torch", "paddle", "flax"), steps=3)
+        >>> report.ok, report.first_divergence
+        (True, None)
+    """
+    spec, weights = _resolve_weights(spec, weights)
+    plan = make_plan(spec)
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype: expected 'float64' or 'float32', got {dtype!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
+    if optimizer is None:
+        optimizer = DEFAULT_OPTIMIZER
+    elif isinstance(optimizer, str):
+        if optimizer not in DEFAULT_SETTINGS:
+            raise OptimizerError(f"optimizer: unknown optimizer {optimizer!r}; known: {', '.join(DEFAULT_SETTINGS)}")
+        optimizer = optimizer_spec(optimizer, **DEFAULT_SETTINGS[optimizer])
+    elif not isinstance(optimizer, (SGD, AdamW)):
+        raise ValueError(f"optimizer: expected an SGD or AdamW description or 'sgd'/'adamw', got {optimizer!r}")
+    if rtol is None:
+        rtol = FLOAT64_RTOL if dtype == "float64" else math.inf
+    elif isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
+        raise ValueError(f"rtol: expected a number >= 0, got {rtol!r}")
+    if spec.head is not None and spec.head.dropout > 0:
+        raise ValueError(f"check_training: {spec.name!r} has head dropout {spec.head.dropout}; train-mode dropout "
+                         "draws different masks in every framework, so trainings cannot be compared. "
+                         "Use spec.replace(head=HeadSpec(num_classes=..., dropout=0.0))")
+    backends = tuple(dict.fromkeys(backends))
+    if not backends:
+        raise BackendError("check_training: no backends to compare")
+    reference = backends[0] if reference is None else reference
+    compared = tuple(b for b in backends if b != reference)
+    if not compared:
+        raise BackendError(f"check_training: only the reference {reference!r} given; list another backend")
+    for name in (reference, *compared):
+        get_backend(name)  # unknown or uninstalled: fail before any work
+
+    if inputs is None:
+        shape = tuple(input_shape) if input_shape is not None else (DEFAULT_BATCH, plan.in_channels,
+                                                                    *DEFAULT_INPUT_HW)
+        plan.check_input_shape(shape, what="input_shape")
+        inputs = np.random.default_rng((seed, 1)).standard_normal(shape)
+    elif input_shape is not None and tuple(np.shape(inputs)) != tuple(input_shape):
+        raise ValueError(f"inputs have shape {np.shape(inputs)} but input_shape is {tuple(input_shape)}; "
+                         "give one of them")
+    x = np.asarray(inputs)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"inputs: expected a floating point array, got dtype {x.dtype}")
+    plan.check_input_shape(x.shape, what="inputs")
+    if x.shape[0] < 2:
+        raise ValueError(f"inputs: train-mode BatchNorm needs a batch of at least 2, got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=dtype)
+    y = _labels(plan, labels, x.shape[0], seed)
+    weights = random_weights(plan, seed) if weights is None else check_weights(plan, weights)
+
+    built = {name: _build(name, spec, weights, dtype) for name in (reference, *compared)}
+    runs = {name: _train(backend, model, hooks, optimizer, x, y, steps)
+            for name, (backend, model, hooks) in built.items()}
+    del built  # the models: only their trajectories are kept
+
+    trainable = [n for n, info in plan.params.items() if not info.is_buffer]
+    stats = [n for n, info in plan.params.items() if info.is_buffer]
+    backward = trainable[::-1]  # gradients appear last layer first
+    norm = dtype != "float64"
+    ref = runs[reference]
+    records: list[TrainingRecord] = []
+    for step in range(steps):
+        for phase in PHASES:
+            for name in compared:
+                run = runs[name]
+                if phase == "running_stats":
+                    recs = _compare(step, phase, name, stats, run.weights[step], ref.weights[step], rtol=rtol,
+                                    norm=norm)
+                elif phase == "loss":
+                    recs = _compare(step, phase, name, [LOSS], {LOSS: np.float64(run.losses[step])},
+                                    {LOSS: np.float64(ref.losses[step])}, rtol=rtol, norm=norm)
+                elif phase == "gradient":
+                    recs = _compare(step, phase, name, backward, run.gradients[step], ref.gradients[step], rtol=rtol,
+                                    norm=norm)
+                else:
+                    recs = _compare(step, phase, name, trainable, run.weights[step], ref.weights[step], rtol=rtol,
+                                    norm=norm)
+                records += recs
+    return TrainingReport(spec.name, tuple(int(s) for s in x.shape), dtype, optimizer, reference, compared, steps,
+                          float(rtol), {name: tuple(run.losses) for name, run in runs.items()}, tuple(records))
