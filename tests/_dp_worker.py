@@ -187,6 +187,9 @@ def run_jax(out: str) -> None:
     def run(sharded: bool) -> dict:
         model = build("flax")
         optimizer = nnx.Optimizer(model, optax.sgd(LR, momentum=MOMENTUM), wrt=nnx.Param)
+        if sharded:  # parameters and optimizer state replicated on every device, as the README does
+            state = nnx.state((model, optimizer))
+            nnx.update((model, optimizer), jax.device_put(state, NamedSharding(mesh, P())))
         record = {}
         for step, (x, y) in enumerate(batches()):
             x, y = jax.numpy.asarray(x.transpose(0, 2, 3, 1)), jax.numpy.asarray(y)  # NHWC
