@@ -15,6 +15,7 @@ with resnet_multi importable.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 
@@ -53,26 +54,8 @@ def build(backend: str):
     """The float64 model of SPEC, train mode, identical initial weights in every process."""
     import resnet_multi as rm
 
-    import inspect
-    if "dtype" in inspect.signature(rm.build).parameters:
-        return rm.build(spec(), backend, seed=SEED, dtype="float64").train()
-    model = rm.build(spec(), backend, seed=SEED)  # TEMP until PREWORK: cast
-    if backend == "torch":
-        return model.double().train()
-    if backend == "paddle":
-        model.to(dtype="float64")
-        model.train()
-        return model
-    import jax
-    from flax import nnx
-    from jax import lax
-    from resnet_multi.backends import flax_backend as fb
-    def _mp(x, op):
-        k, s, p = op.kernel_size, op.stride, op.padding
-        return lax.reduce_window(x, -float("inf"), lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0)))
-    fb._max_pool = _mp
-    nnx.update(model, jax.tree.map(lambda a: a.astype("float64"), nnx.state(model)))
-    model.train()
+    model = rm.build(spec(), backend, seed=SEED, dtype="float64")
+    model.train()  # (paddle's train() returns None)
     return model
 
 
@@ -101,6 +84,13 @@ def _torch_rank(rank: int, port: int, out: str) -> None:
             record.update({f"{step}/grad/{n}": p.grad.numpy().copy() for n, p in model.named_parameters()})
             optimizer.step()
         record.update({f"final/{n}": t.detach().numpy().copy() for n, t in model.state_dict().items()})
+        # The README's claim: torch's SyncBatchNorm cannot train on CPU tensors (it raises).
+        sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
+        try:
+            sync(torch.from_numpy(shard(x, rank)))
+            record["syncbn_on_cpu"] = np.array("ran")
+        except ValueError as error:
+            record["syncbn_on_cpu"] = np.array(f"ValueError: {error}")
         np.savez(os.path.join(out, f"rank{rank}.npz"), **record)
     finally:
         dist.destroy_process_group()
