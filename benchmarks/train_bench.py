@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,9 @@ import numpy as np
 from . import _common
 
 SECTION = "## Train step"
+# --cpu-time: every framework's compute on one thread (OpenMP/MKL for torch and Paddle, Eigen for XLA)
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
 MODELS = ("resnet50", "resnet18")
 TARGET = 1.05   # built / native
 LR, MOMENTUM = 0.01, 0.9
@@ -184,7 +189,8 @@ RUNNERS = {"torch": _torch, "paddle": _paddle, "flax": _flax}
 def child(backend: str, args) -> None:
     for name in args.models:
         variants, errors, versions = RUNNERS[backend](name, args)
-        samples = _common.interleaved(variants, args.repeats, args.budget, warmup=2, min_seconds=0.2)
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        samples = _common.interleaved(variants, args.repeats, args.budget, warmup=2, min_seconds=0.2, clock=clock)
         timings = {}
         for variant, values in samples.items():
             ratios = sorted(a / b for a, b in zip(values, samples["native"]))
@@ -223,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=8, help="minimum interleaved rounds (medians reported)")
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds per model: more rounds while they fit (default 60)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one thread per framework, timed in CPU seconds of the process (for a machine "
+                             "shared with other jobs: waiting for a core is not counted)")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not update RESULTS.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -247,15 +256,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(backend: str, args) -> str:
     return (f"python -m benchmarks.train_bench --backends {backend} --models {','.join(args.models)} "
-            f"--batch {args.batch} --size {args.size} --repeats {args.repeats} --budget {args.budget:g}")
+            f"--batch {args.batch} --size {args.size} --repeats {args.repeats} --budget {args.budget:g}"
+            + (" --cpu-time" if args.cpu_time else ""))
 
 
 def _run_backend(backend: str, args) -> tuple[list[str], dict]:
     command = [sys.executable, "-m", "benchmarks.train_bench", "--child", backend, "--models", ",".join(args.models),
                "--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats),
                "--budget", str(args.budget)]
+    env = dict(os.environ)
+    if args.cpu_time:
+        command.append("--cpu-time")
+        env.update(ONE_THREAD)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parent.parent)
+                               cwd=Path(__file__).resolve().parent.parent, env=env)
     rows, versions = [], {}
     for line in process.stdout:
         if not line.startswith("{"):
@@ -284,7 +298,9 @@ def _section(backend: str, rows: list[str], versions: dict, args) -> str:
         f"{SECTION}: {backend}",
         "",
         f"`{_command(backend, args)}`. Train mode, float32, CPU: forward, cross-entropy, backward and an "
-        "SGD-momentum update, each framework's own way (see the script's docstring). Median ms per step over "
+        "SGD-momentum update, each framework's own way (see the script's docstring). Median "
+        + ("CPU ms (process time, one thread: waiting for a shared core is not counted)" if args.cpu_time
+           else "ms") + " per step over "
         "the interleaved rounds (warm-up excluded); ratio = median of per-round ratios to the native model "
         "(< 1 is faster), with the quartiles of the per-round ratios (their spread is the noise); \"best / best\" = "
         "fastest built step / fastest native step (other jobs only ever add time, so the fastest rounds are the "
@@ -293,8 +309,9 @@ def _section(backend: str, rows: list[str], versions: dict, args) -> str:
         "and \"grad err\" = ||all gradients - native's|| / ||native's|| of the first step (float32 noise; "
         "blank for flax, whose plain peer has its own weights).",
         "",
-        _common.machine({k: str(v) for k, v in versions.items()}) + " Default thread counts. The machine is "
-        "shared with other jobs: absolute times are noisy, ratios less so.",
+        _common.machine({k: str(v) for k, v in versions.items()})
+        + (" One thread per framework." if args.cpu_time else " Default thread counts.")
+        + " The machine is shared with other jobs: absolute times are noisy, ratios less so.",
         "",
         "| backend | model | batch x HxW | variant | ms | ratio to native | quartiles | best / best | target | loss err "
         "| grad err | rounds |",
