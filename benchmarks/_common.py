@@ -48,13 +48,15 @@ def calibrate(fn: Callable[[], object], min_seconds: float) -> tuple[int, float]
 
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int, budget: float = 0.0, warmup: int = 2,
-                min_seconds: float = 0.2) -> dict[str, list[float]]:
+                min_seconds: float = 0.2, clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each variant, taken in rounds: each round times every variant once,
     so that a change of machine load hits every variant alike; the order rotates every round
     (A B C, B C A, C A B, ...) so that no variant always runs first or after the same neighbour.
 
     At least ``repeats`` rounds, more while they fit in ``budget`` seconds (cheap configurations
-    get many rounds, where a single round is noisiest). Warm-up calls are not timed."""
+    get many rounds, where a single round is noisiest). Warm-up calls are not timed. ``clock``
+    times the samples (``time.process_time``: CPU seconds of this process, which waiting for a
+    core shared with other jobs does not add to)."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -69,10 +71,10 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int, budget:
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             fn, n = variants[name], calls[name]
-            start = time.perf_counter()
+            start = clock()
             for _ in range(n):
                 fn()
-            samples[name].append((time.perf_counter() - start) / n)
+            samples[name].append((clock() - start) / n)
     return samples
 
 

@@ -1,21 +1,31 @@
 """The README's quick start runs as written: every python block, in order, in an empty directory
 (yaml blocks whose first line is ``# NAME`` are written there as files first), then every
-``resnet-multi`` command of the command-line section."""
+``resnet-multi`` command of the command-line section. A python block right after a
+``<!-- ci:script NAME -->`` line is a whole program (multi-process recipes): it is not part of
+that sequence but written to NAME and run as ``python NAME`` in a fresh process, time-bounded."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
+SCRIPT = re.compile(r"^<!-- ci:script (\S+) -->\n```python\n(.*?)^```", re.S | re.M)
+SCRIPTS = dict(SCRIPT.findall(README.read_text()))
+SCRIPT_TIMEOUT = 300  # seconds per script; each takes ~5-20 s alone on 2 cores
 
 
 def _blocks(kind: str) -> list[str]:
-    return [body for lang, body in BLOCK.findall(README.read_text()) if lang == kind]
+    scripts = set(SCRIPTS.values())
+    return [body for lang, body in BLOCK.findall(README.read_text()) if lang == kind and body not in scripts]
 
 
 def test_python_snippets_run_in_order(tmp_path, monkeypatch):
@@ -40,3 +50,23 @@ def test_python_snippets_run_in_order(tmp_path, monkeypatch):
         argv = shlex.split(command)
         out = subprocess.run([sys.executable, "-m", "resnet_multi.cli", *argv[1:]], capture_output=True, text=True)
         assert out.returncode == 0, f"{command}: exit {out.returncode}\n{out.stderr[-2000:]}"
+
+
+def test_readme_has_the_data_parallel_scripts():
+    assert set(SCRIPTS) >= {"ddp_torch.py", "dp_paddle.py", "sharded_flax.py"}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_script_recipes_run(name, tmp_path):
+    (tmp_path / name).write_text(SCRIPTS[name])
+    process = subprocess.Popen([sys.executable, name], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=SCRIPT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        output = ""
+    finally:
+        if process.poll() is None:  # timed out: kill the script and every process it spawned
+            os.killpg(process.pid, signal.SIGKILL)
+            output = process.communicate()[0]
+    assert process.returncode == 0, f"{name}: exit {process.returncode}\n{output[-3000:]}"
