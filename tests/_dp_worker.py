@@ -159,7 +159,8 @@ def run_jax(out: str) -> None:
     jax.config.update("jax_enable_x64", True)
     import optax
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     assert jax.device_count() == WORLD, jax.devices()
     # Auto axes: XLA propagates the sharding and inserts the all-reduces (BN statistics, gradients)

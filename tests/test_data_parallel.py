@@ -155,7 +155,8 @@ def test_data_parallel_equals_half_batch_gradients_averaged(backend, tmp_path):
     ranks = _ranks(tmp_path)
     if backend == "torch":  # README: torch's SyncBatchNorm is CUDA-only (a converted model raises on CPU)
         for record in ranks:
-            assert str(record.pop("syncbn_on_cpu")).startswith("ValueError: SyncBatchNorm expected input tensor to be on GPU")
+            message = str(record.pop("syncbn_on_cpu"))
+            assert message.startswith("ValueError: SyncBatchNorm expected input tensor to be on GPU"), message
     expected, wrong = EQUIVALENTS[backend]()
     for rank, (got, want) in enumerate(zip(ranks, expected)):
         _assert_same(got, want, f"{backend} rank {rank}")  # losses, gradients, parameters, BN statistics
