@@ -541,10 +541,11 @@ class _PointwiseConv(nnx.Conv):
 
 def _is_pointwise(conv: nnx.Conv) -> bool:
     """A conv ``_PointwiseConv`` computes exactly: 1x1, unpadded, ungrouped, undilated input,
-    strides as a pair, no mask, no dtype conversion (the product would skip it)."""
+    strides as a pair, no mask, no dtype conversion of the parameters (the product would skip it;
+    ``build`` sets dtype = param_dtype, and ``forward`` feeds inputs of that dtype)."""
     return (tuple(conv.kernel_size) == (1, 1) and conv.feature_group_count == 1 and conv.input_dilation in (None, 1)
             and conv.padding == ((0, 0), (0, 0)) and isinstance(conv.strides, tuple) and len(conv.strides) == 2
-            and conv.mask is None and conv.dtype is None)
+            and conv.mask is None and conv.dtype in (None, conv.param_dtype))
 
 
 def optimize(model: ResNet) -> ResNet:
