@@ -6,7 +6,7 @@
   ``rec_resnet_45.py`` is (1x1 -> 3x3 blocks).
 - flax: a plain ``flax.nnx`` ResNet written here in the style of the Flax ImageNet example
   (``ResNetBlock`` / ``BottleneckResNetBlock``, stage sizes, NHWC), with explicit symmetric
-  padding instead of 'SAME' (NUMERICS.md), so that it computes what the spec computes.
+  padding instead of 'SAME' (docs/NUMERICS.md), so that it computes what the spec computes.
 
 The torch and paddle peers use the canonical module names, so the very weights of the built
 model load into them and the benchmark can check that both compute the same function.
