@@ -361,6 +361,7 @@ class ResNet(_Runner):
 
     def __init__(self, plan: P.Plan, *, rngs: nnx.Rngs, shape_only: bool = False, dtype=jnp.float32):
         self._plan = _PlanRef(plan)
+        self.compute_dtype = jnp.dtype(dtype).name  # static: read per call without walking the state
         modules = {op.name: _layer(op, rngs, shape_only, dtype) for op in plan.stem.modules}
         for stage in plan.stages:
             for block in stage.blocks:
@@ -413,9 +414,10 @@ def _dtype(variable):
     return variable.get_value().dtype if hasattr(variable, "get_value") else variable.dtype
 
 
-def _staged(variables: Mapping, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every canonical tensor converted to its Flax path and layout and checked against the
-    target variable, before anything is written (all-or-nothing)."""
+def _staged(variables: Mapping, weights: Mapping[str, np.ndarray], dtype=None) -> dict[str, np.ndarray]:
+    """Every canonical tensor converted to its Flax path and layout (and to ``dtype``, default the
+    target variable's) and checked against the target variable, before anything is written
+    (all-or-nothing)."""
     staged = {}
     for name, value in weights.items():
         array = np.asarray(value)
@@ -426,7 +428,7 @@ def _staged(variables: Mapping, weights: Mapping[str, np.ndarray]) -> dict[str, 
         if tuple(converted.shape) != tuple(target.shape):
             raise ValueError(f"{name}: expected Flax shape {tuple(target.shape)} at {path!r}, "
                              f"found {converted.shape} (canonical {array.shape})")
-        staged[path] = np.ascontiguousarray(converted, dtype=_dtype(target))
+        staged[path] = np.ascontiguousarray(converted, dtype=_dtype(target) if dtype is None else dtype)
     return staged
 
 
@@ -451,7 +453,8 @@ def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32
                          'of the program (or set JAX_ENABLE_X64=1), then build again.')
     model = ResNet(plan, rngs=nnx.Rngs(0), shape_only=True, dtype=DTYPES[dtype])
     variables = _variables(model)
-    staged = _staged(variables, weights)
+    # in the model's dtype, not the placeholders': nnx.BatchNorm makes its statistics float32 arrays
+    staged = _staged(variables, weights, DTYPES[dtype])
     unfilled = sorted(set(variables) - set(staged))
     if unfilled:  # the core passes complete weights; anything else is a plan/backend mismatch
         raise ValueError(f"flax backend: no weights for {len(unfilled)} variable(s): {', '.join(unfilled[:10])}")
@@ -512,7 +515,7 @@ def forward(model: ResNet, x_nchw: np.ndarray, *, taps: bool = False) -> dict[st
     Inside ``jax.disable_jit()`` it runs op by op, which is faster for a one-off call of a deep
     net at a new shape (no whole-program compile).
     """
-    dtype = next(iter(_variables(model).values())).get_value().dtype  # the model computes in its dtype
+    dtype = DTYPES[model.compute_dtype]  # the model computes in its dtype
     out = _eval_taps(model, jnp.asarray(x_nchw, dtype=dtype))
     # jax returns dicts with sorted keys: the plan's execution order is restored here
     names = model.plan.tap_names if taps else model.plan.output_names()
@@ -533,6 +536,8 @@ class _PointwiseConv(nnx.Conv):
     ``nnx.Conv``."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.dtype is not None:  # as nnx.Conv: the input is cast to the conv's dtype
+            x = x.astype(self.dtype)
         row_stride, col_stride = self.strides
         y = jnp.einsum("nhwc,co->nhwo", x[:, ::row_stride, ::col_stride, :], self.kernel[0, 0],
                        precision=self.precision)
@@ -800,7 +805,7 @@ def train_step(model: ResNet, optimizer: nnx.Optimizer, x_nchw: np.ndarray, labe
         (loss as a float, {canonical name: gradient array in canonical layout}).
     """
     model.train()
-    dtype = next(iter(_variables(model).values())).get_value().dtype
+    dtype = DTYPES[model.compute_dtype]
     x = jnp.asarray(np.transpose(np.asarray(x_nchw), (0, 2, 3, 1)), dtype=dtype)
     loss, grads = _train_step(model, optimizer, x, jnp.asarray(np.asarray(labels, dtype=np.int32)))
     out = {}

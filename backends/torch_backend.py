@@ -26,29 +26,32 @@ NAME = "torch"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-class BiasedVarBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` whose train-mode update stores the BIASED batch variance in
+def _remember_running_var(bn: nn.BatchNorm2d, args) -> None:
+    """Forward pre-hook of a biased-estimator BatchNorm (see ``_store_biased_running_var``)."""
+    if bn.training and bn.track_running_stats and bn.momentum is not None:
+        bn._running_var_before = bn.running_var.detach().clone()
+
+
+def _store_biased_running_var(bn: nn.BatchNorm2d, args, out) -> None:
+    """Forward hook that makes a train-mode ``nn.BatchNorm2d`` store the BIASED batch variance in
     ``running_var`` (Paddle's, Flax's and Keras' estimator; spec ``norm.running_var: biased``).
 
     The output and the running mean are torch's own. torch stores ``(1-m)*old + m*v*n/(n-1)``
     (``v`` the biased variance of ``n`` values per channel), so the biased update
-    ``(1-m)*old + m*v`` is that minus ``(new - (1-m)*old) / n``: a per-channel correction, with
-    no second pass over the activations. ``SyncBatchNorm.convert_sync_batchnorm`` turns it into
-    torch's own (unbiased) SyncBatchNorm, like any BatchNorm2d.
+    ``(1-m)*old + m*v`` is that minus ``(new - (1-m)*old) / n``: a per-channel correction, no
+    second pass over the activations. Hooks on torch's own module, not a subclass: torch.fx keeps
+    a BatchNorm2d as one leaf call (a subclass would be traced into), and the hooks stay attached
+    to the traced module. ``SyncBatchNorm.convert_sync_batchnorm`` makes torch's own (unbiased)
+    SyncBatchNorm, without them.
     """
-
-    def forward(self, x):
-        if not (self.training and self.track_running_stats and self.momentum is not None):
-            return super().forward(x)
-        old = self.running_var.detach().clone()
-        out = super().forward(x)
-        n = x.numel() // x.shape[1]
-        with torch.no_grad():
-            # through .data: autograd saved running_var for the BN backward, and an in-place change of
-            # the tensor itself fails loss.backward() ("modified by an inplace operation"); the train-mode
-            # backward never reads its values
-            self.running_var.data.sub_((self.running_var - (1.0 - self.momentum) * old) / n)
-        return out
+    old = bn.__dict__.pop("_running_var_before", None)
+    if old is None:
+        return
+    n = args[0].numel() // args[0].shape[1]
+    with torch.no_grad():
+        # through .data: autograd saved running_var for the BN backward, and changing the tensor
+        # itself in place fails loss.backward(); the train-mode backward never reads its values
+        bn.running_var.data.sub_((bn.running_var - (1.0 - bn.momentum) * old) / n)
 
 
 def _module(op) -> nn.Module:
@@ -57,8 +60,11 @@ def _module(op) -> nn.Module:
         return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, stride=op.stride, padding=op.padding,
                          dilation=op.dilation, groups=op.groups, bias=op.bias)
     if isinstance(op, P.BatchNorm):
-        cls = nn.BatchNorm2d if op.running_var == "unbiased" else BiasedVarBatchNorm2d
-        return cls(op.channels, eps=op.eps, momentum=op.momentum)
+        bn = nn.BatchNorm2d(op.channels, eps=op.eps, momentum=op.momentum)
+        if op.running_var == "biased":
+            bn.register_forward_pre_hook(_remember_running_var)
+            bn.register_forward_hook(_store_biased_running_var)
+        return bn
     if isinstance(op, P.Linear):
         return nn.Linear(op.in_features, op.out_features)
     if isinstance(op, P.Dropout):

@@ -311,7 +311,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default=None,
                    help="the models' dtype. Forward parity: float32 (default), float64 or bfloat16, each with its "
                         "own default bound. --train: float64 (default; a 1e-9 bound proves agreement) or float32 "
-                        "(norm-relative noise only)")
+                        "(norm-relative noise only: exit 0 unless a tensor is missing or not finite)")
     p.set_defaults(func=_cmd_parity)
     return parser
 

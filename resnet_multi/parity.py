@@ -302,7 +302,7 @@ def _as_input(plan: Plan, inputs) -> np.ndarray:
 
 
 def check_models(models: Mapping[str, object], inputs: np.ndarray, *, weights: Mapping[str, np.ndarray] | None = None,
-                 reference: str = NUMPY, rtol: float = 1e-5, atol: float = 1e-6) -> ParityReport:
+                 reference: str = NUMPY, rtol: float | None = None, atol: float | None = None) -> ParityReport:
     """Compare models that are already built (any backends, one plan), tap by tap.
 
     Args:
@@ -312,7 +312,8 @@ def check_models(models: Mapping[str, object], inputs: np.ndarray, *, weights: M
         weights: canonical weights for the numpy oracle (needed when ``reference`` is "numpy").
         reference: "numpy" (the float64 oracle on ``weights``) or one of the labels of
             ``models`` (that model is the reference and is not listed as compared).
-        rtol, atol: the per-tap bound, max|a - b| <= atol + rtol * max|ref|.
+        rtol, atol: the per-tap bound, max|a - b| <= atol + rtol * max|ref|; default
+            ``BOUNDS`` of the models' dtype (they must share one).
     Returns:
         ParityReport.
     Example:
@@ -328,14 +329,26 @@ def check_models(models: Mapping[str, object], inputs: np.ndarray, *, weights: M
         if other.spec != plan.spec:
             raise ValueError(f"check_models: {label!r} was built from spec {other.spec.name!r}, "
                              f"not {plan.spec.name!r}; parity needs one spec")
+    dtypes = {label: next(iter(api.export_weights(model).values())).dtype.name for label, model in models.items()}
+    if len(set(dtypes.values())) > 1:
+        raise ValueError(f"check_models: the models have different dtypes ({dtypes}); parity needs one")
+    dtype = next(iter(dtypes.values()))
+    dtype = dtype if dtype in BOUNDS else "float32"
+    rtol = BOUNDS[dtype][0] if rtol is None else rtol
+    atol = BOUNDS[dtype][1] if atol is None else atol
     _check_tolerances(rtol, atol)
     x = _as_input(plan, inputs)
+    if dtype == "bfloat16":
+        x = _bfloat16_values(x)
     if reference == NUMPY:
         if weights is None:
             raise ValueError("check_models: the numpy reference needs the canonical weights (weights=...)")
         if NUMPY in models:
             raise ValueError(f"check_models: {NUMPY!r} names the oracle; label the models otherwise")
-        reference_outputs = reference_forward(plan, check_weights(plan, weights), x, taps=True)
+        checked = check_weights(plan, weights)
+        if dtype == "bfloat16":
+            checked = {name: _bfloat16_values(w) for name, w in checked.items()}
+        reference_outputs = reference_forward(plan, checked, x, taps=True, precision=_precision(dtype))
     elif reference in models:
         reference_outputs = api.forward(models[reference], x, taps=True)
     else:
@@ -343,13 +356,13 @@ def check_models(models: Mapping[str, object], inputs: np.ndarray, *, weights: M
                          f"({', '.join(models)})")
     outputs = {label: api.forward(model, x, taps=True) for label, model in models.items() if label != reference}
     return compare_outputs(plan, outputs, reference_outputs, input_shape=x.shape, reference=reference,
-                           rtol=rtol, atol=atol)
+                           rtol=rtol, atol=atol, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- the public entry point
 
 
-def _resolve_weights(spec, weights):
+def _resolve_weights(spec, weights, caller: str = "check_parity"):
     """(spec, weights or None) from a spec argument and a dict or a checkpoint path."""
     file_spec = None
     if isinstance(weights, (str, os.PathLike)):
@@ -358,7 +371,7 @@ def _resolve_weights(spec, weights):
         weights, file_spec = read_canonical(weights)
     if spec is None:
         if file_spec is None:
-            raise ValueError("check_parity: no spec given and the weights carry none; pass a spec")
+            raise ValueError(f"{caller}: no spec given and the weights carry none; pass a spec")
         spec = file_spec
     return resolve_spec(spec), weights
 
@@ -433,13 +446,19 @@ def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), we
 
     def run(name: str) -> dict[str, np.ndarray]:
         if name == NUMPY:
-            return reference_forward(plan, weights, x, taps=True)
+            return reference_forward(plan, weights, x, taps=True, precision=_precision(dtype))
         return api.forward(api.build(spec, backend=name, weights=weights, dtype=dtype), x, taps=True)
 
     reference_outputs = run(reference)
     outputs = {name: run(name) for name in backends if name != reference}
     return compare_outputs(plan, outputs, reference_outputs, input_shape=x.shape, reference=reference,
                            rtol=rtol, atol=atol, dtype=dtype)
+
+
+def _precision(dtype: str) -> str:
+    """What the oracle rounds weights and input to: the models' values (bfloat16 ones are rounded
+    before, and are float32-exact)."""
+    return "float64" if dtype == "float64" else "float32"
 
 
 def _bfloat16_values(array) -> np.ndarray:

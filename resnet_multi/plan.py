@@ -199,8 +199,6 @@ class Part:
         return op.name[len(self.prefix):]
 
 
-Block = Part
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -420,9 +418,8 @@ def _mark_inplace(nodes: list[Node], output: str, taps) -> tuple[Node, ...]:
     for i, node in enumerate(nodes):
         first = node.inputs[0]
         used_later = any(first in later.inputs for later in nodes[i + 1:]) or node.inputs.count(first) > 1
-        inplace = (isinstance(node.op, (Act, Add)) and first not in kept and not used_later
-                   and isinstance(producer.get(first), _OVERWRITABLE)
-                   and (node.op == Act("relu") or isinstance(node.op, Add)))
+        inplace = ((node.op == Act("relu") or isinstance(node.op, Add)) and first not in kept and not used_later
+                   and isinstance(producer.get(first), _OVERWRITABLE))
         marked.append(Node(node.op, node.inputs, node.output, inplace))
     return tuple(marked)
 

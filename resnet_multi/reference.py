@@ -190,15 +190,16 @@ def run_op(op, inputs: list[np.ndarray], weights: Mapping[str, np.ndarray]) -> n
 
 
 def reference_forward(plan: P.Plan, weights: Mapping[str, np.ndarray], x_nchw: np.ndarray, *,
-                      taps: bool = False) -> dict[str, np.ndarray]:
+                      taps: bool = False, precision: str = "float32") -> dict[str, np.ndarray]:
     """Eval-mode forward pass of ``plan`` in numpy, float64: the framework-free oracle.
 
     Args:
         plan: the model's plan (``rm.make_plan(spec)``).
         weights: complete canonical weights (torchvision names, PyTorch layout). They are
-            rounded to float32 first (what every backend holds), then computed in float64.
-        x_nchw: the input, (N, in_channels, H, W); also rounded to float32, then upcast.
+            rounded to ``precision`` first (what the models compared hold), then computed in float64.
+        x_nchw: the input, (N, in_channels, H, W); also rounded to ``precision``, then upcast.
         taps: return every ``plan.tap_names`` entry, not only ``plan.output_names()``.
+        precision: "float32" (default: float32 models) or "float64" (float64 models: no rounding).
     Returns:
         ``{tap name: float64 array}``, the same keys and shapes a backend's ``forward``
         returns: feature maps NCHW, ``pre_logits``/``logits`` 2-D. Dropout is off (eval).
@@ -211,8 +212,11 @@ def reference_forward(plan: P.Plan, weights: Mapping[str, np.ndarray], x_nchw: n
     if missing:
         raise KeyError(f"reference_forward: {len(missing)} weight(s) missing for {plan.spec.name!r}, "
                        f"e.g. {', '.join(missing[:5])}")
-    w = {name: np.asarray(weights[name], dtype=np.float32).astype(np.float64) for name in plan.params}
-    x = np.asarray(x_nchw, dtype=np.float32).astype(np.float64)
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision: expected 'float32' or 'float64', got {precision!r}")
+    held = np.float32 if precision == "float32" else np.float64
+    w = {name: np.asarray(weights[name], dtype=held).astype(np.float64) for name in plan.params}
+    x = np.asarray(x_nchw, dtype=held).astype(np.float64)
     collected: dict[str, np.ndarray] = {}
     run_plan(plan, x, lambda node, *inputs: run_op(node.op, list(inputs), w), taps=collected)
     names = plan.tap_names if taps else plan.output_names()

@@ -29,10 +29,10 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from ._lazy import np
 from . import api
+from .parity import _json_number, _resolve_weights
 from .plan import Plan, make_plan
 from .registry import BackendError, backend_of, get_backend
 from .weights import check_weights, random_weights
-from .zoo import resolve_spec
 
 # --------------------------------------------------------------------------- optimizer descriptions
 
@@ -236,10 +236,6 @@ class TrainingDivergence(NamedTuple):
     backend: str
     tensor: str
     rel: float
-
-
-def _json_number(value: float):
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -516,19 +512,6 @@ def _train(backend, model, hooks, opt: OptimizerSpec, x, labels, steps: int) -> 
     return run
 
 
-def _resolve_weights(spec, weights):
-    file_spec = None
-    if isinstance(weights, (str, os.PathLike)):
-        from .convert import read_canonical  # any supported checkpoint format
-
-        weights, file_spec = read_canonical(weights)
-    if spec is None:
-        if file_spec is None:
-            raise ValueError("check_training: no spec given and the weights carry none; pass a spec")
-        spec = file_spec
-    return resolve_spec(spec), weights
-
-
 def _labels(plan: Plan, labels, batch: int, seed: int) -> np.ndarray:
     classes = training_classes(plan)
     if labels is None:
@@ -606,7 +589,7 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
         >>> report.ok, report.first_divergence
         (True, None)
     """
-    spec, weights = _resolve_weights(spec, weights)
+    spec, weights = _resolve_weights(spec, weights, "check_training")
     plan = make_plan(spec)
     if dtype not in ("float64", "float32"):
         raise ValueError(f"dtype: expected 'float64' or 'float32', got {dtype!r}")

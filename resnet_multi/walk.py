@@ -55,7 +55,9 @@ def run_plan(plan: Plan, x: Any, apply: Callable, *, taps: MutableMapping | None
             else:
                 x = run_block(block, x)
                 if taps is not None:
-                    for _, tap in block.taps:  # a block publishes only its output
+                    for value, tap in block.taps:  # run as a unit, a block can publish only its output
+                        if value != block.output:
+                            raise ValueError(f"plan error: block {block.name} taps the inner value {value!r}")
                         taps[tap] = x
         if taps is not None:
             taps[stage.name] = x

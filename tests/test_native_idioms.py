@@ -83,7 +83,7 @@ def test_torch_sync_batchnorm_conversion_runs_sync_batchnorm():
     assert len(syncs) == 20 and len(calls) == 20 and set(map(id, calls)) == set(map(id, syncs))
 
 
-@pytest.mark.parametrize("spec_name", ["resnet18", "resnet50d", "d2l_resnet18"])
+@pytest.mark.parametrize("spec_name", ["resnet18", "resnet50d", "d2l_resnet18", "resnet45"])
 def test_torch_fx_symbolic_trace_equals_eager(spec_name):
     import torch
 
@@ -342,3 +342,22 @@ def test_old_spec_files_read_running_var_as_unbiased(tmp_path):
     assert rm.get_spec("resnet45").norm.running_var == "biased"
     with pytest.raises(rm.SpecError, match="norm.running_var"):
         rm.get_spec("resnet18").replace(norm=rm.NormSpec(running_var="sample"))
+
+
+@pytest.mark.parametrize("float64_backend", BACKENDS, indirect=True)
+def test_float64_weights_stay_float64_through_build_export_and_parity(float64_backend):
+    """Weights that float32 cannot hold (here 1e-9 off a float32 value) survive a float64 build
+    exactly, and the float64 parity check computes the oracle on them unrounded."""
+    from resnet_multi.parity import check_models
+
+    plan, weights = _weights("resnet18", seed=7)
+    rng = np.random.default_rng(8)
+    weights = {name: w.astype(np.float64) * (1 + 1e-9 * rng.standard_normal(w.shape)) for name, w in weights.items()}
+    model = rm.build("resnet18", float64_backend, weights=weights, dtype="float64")
+    exported = rm.export_weights(model)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+    report = rm.check_parity("resnet18", backends=(float64_backend,), weights=weights, dtype="float64")
+    assert report.ok and report.dtype == "float64", report.format()
+    models_report = check_models({float64_backend: model}, _input(batch=1), weights=weights)
+    assert models_report.ok and (models_report.dtype, models_report.rtol) == ("float64", 1e-10)
