@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import resnet_multi as rm
 from conftest import BACKENDS, ODD_HW, PRESETS
 from resnet_multi.parity import check_models
-from resnet_multi.spec import BLOCK_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
+from resnet_multi.spec import RESIDUAL_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
 from resnet_multi.weights import random_weights
 
 
@@ -61,7 +61,7 @@ def test_resnet50_matches_oracle_at_224(backend):
 @st.composite
 def specs(draw) -> tuple[rm.ResNetSpec, tuple[int, int, int, int]]:
     """A random valid spec with small channels, and an input shape (odd sizes included)."""
-    kind = draw(st.sampled_from(BLOCK_KINDS))
+    kind = draw(st.sampled_from(RESIDUAL_KINDS))
     block = rm.BlockSpec(kind=kind)
     if kind == "bottleneck":
         block = rm.BlockSpec(kind=kind, groups=draw(st.sampled_from([1, 2, 4])),
