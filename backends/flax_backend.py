@@ -52,6 +52,7 @@ from flax import nnx, serialization
 from jax import lax
 
 from resnet_multi import plan as P
+from resnet_multi.walk import run_part, run_plan
 from resnet_multi.io_util import atomic_path
 
 NAME = "flax"
@@ -122,8 +123,9 @@ def _pad2d(padding: int) -> tuple[tuple[int, int], tuple[int, int]]:
 def _max_pool(x: jax.Array, op: P.MaxPool) -> jax.Array:
     """PyTorch's MaxPool2d (floor mode) on NHWC: padding counts as -inf, never as a value."""
     k, s, p = op.kernel_size, op.stride, op.padding
-    init = jnp.array(-jnp.inf, x.dtype)
-    return lax.reduce_window(x, init, lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0)))
+    # A Python scalar init, not an array: reduce_window with an array init is not differentiable
+    # under jit ("Linearization failed to produce known values for all output primals").
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0)))
 
 
 def _window_counts(size: int, out: int, op: P.AvgPool) -> np.ndarray:
@@ -150,7 +152,7 @@ def _avg_pool(x: jax.Array, op: P.AvgPool) -> jax.Array:
     # more than p (a partial last window), floor mode never does (the remainder is dropped).
     hi_h = max(p, (oh - 1) * s + k - h - p)
     hi_w = max(p, (ow - 1) * s + k - w - p)
-    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, k, k, 1), (1, s, s, 1),
+    summed = lax.reduce_window(x, 0.0, lax.add, (1, k, k, 1), (1, s, s, 1),
                                ((0, 0), (p, hi_h), (p, hi_w), (0, 0)))
     summed = summed[:, :oh, :ow, :]
     counts = np.outer(_window_counts(h, oh, op), _window_counts(w, ow, op))  # static: constant-folded
@@ -168,37 +170,69 @@ def _inits(shape_only: bool, *names: str) -> dict:
     return {name: _shape_only for name in names} if shape_only else {}
 
 
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
+
+
+class UnbiasedVarBatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` whose train-mode update stores the UNBIASED batch variance in ``var``
+    (PyTorch's estimator; spec ``norm.running_var: unbiased``, torchvision's models).
+
+    The output and the running mean are Flax's own. Flax stores ``mp*old + (1-mp)*v`` (``mp`` its
+    momentum, ``v`` the biased variance of ``n`` values per channel), so the unbiased update is
+    that plus ``(new - mp*old) / (n-1)``: a per-channel correction, no second pass over the data.
+    """
+
+    def __call__(self, x, use_running_average: bool | None = None, **kwargs):
+        use_running = self.use_running_average if use_running_average is None else use_running_average
+        if use_running:
+            return super().__call__(x, use_running_average=True, **kwargs)
+        old = self.var.get_value()
+        out = super().__call__(x, use_running_average=False, **kwargs)
+        n = x.size // x.shape[-1]
+        new = self.var.get_value()
+        self.var.set_value(new + (new - self.momentum * old) / (n - 1))
+        return out
+
+
 def _conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
-          dilation: int = 1, groups: int = 1, bias: bool, rngs: nnx.Rngs, shape_only: bool) -> nnx.Conv:
+          dilation: int = 1, groups: int = 1, bias: bool, rngs: nnx.Rngs, shape_only: bool, dtype) -> nnx.Conv:
     # Every numerics argument explicit: symmetric padding (never 'SAME'), use_bias from the plan.
     return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=(stride, stride),
                     padding=_pad2d(padding), kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                    use_bias=bias, rngs=rngs, **_inits(shape_only, "kernel_init", "bias_init"))
+                    use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs,
+                    **_inits(shape_only, "kernel_init", "bias_init"))
 
 
-def _layer(op, rngs: nnx.Rngs, shape_only: bool) -> nnx.Module:
-    """The nnx module for one plan op with parameters (Conv or BatchNorm)."""
+def _layer(op, rngs: nnx.Rngs, shape_only: bool, dtype) -> nnx.Module:
+    """The nnx module for one plan op that is a module (``plan.MODULE_OPS``)."""
     if isinstance(op, P.Conv):
         return _conv(op.in_channels, op.out_channels, op.kernel_size, stride=op.stride, padding=op.padding,
-                     dilation=op.dilation, groups=op.groups, bias=op.bias, rngs=rngs, shape_only=shape_only)
+                     dilation=op.dilation, groups=op.groups, bias=op.bias, rngs=rngs, shape_only=shape_only,
+                     dtype=dtype)
     if isinstance(op, P.BatchNorm):
         # Flax's momentum weights the OLD running value (default 0.99), the spec's the new statistic.
         # use_fast_variance=False: the two-pass variance, as accurate as torch's in train mode.
-        return nnx.BatchNorm(op.channels, use_running_average=True, momentum=1.0 - op.momentum,
-                             epsilon=op.eps, use_fast_variance=False, rngs=rngs,
-                             **_inits(shape_only, "scale_init", "bias_init"))
+        cls = UnbiasedVarBatchNorm if op.running_var == "unbiased" else nnx.BatchNorm
+        return cls(op.channels, use_running_average=True, momentum=1.0 - op.momentum, epsilon=op.eps,
+                   use_fast_variance=False, dtype=dtype, param_dtype=dtype, rngs=rngs,
+                   **_inits(shape_only, "scale_init", "bias_init"))
+    if isinstance(op, P.Linear):
+        return nnx.Linear(op.in_features, op.out_features, use_bias=True, dtype=dtype, param_dtype=dtype, rngs=rngs,
+                          **_inits(shape_only, "kernel_init", "bias_init"))
+    if isinstance(op, P.Dropout):
+        return nnx.Dropout(op.rate, deterministic=True)
     raise TypeError(f"flax backend: no layer for plan op {op!r}")
 
 
 def _attach(owner: nnx.Module, named: Mapping[str, nnx.Module]) -> None:
     """Set every module of ``named`` (relative canonical name -> module, e.g. "conv1.0",
-    "downsample.1", "bn1") on ``owner`` so that its state path is the canonical name.
+    "downsample.1", "bn1", "layer1.0") on ``owner`` so that its state path is the canonical name.
 
     Containers whose children are numbered become nnx.List, with None (static, no state) where
     torch's Sequential has a parameter-free op (the ReLUs of the deep stem, the shortcut pool of
-    ResNet-D): state keys are then ints, as in the stage lists, so ``nnx.replace_by_pure_dict``
-    can match a msgpack file's string keys (it converts every digit key to int). Others become
-    nnx.Dict. Containers are made whole, since nnx forbids turning a static slot into a module.
+    ResNet-D): state keys are then ints, so ``nnx.replace_by_pure_dict`` can match a msgpack
+    file's string keys (it converts every digit key to int). Others become nnx.Dict. Containers
+    are made whole, since nnx forbids turning a static slot into a module.
     """
     tree: dict = {}
     for dotted, module in named.items():
@@ -218,88 +252,101 @@ def _attach(owner: nnx.Module, named: Mapping[str, nnx.Module]) -> None:
         setattr(owner, name, container(value) if isinstance(value, dict) else value)
 
 
-def _child(root: nnx.Module, dotted: str) -> nnx.Module:
-    for part in dotted.split("."):
-        root = getattr(root, part)
+def _child(root: nnx.Module, path: tuple) -> nnx.Module:
+    for part in path:
+        root = root[part] if isinstance(part, int) else getattr(root, part)
     return root
 
 
-def _run(owner: nnx.Module, ops, prefix: str, x: jax.Array, use_running_average: bool | None) -> jax.Array:
-    """Apply plan ``ops`` in order; modules are looked up under their canonical name."""
-    for op in ops:
-        if isinstance(op, P.Conv):
-            x = _child(owner, op.name[len(prefix):])(x)
-        elif isinstance(op, P.BatchNorm):
-            x = _child(owner, op.name[len(prefix):])(x, use_running_average=use_running_average)
-        elif isinstance(op, P.ReLU):
-            x = jax.nn.relu(x)
-        elif isinstance(op, P.MaxPool):
-            x = _max_pool(x, op)
-        elif isinstance(op, P.AvgPool):
-            x = _avg_pool(x, op)
-        else:
-            raise TypeError(f"flax backend: cannot run plan op {op!r}")
-    return x
+def _path(dotted: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in dotted.split("."))
+
+
+def _hard_sigmoid(x):
+    return jax.nn.relu6(x + 3.0) / 6.0
+
+
+_ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "hard_sigmoid": _hard_sigmoid}
 
 
 # --------------------------------------------------------------------------- modules
 
 
 class _PlanRef:
-    """The plan, kept on the model as a static (non-pytree) attribute. nnx hashes static
+    """A plan (or part), kept on a module as a static (non-pytree) attribute. nnx hashes static
     attributes into the graph definition (the jit cache key) and a Plan holds a dict (not
     hashable), so this wrapper hashes by the (frozen, hashable) spec and compares the plans
     themselves (two plans of one spec may differ, e.g. a BatchNorm-folded one)."""
 
     __slots__ = ("plan",)
 
-    def __init__(self, plan: P.Plan):
+    def __init__(self, plan):
         self.plan = plan
 
     def __eq__(self, other) -> bool:
         return isinstance(other, _PlanRef) and (other.plan is self.plan or other.plan == self.plan)
 
     def __hash__(self) -> int:
-        return hash(self.plan.spec)
+        return hash(self.plan.spec) if isinstance(self.plan, P.Plan) else hash(self.plan)
 
     def __repr__(self) -> str:
-        return f"Plan({self.plan.spec.name!r})"
+        return f"Plan({self.plan.spec.name!r})" if isinstance(self.plan, P.Plan) else f"Part({self.plan.name!r})"
 
 
-class SqueezeExcite(nnx.Module):
-    """timm's SE: global mean -> fc1 (1x1 conv, bias) -> ReLU -> fc2 -> sigmoid -> scale."""
+class _Runner(nnx.Module):
+    """Runs plan parts over its own submodules, each looked up by canonical name at call time, on
+    NHWC arrays. ``_mode`` carries one call's mode overrides (``use_running_average``,
+    ``deterministic``, ``rngs``) to the BatchNorm and Dropout modules."""
 
-    def __init__(self, op: P.SqueezeExcite, *, rngs: nnx.Rngs, shape_only: bool = False):
-        self.fc1 = _conv(op.channels, op.reduced_channels, 1, bias=True, rngs=rngs, shape_only=shape_only)
-        self.fc2 = _conv(op.reduced_channels, op.channels, 1, bias=True, rngs=rngs, shape_only=shape_only)
+    def _run_node(self, node, *inputs, mode: dict):
+        op = node.op
+        x = inputs[0]
+        if isinstance(op, P.Conv) or isinstance(op, P.Linear):
+            return _child(self, _path(self._local(op)))(x)
+        if isinstance(op, P.BatchNorm):
+            return _child(self, _path(self._local(op)))(x, use_running_average=mode["use_running_average"])
+        if isinstance(op, P.Dropout):
+            return _child(self, _path(self._local(op)))(x, deterministic=mode["deterministic"], rngs=mode["rngs"])
+        if isinstance(op, P.Act):
+            return _ACTIVATIONS[op.kind](x)
+        if isinstance(op, P.Add):
+            return sum(inputs[1:], x)
+        if isinstance(op, P.Mul):
+            return x * inputs[1]
+        if isinstance(op, P.MaxPool):
+            return _max_pool(x, op)
+        if isinstance(op, P.AvgPool):
+            return _avg_pool(x, op)
+        if isinstance(op, P.GlobalAvgPool):
+            return jnp.mean(x, axis=(1, 2), keepdims=not op.flatten)
+        if isinstance(op, P.Flatten):
+            # NCHW order, as the other backends flatten (identical for the 1x1 maps the plans flatten)
+            return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1) if x.ndim == 4 else x
+        if isinstance(op, P.Concat):
+            return jnp.concatenate(inputs, axis=-1)
+        if isinstance(op, P.Slice):
+            return x[..., op.start:op.stop]
+        raise TypeError(f"flax backend: cannot run plan op {op!r}")
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        return x * jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(s))))
+
+class Block(_Runner):
+    """One block of the plan on NHWC, with modules named as the plan says."""
+
+    def __init__(self, block: P.Part, *, rngs: nnx.Rngs, shape_only: bool = False, dtype=jnp.float32):
+        self._part = _PlanRef(block)  # static: the frozen plan Part (its nodes drive __call__)
+        _attach(self, {block.local_name(op): _layer(op, rngs, shape_only, dtype) for op in block.modules})
+
+    def _local(self, op) -> str:
+        return self._part.plan.local_name(op)
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None,
+                 deterministic: bool | None = None, rngs: nnx.Rngs | None = None) -> jax.Array:
+        mode = {"use_running_average": use_running_average, "deterministic": deterministic, "rngs": rngs}
+        return run_part(self._part.plan, x, lambda node, *inputs: self._run_node(node, *inputs, mode=mode))
 
 
-class Block(nnx.Module):
-    """relu(main(x) [* se] + shortcut(x)) on NHWC, with modules named as the plan says."""
-
-    def __init__(self, block: P.Block, *, rngs: nnx.Rngs, shape_only: bool = False):
-        self.block = block  # static: the frozen plan Block (its ops drive __call__)
-        prefix = block.name + "."
-        _attach(self, {op.name[len(prefix):]: _layer(op, rngs, shape_only) for op in block.main + block.shortcut
-                       if isinstance(op, (P.Conv, P.BatchNorm))})
-        if block.se is not None:
-            self.se = SqueezeExcite(block.se, rngs=rngs, shape_only=shape_only)
-
-    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
-        prefix = self.block.name + "."
-        out = _run(self, self.block.main, prefix, x, use_running_average)
-        if self.block.se is not None:
-            out = self.se(out)
-        shortcut = _run(self, self.block.shortcut, prefix, x, use_running_average)
-        return jax.nn.relu(out + shortcut)
-
-
-class ResNet(nnx.Module):
-    """A ResNet compiled from a plan, on NHWC arrays.
+class ResNet(_Runner):
+    """A network compiled from a plan, on NHWC arrays.
 
     ``model(x)`` returns the logits, the last feature map, or (with ``out_indices``) a list of
     stage outputs; ``model(x, taps=True)`` returns ``{tap name: array}`` for every
@@ -311,49 +358,34 @@ class ResNet(nnx.Module):
     ``nnx.eval_shape``) to be filled, which is what ``build`` does.
     """
 
-    def __init__(self, plan: P.Plan, *, rngs: nnx.Rngs, shape_only: bool = False):
+    def __init__(self, plan: P.Plan, *, rngs: nnx.Rngs, shape_only: bool = False, dtype=jnp.float32):
         self._plan = _PlanRef(plan)
-        _attach(self, {op.name: _layer(op, rngs, shape_only) for op in plan.stem
-                       if isinstance(op, (P.Conv, P.BatchNorm))})
+        modules = {op.name: _layer(op, rngs, shape_only, dtype) for op in plan.stem.modules}
         for stage in plan.stages:
-            setattr(self, stage.name, nnx.List([Block(b, rngs=rngs, shape_only=shape_only) for b in stage.blocks]))
+            for block in stage.blocks:
+                modules[block.name] = Block(block, rngs=rngs, shape_only=shape_only, dtype=dtype)
         if plan.head is not None:
-            # no Dropout module at rate 0 (as torch's backend): nothing to switch, nothing to trace
-            self.dropout = nnx.Dropout(plan.head.dropout, deterministic=True) if plan.head.dropout > 0 else None
-            fc = plan.head.fc
-            self.fc = nnx.Linear(fc.in_features, fc.out_features, use_bias=True, rngs=rngs,
-                                 **_inits(shape_only, "kernel_init", "bias_init"))
+            modules.update({op.name: _layer(op, rngs, shape_only, dtype) for op in plan.head.modules})
+        _attach(self, modules)
 
     @property
     def plan(self) -> P.Plan:
         return self._plan.plan
 
+    def _local(self, op) -> str:
+        return op.name
+
     def __call__(self, x: jax.Array, *, taps: bool = False, use_running_average: bool | None = None,
                  deterministic: bool | None = None, rngs: nnx.Rngs | None = None):
-        plan = self.plan
-        collected: dict[str, jax.Array] = {}
-        x = _run(self, plan.stem, "", x, use_running_average)
-        collected["stem"] = x
-        features = []
-        for stage in plan.stages:
-            for block, block_plan in zip(getattr(self, stage.name), stage.blocks):
-                x = block(x, use_running_average=use_running_average)
-                collected[block_plan.name] = x
-            collected[stage.name] = x
-            features.append(x)
-        if plan.head is None:
-            if taps:
-                return collected
-            if plan.out_indices is not None:
-                return [features[i] for i in plan.out_indices]
-            return x
-        x = jnp.mean(x, axis=(1, 2))  # global average pool: to 1x1, so NHWC vs NCHW flattening agree
-        collected["pre_logits"] = x
-        if self.dropout is not None:
-            x = self.dropout(x, deterministic=deterministic, rngs=rngs)
-        x = self.fc(x)
-        collected["logits"] = x
-        return collected if taps else x
+        mode = {"use_running_average": use_running_average, "deterministic": deterministic, "rngs": rngs}
+        collected: dict[str, jax.Array] | None = {} if taps else None
+
+        def run_block(block, x):
+            return _child(self, _path(block.name))(x, **mode)
+
+        out = run_plan(self.plan, x, lambda node, *inputs: self._run_node(node, *inputs, mode=mode),
+                       taps=collected, run_block=run_block)
+        return collected if taps else out
 
 
 # --------------------------------------------------------------------------- contract
@@ -376,6 +408,10 @@ def _variables(model: ResNet) -> dict[str, nnx.Variable]:
     return {_path_key(path): var for path, var in nnx.to_flat_state(nnx.state(model))}
 
 
+def _dtype(variable):
+    return variable.get_value().dtype if hasattr(variable, "get_value") else variable.dtype
+
+
 def _staged(variables: Mapping, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every canonical tensor converted to its Flax path and layout and checked against the
     target variable, before anything is written (all-or-nothing)."""
@@ -389,24 +425,39 @@ def _staged(variables: Mapping, weights: Mapping[str, np.ndarray]) -> dict[str, 
         if tuple(converted.shape) != tuple(target.shape):
             raise ValueError(f"{name}: expected Flax shape {tuple(target.shape)} at {path!r}, "
                              f"found {converted.shape} (canonical {array.shape})")
-        staged[path] = np.ascontiguousarray(converted, dtype=target.dtype)
+        staged[path] = np.ascontiguousarray(converted, dtype=_dtype(target))
     return staged
 
 
-def build(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> ResNet:
-    """An ``nnx.Module`` for ``plan`` holding ``weights`` (complete canonical dict), in eval mode.
+def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32") -> ResNet:
+    """An ``nnx.Module`` for ``plan`` holding ``weights`` (complete canonical dict), in eval mode,
+    computing in ``dtype`` ("float32", "float64" or "bfloat16"; parameters in that dtype too).
 
     The module is created with shape-only placeholders (no random init, which the weights would
     overwrite), then every variable is filled from the converted weights.
+
+    Raises:
+        ValueError: ``dtype="float64"`` while JAX's 64-bit mode is off. JAX would silently compute
+            in float32; enable it first, before creating any arrays:
+            ``jax.config.update("jax_enable_x64", True)`` (or ``JAX_ENABLE_X64=1``). It is a
+            process-wide switch, so resnet_multi never flips it for you.
     """
-    model = ResNet(plan, rngs=nnx.Rngs(0), shape_only=True)
+    if dtype not in DTYPES:
+        raise ValueError(f"flax backend: dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError('flax backend: dtype "float64" needs JAX\'s 64-bit mode, which is off (JAX would '
+                         'compute in float32). Call jax.config.update("jax_enable_x64", True) at the start '
+                         'of the program (or set JAX_ENABLE_X64=1), then build again.')
+    model = ResNet(plan, rngs=nnx.Rngs(0), shape_only=True, dtype=DTYPES[dtype])
     variables = _variables(model)
     staged = _staged(variables, weights)
     unfilled = sorted(set(variables) - set(staged))
     if unfilled:  # the core passes complete weights; anything else is a plan/backend mismatch
         raise ValueError(f"flax backend: no weights for {len(unfilled)} variable(s): {', '.join(unfilled[:10])}")
     for path, var in variables.items():
-        var.set_value(jnp.asarray(staged[path]))
+        # every variable in the model's dtype: nnx.BatchNorm keeps its running statistics in
+        # float32 whatever param_dtype says, which would round a float64 model's statistics
+        var.set_value(jnp.asarray(staged[path], dtype=DTYPES[dtype]))
     return model
 
 
@@ -445,7 +496,7 @@ def _eval_taps(model: ResNet, x_nchw: jax.Array) -> dict[str, jax.Array]:
 
 
 def _nchw(tap: jax.Array) -> np.ndarray:
-    array = np.asarray(tap)
+    array = np.asarray(tap.astype(jnp.float32) if tap.dtype == jnp.bfloat16 else tap)
     return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if array.ndim == 4 else np.array(array)
 
 
@@ -460,7 +511,8 @@ def forward(model: ResNet, x_nchw: np.ndarray, *, taps: bool = False) -> dict[st
     Inside ``jax.disable_jit()`` it runs op by op, which is faster for a one-off call of a deep
     net at a new shape (no whole-program compile).
     """
-    out = _eval_taps(model, jnp.asarray(x_nchw))
+    dtype = next(iter(_variables(model).values())).get_value().dtype  # the model computes in its dtype
+    out = _eval_taps(model, jnp.asarray(x_nchw, dtype=dtype))
     # jax returns dicts with sorted keys: the plan's execution order is restored here
     names = model.plan.tap_names if taps else model.plan.output_names()
     return {name: _nchw(out[name]) for name in names}

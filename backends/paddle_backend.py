@@ -27,10 +27,17 @@ from paddle.nn import functional as F
 from paddle.nn.initializer import Constant
 
 from resnet_multi import plan as P
+from resnet_multi.walk import run_part, run_plan
 from resnet_multi.io_util import atomic_path
 from resnet_multi.weights import FRAMEWORK_EXTRAS
 
 NAME = "paddle"
+
+# The walk's control flow depends only on the plan, never on tensor values: Paddle's AST
+# to_static (paddle.jit.save, to_static(full_graph=True)) runs it as plain Python instead of
+# rewriting its loops and branches into graph control flow.
+for _walk in (run_part, run_plan):
+    paddle.jit.not_to_static(_walk)
 
 # build() overwrites every parameter, so none is initialised by Paddle: layers are created under
 # paddle.LazyGuard (no memory allocated until set_value), and the initializer recorded for a
@@ -40,147 +47,193 @@ _PLACEHOLDER = Constant(0.0)
 
 # --------------------------------------------------------------------------- layers
 
+DTYPES = ("float32", "float64")
+"""Paddle's CPU kernels have no bfloat16 convolution: a bfloat16 build is refused by ``build``."""
+
 
 def _param() -> ParamAttr:
     return ParamAttr(initializer=_PLACEHOLDER)
 
 
+class BatchNorm2D(nn.BatchNorm2D):
+    """``nn.BatchNorm2D`` whose train-mode update follows the spec exactly where Paddle's own
+    does not: the UNBIASED running variance (PyTorch's estimator, ``norm.running_var: unbiased``,
+    torchvision's models), and in float64 the exact momentum.
+
+    Paddle passes the momentum to its kernel as a float32 attribute, so a float64 model's running
+    statistics move by ``float32(m)``, not ``m`` (1e-8 relative off for m = 0.9): too coarse to
+    prove two float64 trainings equal. The output is Paddle's own; the kernel updates copies of
+    the statistics, from which the batch statistics are recovered exactly (a per-channel
+    equation, no second pass over the activations) and the spec's update is assigned. The
+    running statistics themselves are never inputs of the op, so the in-place assignment does
+    not disturb the backward pass (also under ``paddle.jit.to_static``).
+    """
+
+    def __init__(self, *args, unbiased: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._unbiased = unbiased
+
+    def forward(self, x):
+        if not self.training or self._use_global_stats:
+            return super().forward(x)
+        mean, var = self._mean.detach().clone(), self._variance.detach().clone()
+        out = F.batch_norm(x, mean, var, weight=self.weight, bias=self.bias, training=True, momentum=self._momentum,
+                           epsilon=self._epsilon, data_format=self._data_format)
+        kept = self._momentum  # Paddle's: the weight of the old value
+        if kept == 1.0:  # spec momentum 0: the statistics never move
+            return out
+        with paddle.no_grad():
+            old_mean, old_var = self._mean.detach(), self._variance.detach()
+            if paddle.in_dynamic_mode():
+                # the kernel updated the copies in place: recover the batch statistics from them
+                applied = float(np.float32(kept)) if x.dtype == paddle.float64 else kept
+                batch_var = (var - applied * old_var) / (1.0 - applied)  # biased
+                batch_mean = (mean - applied * old_mean) / (1.0 - applied)
+            else:  # a static program (to_static) has no in-place copies to read: reduce once more
+                batch_mean = paddle.mean(x, axis=[0, 2, 3])
+                batch_var = paddle.mean(paddle.square(x - batch_mean.reshape([1, -1, 1, 1])), axis=[0, 2, 3])
+            if self._unbiased:
+                n = paddle.numel(x).astype(var.dtype) / x.shape[1]  # a tensor: right under to_static too
+                batch_var = batch_var * n / (n - 1.0)
+            # momentum as tensors of the statistics' dtype: in a static program `0.9 * t` is a
+            # scale op with a float32 attribute, which would round it again
+            keep, take = (paddle.full([], value, dtype=old_mean.dtype) for value in (kept, 1.0 - kept))
+            paddle.assign(keep * old_mean + take * batch_mean, self._mean)
+            paddle.assign(keep * old_var + take * batch_var, self._variance)
+        return out
+
+
 def _layer(op) -> nn.Layer:
-    """The Paddle layer for one plan op; every argument passed explicitly (Paddle's defaults differ)."""
+    """The Paddle layer for one plan op that is a module; every argument passed explicitly
+    (Paddle's defaults differ)."""
     if isinstance(op, P.Conv):
         return nn.Conv2D(op.in_channels, op.out_channels, op.kernel_size, stride=op.stride, padding=op.padding,
                          dilation=op.dilation, groups=op.groups, padding_mode="zeros", weight_attr=_param(),
                          bias_attr=_param() if op.bias else False, data_format="NCHW")
     if isinstance(op, P.BatchNorm):
         # Paddle's momentum weighs the old running value: the plan's (PyTorch's) m becomes 1 - m.
-        return nn.BatchNorm2D(op.channels, momentum=1.0 - op.momentum, epsilon=op.eps, weight_attr=_param(),
-                              bias_attr=_param(), data_format="NCHW")
-    if isinstance(op, P.ReLU):
-        return nn.ReLU()
-    if isinstance(op, P.MaxPool):
-        return nn.MaxPool2D(op.kernel_size, op.stride, op.padding, ceil_mode=False)
-    if isinstance(op, P.AvgPool):
-        # exclusive=True means "padding not counted", i.e. PyTorch's count_include_pad=False.
-        return nn.AvgPool2D(op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
-                            exclusive=not op.count_include_pad)
+        args = dict(momentum=1.0 - op.momentum, epsilon=op.eps, weight_attr=_param(), bias_attr=_param(),
+                    data_format="NCHW")
+        if op.running_var == "biased" and paddle.get_default_dtype() != "float64":
+            return nn.BatchNorm2D(op.channels, **args)  # Paddle's own update is the spec's
+        return BatchNorm2D(op.channels, unbiased=op.running_var == "unbiased", **args)
+    if isinstance(op, P.Linear):
+        return nn.Linear(op.in_features, op.out_features, weight_attr=_param(), bias_attr=_param())
+    if isinstance(op, P.Dropout):
+        return nn.Dropout(op.rate, mode="upscale_in_train")
     raise TypeError(f"paddle backend: no layer for plan op {op!r}")
 
 
 def _attach(root: nn.Layer, dotted: str, layer: nn.Layer) -> None:
-    """Register ``layer`` at ``dotted`` (e.g. "conv1.0" or "downsample.1"), making containers."""
+    """Register ``layer`` at ``dotted`` (e.g. "conv1.0", "downsample.1", "layer1.0"), making
+    containers: nn.Sequential where children are numbered (``model.layer1[0]``, as in
+    paddle.vision), plain nn.Layer otherwise."""
     *parents, leaf = dotted.split(".")
-    for part in parents:
+    for i, part in enumerate(parents):
         if part not in root._sub_layers:
-            root.add_sublayer(part, nn.Layer())
+            numbered = (parents + [leaf])[i + 1].isdigit()
+            root.add_sublayer(part, nn.Sequential() if numbered else nn.Layer())
         root = root._sub_layers[part]
     root.add_sublayer(leaf, layer)
 
 
-def _sequence(owner: nn.Layer, ops, prefix: str) -> list[nn.Layer]:
-    """Layers for ``ops`` in execution order; named ones are registered under their canonical
-    name relative to ``prefix``, so the state_dict keys are canonical."""
-    seq = []
-    for op in ops:
-        layer = _layer(op)
-        name = getattr(op, "name", None)
-        if name is not None:
-            _attach(owner, name[len(prefix):] if prefix else name, layer)
-        seq.append(layer)
-    return seq
+_ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "hard_sigmoid": lambda x: F.relu6(x + 3.0) / 6.0}
+_MODULE_KINDS = frozenset(P.MODULE_OPS)
 
 
-def _run(layers: list[nn.Layer], x):
-    for layer in layers:
-        x = layer(x)
-    return x
+class _Runner(nn.Layer):
+    """A layer that runs one plan part over its registered sublayers, each looked up by its
+    canonical name at call time (never through references kept at build time), so replacing one
+    (``model.layer1[0].bn1 = nn.Identity()``, SyncBatchNorm conversion) takes effect.
+
+    Control flow depends only on the plan, never on data, so ``paddle.jit.to_static`` converts it.
+    """
+
+    def _run_node(self, node, *inputs):
+        op = node.op
+        kind = type(op)
+        if kind in _MODULE_KINDS:
+            layer = self
+            for part in self._paths[op.name]:
+                layer = layer._sub_layers[part]
+            return layer(inputs[0])
+        if kind is P.Act:
+            return _ACTIVATIONS[op.kind](inputs[0])
+        if kind is P.Add:
+            out = inputs[0]
+            for other in inputs[1:]:
+                out = out + other
+            return out
+        if kind is P.Mul:
+            return inputs[0] * inputs[1]
+        if kind is P.MaxPool:
+            return F.max_pool2d(inputs[0], op.kernel_size, op.stride, op.padding, ceil_mode=False)
+        if kind is P.AvgPool:
+            # exclusive=True means "padding not counted", i.e. PyTorch's count_include_pad=False.
+            return F.avg_pool2d(inputs[0], op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                                exclusive=not op.count_include_pad)
+        if kind is P.GlobalAvgPool:
+            if op.flatten:  # paddle.vision's own head ops (AdaptiveAvgPool2D + flatten): identical outputs
+                return paddle.flatten(F.adaptive_avg_pool2d(inputs[0], 1), 1)
+            return paddle.mean(inputs[0], axis=[2, 3], keepdim=True)
+        if kind is P.Flatten:
+            return paddle.flatten(inputs[0], 1)
+        if kind is P.Concat:
+            return paddle.concat(list(inputs), axis=1)
+        if kind is P.Slice:
+            return inputs[0][:, op.start:op.stop]
+        raise TypeError(f"paddle backend: cannot run plan op {op!r}")
+
+    def _register(self, part: P.Part) -> dict:
+        paths = {}
+        for op in part.modules:
+            local = part.local_name(op)
+            _attach(self, local, _layer(op))
+            paths[op.name] = tuple(local.split("."))
+        return paths
 
 
-class SqueezeExcite(nn.Layer):
-    """timm's SE: global mean -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> sigmoid -> scale."""
+class Block(_Runner):
+    """One block of the plan (its ops wired as ``plan.Part`` says), layers named as the plan says."""
 
-    def __init__(self, op: P.SqueezeExcite):
+    def __init__(self, block: P.Part):
         super().__init__()
-        self.fc1 = nn.Conv2D(op.channels, op.reduced_channels, 1, weight_attr=_param(), bias_attr=_param())
-        self.fc2 = nn.Conv2D(op.reduced_channels, op.channels, 1, weight_attr=_param(), bias_attr=_param())
+        self.part = block
+        self._paths = self._register(block)
 
     def forward(self, x):
-        s = paddle.mean(x, axis=[2, 3], keepdim=True)
-        return x * F.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return run_part(self.part, x, self._run_node)
 
 
-class Block(nn.Layer):
-    """relu(main(x) [* se] + shortcut(x)), with layers named as the plan says."""
-
-    def __init__(self, block: P.Block):
-        super().__init__()
-        prefix = block.name + "."
-        # Plain lists keep the execution order (static, so paddle.jit.to_static unrolls them);
-        # the layers themselves are registered by canonical name.
-        self._main = _sequence(self, block.main, prefix)
-        self._shortcut = _sequence(self, block.shortcut, prefix)
-        self._has_se = block.se is not None
-        if self._has_se:
-            self.se = SqueezeExcite(block.se)
-
-    def forward(self, x):
-        out = _run(self._main, x)
-        if self._has_se:
-            out = self.se(out)
-        return F.relu(out + _run(self._shortcut, x))
-
-
-class ResNet(nn.Layer):
-    """A ResNet compiled from a plan. ``forward(x)`` returns logits, the last feature map, or
+class ResNet(_Runner):
+    """A network compiled from a plan. ``forward(x)`` returns logits, the last feature map, or
     (with ``out_indices``) a list of stage outputs; ``forward(x, taps=True)`` returns a dict of
     every named intermediate instead (``plan.tap_names``, in order).
-
-    Control flow depends only on the plan and the Python bool ``taps``, never on data, so the
-    layer can be converted with ``paddle.jit.to_static``.
     """
 
     def __init__(self, plan: P.Plan):
         super().__init__()
         self.plan = plan
-        self._stem = _sequence(self, plan.stem, "")
-        self._stages = []
+        self._paths = self._register(plan.stem)
         for stage in plan.stages:
-            layer = nn.Sequential(*[Block(b) for b in stage.blocks])
-            self.add_sublayer(stage.name, layer)
-            self._stages.append((stage.name, [(b.name, layer[i]) for i, b in enumerate(stage.blocks)]))
+            for block in stage.blocks:
+                _attach(self, block.name, Block(block))
+        if plan.head is not None:
+            self._paths.update(self._register(plan.head))
+        self._blocks = {block.name: tuple(block.name.split(".")) for stage in plan.stages for block in stage.blocks}
         self._has_head = plan.head is not None
         self._out_indices = plan.out_indices
-        if self._has_head:
-            # paddle.vision's own head ops (AdaptiveAvgPool2D + flatten), so outputs are identical.
-            self.avgpool = nn.AdaptiveAvgPool2D((1, 1), data_format="NCHW")
-            p = plan.head.dropout
-            self.dropout = nn.Dropout(p, mode="upscale_in_train") if p > 0 else None
-            self.fc = nn.Linear(plan.head.fc.in_features, plan.head.fc.out_features, weight_attr=_param(),
-                                bias_attr=_param())
+
+    def _run_block(self, block: P.Part, x):
+        layer = self
+        for part in self._blocks[block.name]:
+            layer = layer._sub_layers[part]
+        return layer(x)
 
     def forward(self, x, taps: bool = False):
-        collected = {}
-        x = _run(self._stem, x)
-        collected["stem"] = x
-        features = []
-        for stage_name, blocks in self._stages:
-            for block_name, block in blocks:
-                x = block(x)
-                collected[block_name] = x
-            collected[stage_name] = x
-            features.append(x)
-        if not self._has_head:
-            if taps:
-                return collected
-            if self._out_indices is not None:
-                return [features[i] for i in self._out_indices]
-            return x
-        x = paddle.flatten(self.avgpool(x), 1)
-        collected["pre_logits"] = x
-        if self.dropout is not None:
-            x = self.dropout(x)
-        x = self.fc(x)
-        collected["logits"] = x
-        return collected if taps else x
+        collected = {} if taps else None
+        out = run_plan(self.plan, x, self._run_node, taps=collected, run_block=self._run_block)
+        return collected if taps else out
 
 
 # --------------------------------------------------------------------------- canonical <-> Paddle names
@@ -222,6 +275,9 @@ def _translate(name: str, array: np.ndarray, source: int) -> tuple[str, np.ndarr
 # --------------------------------------------------------------------------- contract
 
 
+_NUMPY_DTYPES = {paddle.float32: np.float32, paddle.float64: np.float64}
+
+
 def is_model(model) -> bool:
     return isinstance(model, ResNet)
 
@@ -230,8 +286,9 @@ def plan_of(model: ResNet) -> P.Plan:
     return model.plan
 
 
-def build(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> ResNet:
-    """A ``paddle.nn.Layer`` for ``plan`` holding ``weights`` (complete canonical dict), in eval mode.
+def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32") -> ResNet:
+    """A ``paddle.nn.Layer`` for ``plan`` holding ``weights`` (complete canonical dict), in eval
+    mode, with parameters of ``dtype`` ("float32" or "float64").
 
     Layers are created under ``paddle.LazyGuard`` (no Paddle initialisation, no allocation);
     assigning the weights allocates each parameter, so every state_dict entry must be covered.
@@ -240,8 +297,16 @@ def build(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> ResNet:
     missing = [name for name in plan.params if name not in weights]
     if missing:
         raise ValueError(f"paddle build: weights lack {len(missing)} tensor(s) of the plan: {missing[:10]}")
-    with paddle.LazyGuard():
-        model = ResNet(plan)
+    if dtype not in DTYPES:
+        raise ValueError(f"paddle backend: dtype {dtype!r} is not supported (Paddle has no CPU bfloat16 "
+                         f"convolution); use one of {', '.join(DTYPES)}")
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype(dtype)  # layers create their parameters in the default dtype
+    try:
+        with paddle.LazyGuard():
+            model = ResNet(plan)
+    finally:
+        paddle.set_default_dtype(previous)
     uncovered = sorted(set(model.state_dict()) - expected)
     if uncovered:  # would stay uninitialised: a Paddle layer grew state the plan does not know
         raise RuntimeError(f"paddle build: state_dict entries without a canonical parameter: {uncovered[:10]}")
@@ -276,21 +341,28 @@ def import_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
         target = state[key]
         if tuple(array.shape) != tuple(target.shape):
             raise ValueError(f"{name}: expected Paddle shape {tuple(target.shape)}, found {array.shape}")
-        staged.append((target, np.ascontiguousarray(array, dtype=np.float32)))
+        staged.append((target, np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[target.dtype])))
     for target, array in staged:
         target.set_value(array)
     if isinstance(model, InferenceResNet):
         model.drop_engine()  # it holds the old weights
 
 
+def _dtype_of(model: ResNet):
+    for param in model.parameters():
+        return param.dtype
+    return paddle.float32
+
+
 def forward(model: ResNet, x_nchw: np.ndarray, *, taps: bool = False) -> dict[str, np.ndarray]:
     """Eval-mode forward without gradients; returns ``{tap name: NCHW array}`` (only the outputs
-    without taps). The model's train/eval mode is restored afterwards."""
+    without taps). The input is cast to the model's dtype; the model's train/eval mode is restored
+    afterwards."""
     was_training = model.training
     model.eval()
     try:
         with paddle.no_grad():
-            out = model(paddle.to_tensor(x_nchw), taps=taps)
+            out = model(paddle.to_tensor(x_nchw).astype(_dtype_of(model)), taps=taps)
     finally:
         if was_training:
             model.train()

@@ -16,139 +16,178 @@ from torch import nn
 from torch.nn import functional as F
 
 from resnet_multi import plan as P
+from resnet_multi.walk import run_part, run_plan
 
 NAME = "torch"
 
 
 # --------------------------------------------------------------------------- modules
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
-def _layer(op) -> nn.Module | None:
-    """The torch module for one plan op (None for ops without parameters: they run as functions)."""
+
+class BiasedVarBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose train-mode update stores the BIASED batch variance in
+    ``running_var`` (Paddle's, Flax's and Keras' estimator; spec ``norm.running_var: biased``).
+
+    The output and the running mean are torch's own. torch stores ``(1-m)*old + m*v*n/(n-1)``
+    (``v`` the biased variance of ``n`` values per channel), so the biased update
+    ``(1-m)*old + m*v`` is that minus ``(new - (1-m)*old) / n``: a per-channel correction, with
+    no second pass over the activations. ``SyncBatchNorm.convert_sync_batchnorm`` turns it into
+    torch's own (unbiased) SyncBatchNorm, like any BatchNorm2d.
+    """
+
+    def forward(self, x):
+        if not (self.training and self.track_running_stats and self.momentum is not None):
+            return super().forward(x)
+        old = self.running_var.detach().clone()
+        out = super().forward(x)
+        n = x.numel() // x.shape[1]
+        with torch.no_grad():
+            self.running_var.sub_((self.running_var - (1.0 - self.momentum) * old) / n)
+        return out
+
+
+def _module(op) -> nn.Module:
+    """The torch module for one plan op that is a module (``plan.MODULE_OPS``)."""
     if isinstance(op, P.Conv):
         return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, stride=op.stride, padding=op.padding,
                          dilation=op.dilation, groups=op.groups, bias=op.bias)
     if isinstance(op, P.BatchNorm):
-        return nn.BatchNorm2d(op.channels, eps=op.eps, momentum=op.momentum)
-    if isinstance(op, P.ReLU):
-        return nn.ReLU(inplace=True)
-    if isinstance(op, P.MaxPool):
-        return nn.MaxPool2d(op.kernel_size, op.stride, op.padding)
-    if isinstance(op, P.AvgPool):
-        return nn.AvgPool2d(op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
-                            count_include_pad=op.count_include_pad)
-    raise TypeError(f"torch backend: no layer for plan op {op!r}")
+        cls = nn.BatchNorm2d if op.running_var == "unbiased" else BiasedVarBatchNorm2d
+        return cls(op.channels, eps=op.eps, momentum=op.momentum)
+    if isinstance(op, P.Linear):
+        return nn.Linear(op.in_features, op.out_features)
+    if isinstance(op, P.Dropout):
+        return nn.Dropout(op.rate)
+    raise TypeError(f"torch backend: no module for plan op {op!r}")
 
 
 def _attach(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    """Register ``module`` at ``dotted`` (e.g. "conv1.0" or "downsample.1"), making containers."""
+    """Register ``module`` at ``dotted`` (e.g. "conv1.0", "downsample.1", "layer1.0"), making
+    containers: nn.Sequential where children are numbered (``model.layer1[0]`` works, as in
+    torchvision), plain nn.Module otherwise."""
     *parents, leaf = dotted.split(".")
-    for part in parents:
-        if not hasattr(root, part):
-            root.add_module(part, nn.Module())
-        root = getattr(root, part)
+    for i, part in enumerate(parents):
+        if part not in root._modules:
+            numbered = (parents + [leaf])[i + 1].isdigit()
+            root.add_module(part, nn.Sequential() if numbered else nn.Module())
+        root = root._modules[part]
     root.add_module(leaf, module)
 
 
-def _sequence(owner: nn.Module, ops, prefix: str) -> list[nn.Module]:
-    """Modules for ``ops`` in order; named ones are registered under their canonical name
-    relative to ``prefix``, so the state_dict keys are canonical."""
-    seq = []
-    for op in ops:
-        module = _layer(op)
-        name = getattr(op, "name", None)
-        if name is not None:
-            _attach(owner, name[len(prefix):] if prefix else name, module)
-        seq.append(module)
-    return seq
+def _hard_sigmoid(x):
+    return F.hardsigmoid(x)
 
 
-class SqueezeExcite(nn.Module):
-    def __init__(self, op: P.SqueezeExcite):
+_ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "hard_sigmoid": _hard_sigmoid}
+
+
+class _Runner(nn.Module):
+    """A module that runs one plan part over its registered submodules. ``forward`` looks every
+    module up by its canonical name at call time (never through references kept at build time),
+    so replacing one (``model.layer1[0].bn1 = nn.Identity()``, SyncBatchNorm conversion) takes
+    effect, and torch.fx sees ordinary submodule calls."""
+
+    def _run_node(self, node, *inputs):
+        op = node.op
+        kind = type(op)
+        if kind in _MODULE_KINDS:
+            module = self
+            for part in self._paths[op.name]:
+                module = module._modules[part]
+            return module(inputs[0])
+        if kind is P.Act:
+            if op.kind == "relu":
+                return F.relu(inputs[0], inplace=node.inplace)
+            return _ACTIVATIONS[op.kind](inputs[0])
+        if kind is P.Add:
+            if node.inplace:  # as torchvision's `out += identity`: no new batch-sized tensor
+                out = inputs[0]
+                for other in inputs[1:]:
+                    out += other
+                return out
+            return sum(inputs[1:], inputs[0])
+        if kind is P.Mul:
+            return inputs[0] * inputs[1]
+        if kind is P.MaxPool:
+            return F.max_pool2d(inputs[0], op.kernel_size, op.stride, op.padding)
+        if kind is P.AvgPool:
+            return F.avg_pool2d(inputs[0], op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                                count_include_pad=op.count_include_pad)
+        if kind is P.GlobalAvgPool:
+            if op.flatten:  # torchvision's head ops, so logits are bit-identical to its models'
+                return torch.flatten(F.adaptive_avg_pool2d(inputs[0], 1), 1)
+            return inputs[0].mean((2, 3), keepdim=True)  # timm's SE
+        if kind is P.Flatten:
+            return torch.flatten(inputs[0], 1)
+        if kind is P.Concat:
+            return torch.cat(inputs, 1)
+        if kind is P.Slice:
+            return inputs[0][:, op.start:op.stop]
+        raise TypeError(f"torch backend: cannot run plan op {op!r}")
+
+    def _register(self, part: P.Part) -> None:
+        self._paths = {}
+        for op in part.modules:
+            local = part.local_name(op)
+            _attach(self, local, _module(op))
+            self._paths[op.name] = tuple(local.split("."))
+
+
+_MODULE_KINDS = frozenset(P.MODULE_OPS)
+
+
+class Block(_Runner):
+    """One block of the plan (its ops wired as ``plan.Part`` says), modules named as the plan says."""
+
+    def __init__(self, block: P.Part):
         super().__init__()
-        self.fc1 = nn.Conv2d(op.channels, op.reduced_channels, 1, bias=True)
-        self.fc2 = nn.Conv2d(op.reduced_channels, op.channels, 1, bias=True)
+        self.part = block
+        self._register(block)
 
     def forward(self, x):
-        s = x.mean((2, 3), keepdim=True)
-        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return run_part(self.part, x, self._run_node)
 
 
-class Block(nn.Module):
-    """relu(main(x) [* se] + shortcut(x)), with modules named as the plan says."""
+class ResNet(_Runner):
+    """A network compiled from a plan. ``forward(x)`` returns logits, the last feature map, or
+    (with ``out_indices``) a list of stage outputs; ``forward_taps(x)`` returns every named
+    intermediate (``plan.tap_names``) as a dict. ``forward`` takes only ``x``, as torchvision's,
+    so ``torch.fx.symbolic_trace(model)`` traces it with no ``concrete_args``.
 
-    def __init__(self, block: P.Block):
-        super().__init__()
-        prefix = block.name + "."
-        # Plain lists keep the execution order; the modules are registered by canonical name.
-        self._main = _sequence(self, block.main, prefix)
-        self._shortcut = _sequence(self, block.shortcut, prefix)
-        if block.se is not None:
-            self.se = SqueezeExcite(block.se)
-
-    def forward(self, x):
-        out = x
-        for m in self._main:
-            out = m(out)
-        if hasattr(self, "se"):
-            out = self.se(out)
-        shortcut = x
-        for m in self._shortcut:
-            shortcut = m(shortcut)
-        if out is x:  # no main path (no plan makes one): never write into the input
-            return F.relu(out + shortcut)
-        # In place, as torchvision's blocks: no new batch-sized tensor per block (resnet50 at
-        # batch 8 was ~3-8% slower than torchvision with two). `out` is the main path's own
-        # output (BN, conv or SE product), which no backward pass and no tap needs.
-        out += shortcut
-        return F.relu(out, inplace=True)
-
-
-class ResNet(nn.Module):
-    """A ResNet compiled from a plan. ``forward(x)`` returns logits, the last feature map, or
-    (with ``out_indices``) a list of stage outputs; ``forward(x, taps={})`` also fills the dict
-    with every named intermediate (``plan.tap_names``)."""
+    Stem and head modules sit on the model itself (``model.conv1``, ``model.fc``), blocks at
+    their canonical paths (``model.layer3[4]``); ``forward`` reaches all of them through the
+    registered modules, so module surgery works as on torchvision's models."""
 
     def __init__(self, plan: P.Plan):
         super().__init__()
         self.plan = plan
-        self._stem = _sequence(self, plan.stem, "")
+        self._register(plan.stem)
+        paths = dict(self._paths)
         for stage in plan.stages:
-            layer = nn.Sequential(*[Block(b) for b in stage.blocks])
-            self.add_module(stage.name, layer)
-        self._outputs = plan.output_names()
+            for block in stage.blocks:
+                _attach(self, block.name, Block(block))
         if plan.head is not None:
-            self.dropout = nn.Dropout(plan.head.dropout) if plan.head.dropout > 0 else None
-            self.fc = nn.Linear(plan.head.fc.in_features, plan.head.fc.out_features)
+            self._register(plan.head)
+            paths.update(self._paths)
+        self._paths = paths
+        self._blocks = {block.name: tuple(block.name.split(".")) for stage in plan.stages for block in stage.blocks}
 
-    def forward(self, x, taps: dict | None = None):
-        for m in self._stem:
-            x = m(x)
-        if taps is not None:
-            taps["stem"] = x
-        features = []
-        for stage in self.plan.stages:
-            layer = getattr(self, stage.name)
-            for block, spec_block in zip(layer, stage.blocks):
-                x = block(x)
-                if taps is not None:
-                    taps[spec_block.name] = x
-            if taps is not None:
-                taps[stage.name] = x
-            features.append(x)
-        if self.plan.head is None:
-            if self.plan.out_indices is not None:
-                return [features[i] for i in self.plan.out_indices]
-            return x
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        if taps is not None:
-            taps["pre_logits"] = x
-        if self.dropout is not None:
-            x = self.dropout(x)
-        x = self.fc(x)
-        if taps is not None:
-            taps["logits"] = x
-        return x
+    def _run_block(self, block: P.Part, x):
+        module = self
+        for part in self._blocks[block.name]:
+            module = module._modules[part]
+        return module(x)
+
+    def forward(self, x):
+        return run_plan(self.plan, x, self._run_node, run_block=self._run_block)
+
+    def forward_taps(self, x) -> dict:
+        """``{tap name: tensor}`` for every ``plan.tap_names`` entry, in execution order."""
+        taps: dict = {}
+        run_plan(self.plan, x, self._run_node, taps=taps, run_block=self._run_block)
+        return taps
 
 
 # --------------------------------------------------------------------------- contract
@@ -162,15 +201,16 @@ def plan_of(model: ResNet) -> P.Plan:
     return model.plan
 
 
-def build(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> ResNet:
-    """A ``torch.nn.Module`` for ``plan`` holding ``weights`` (complete canonical dict), in eval mode.
+def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32") -> ResNet:
+    """A ``torch.nn.Module`` for ``plan`` holding ``weights`` (complete canonical dict), in eval
+    mode, with parameters and buffers of ``dtype`` (a key of ``DTYPES``).
 
     Modules are created on the meta device, so no time is spent on an init that the
     weights overwrite.
     """
     with torch.device("meta"):
         model = ResNet(plan)
-    model = model.to_empty(device="cpu")
+    model = model.to_empty(device="cpu").to(DTYPES[dtype])
     for name, buf in model.named_buffers():
         if name.endswith("num_batches_tracked"):
             buf.zero_()
@@ -178,10 +218,27 @@ def build(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> ResNet:
     return model.eval()
 
 
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy copy; bfloat16 as ``ml_dtypes.bfloat16`` (numpy has no bfloat16 of its own)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return tensor.numpy().copy()
+
+
 def export_weights(model: ResNet) -> dict[str, np.ndarray]:
     """Canonical weights (copies), without ``num_batches_tracked``."""
     state = model.state_dict()
-    return {name: state[name].detach().cpu().numpy().copy() for name in model.plan.params}
+    return {name: _numpy(state[name]) for name in model.plan.params}
+
+
+def _tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    array = np.ascontiguousarray(array)
+    if array.dtype.name == "bfloat16":  # ml_dtypes: reinterpret the bits, then cast
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).to(dtype)
+    return torch.from_numpy(array).to(dtype)
 
 
 def import_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
@@ -197,27 +254,38 @@ def import_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
         array = np.asarray(value)
         if tuple(array.shape) != tuple(target.shape):
             raise ValueError(f"{name}: expected shape {tuple(target.shape)}, found {array.shape}")
-        staged[name] = torch.from_numpy(np.ascontiguousarray(array)).to(target.dtype)
+        staged[name] = _tensor(array, target.dtype)
     with torch.no_grad():
         for name, tensor in staged.items():
             state[name].copy_(tensor)
 
 
+def _dtype_of(model: ResNet) -> torch.dtype:
+    for tensor in model.parameters():
+        return tensor.dtype
+    return torch.float32
+
+
 def forward(model: ResNet, x_nchw: np.ndarray, *, taps: bool = False) -> dict[str, np.ndarray]:
-    """Eval-mode forward; returns ``{tap name: NCHW array}`` (only the outputs without taps)."""
+    """Eval-mode forward; returns ``{tap name: NCHW array}`` (only the outputs without taps).
+    The input is cast to the model's dtype; bfloat16 results are returned as float32."""
     was_training = model.training
     model.eval()
-    collected: dict = {}
     try:
         with torch.inference_mode():
-            out = model(torch.from_numpy(x_nchw), taps=collected if taps else None)
+            x = torch.from_numpy(x_nchw).to(_dtype_of(model))
+            out = model.forward_taps(x) if taps else model(x)
     finally:
         model.train(was_training)
+
+    def array(t):  # contiguous(): an inference model (see optimize) computes in channels_last
+        t = t.contiguous()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
     if taps:
-        return {name: t.contiguous().numpy() for name, t in collected.items()}
+        return {name: array(t) for name, t in out.items()}
     outputs = out if isinstance(out, list) else [out]
-    # contiguous(): an inference model (see optimize) computes in channels_last; hand out C-order NCHW
-    return {name: t.contiguous().numpy() for name, t in zip(model.plan.output_names(), outputs)}
+    return {name: array(t) for name, t in zip(model.plan.output_names(), outputs)}
 
 
 # --------------------------------------------------------------------------- native files (.pt / .pth)

@@ -22,8 +22,13 @@ def _weights_from(weights) -> Mapping[str, np.ndarray]:
     return weights
 
 
+DTYPES = ("float32", "float64", "bfloat16")
+"""Model dtypes: float32 (default), float64 (for proofs: training parity, exact checks), bfloat16
+(torch and flax; Paddle has no CPU bfloat16 convolution)."""
+
+
 def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed: int = 0,
-          strict: bool = True, inference: bool = False):
+          strict: bool = True, inference: bool = False, dtype: str = "float32"):
     """Compile ``spec`` into a native model of ``backend``.
 
     Args:
@@ -37,6 +42,10 @@ def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed:
         inference: build the eval-only fast path instead, as ``optimize_for_inference`` makes it
             (BatchNorm folded into the convs, plus the backend's own speed-ups). ``weights`` are
             the ordinary (unfolded) canonical weights.
+        dtype: "float32", "float64" or "bfloat16": the parameters' and computation's dtype. Weights
+            of another dtype are cast (a half-precision checkpoint gives an exact upcast). Flax
+            float64 needs ``jax.config.update("jax_enable_x64", True)`` first (a clear error
+            says so); Paddle refuses bfloat16.
     Returns:
         A ``torch.nn.Module``, ``paddle.nn.Layer`` or ``flax.nnx.Module`` in eval mode.
     Example:
@@ -44,6 +53,8 @@ def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed:
     """
     spec = resolve_spec(spec)
     module = get_backend(backend)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     plan = make_plan(spec)
     if weights is None:
         initial = init_weights(plan, seed)
@@ -52,8 +63,8 @@ def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed:
         if len(initial) < len(plan.params):  # strict=False with a subset: the rest from the spec's init
             initial = {**init_weights(plan, seed), **initial}
     if inference:
-        return build_inference(module, plan, initial)
-    return module.build(plan, initial)
+        return build_inference(module, plan, initial, dtype=dtype)
+    return module.build(plan, initial, dtype=dtype)
 
 
 def optimize_for_inference(model):
@@ -77,7 +88,9 @@ def optimize_for_inference(model):
         >>> logits = rm.forward(fast, x)
     """
     backend = backend_of(model)
-    return build_inference(backend, backend.plan_of(model), backend.export_weights(model))
+    weights = backend.export_weights(model)
+    dtype = next(iter(weights.values())).dtype.name  # the copy keeps the model's dtype
+    return build_inference(backend, backend.plan_of(model), weights, dtype=dtype)
 
 
 def plan_of(model) -> Plan:
@@ -116,7 +129,8 @@ def forward(model, x_nchw: np.ndarray, *, taps: bool = False):
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"input: expected a floating point array, got dtype {x.dtype}")
     plan.check_input_shape(x.shape)
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    # float64 stays float64 (a float64 model computes on it exactly); the backend casts to its dtype
+    x = np.ascontiguousarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32)
     outputs = backend.forward(model, x, taps=taps)
     if taps:
         return outputs

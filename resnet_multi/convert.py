@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Mapping
 
 from ._lazy import np
 from .io_util import atomic_path
-from .plan import make_plan
+from .plan import Linear, make_plan
 from .registry import get_backend, native_suffixes
 from .spec import HeadSpec, ResNetSpec, SpecError
 from .weights import (FRAMEWORK_EXTRAS, NEUTRAL_SUFFIX, WeightsError, check_weights, load_weights,
@@ -289,7 +289,8 @@ def _adapt(preset: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[ResNetSp
     if found is not None and len(found) == 4 and found[1] != spec.in_channels:
         adaptations["in_channels"] = found[1]
     head_spec = spec.head or HeadSpec()
-    head_name = make_plan(dataclasses.replace(spec, head=head_spec, out_indices=None)).head.fc.name
+    head = make_plan(dataclasses.replace(spec, head=head_spec, out_indices=None)).head
+    head_name = [op for op in head.modules if isinstance(op, Linear)][-1].name  # the classifier
     fc_weight, fc_bias = shapes.get(f"{head_name}.weight"), shapes.get(f"{head_name}.bias")
     if fc_weight is None and fc_bias is None:
         if spec.head is not None:

@@ -33,45 +33,55 @@ from . import plan as P
 from .weights import check_weights
 
 
-def _sequences(plan: P.Plan):
-    """Every op sequence of the plan: the stem, each block's main path and shortcut."""
-    yield plan.stem
-    for stage in plan.stages:
-        for block in stage.blocks:
-            yield block.main
-            yield block.shortcut
-
-
-def _pairs(ops):
-    """Indices ``i`` where ``ops[i]`` is a Conv and ``ops[i + 1]`` a BatchNorm (the BN it feeds)."""
-    return [i for i in range(len(ops) - 1)
-            if isinstance(ops[i], P.Conv) and isinstance(ops[i + 1], P.BatchNorm)]
+def _foldable(part: P.Part) -> dict[int, int]:
+    """``{conv node index: BN node index}`` for every BatchNorm whose input is a conv's output
+    that nothing else reads (not another node, not a tap): eval-mode BN is then an affine map of
+    that conv alone. A BatchNorm before its conv (pre-activation, as DenseNet's BN-ReLU-Conv)
+    cannot be folded this way and is kept."""
+    index = {node.output: i for i, node in enumerate(part.nodes)}
+    tapped = {value for value, _ in part.taps} | {part.output}
+    pairs = {}
+    for j, node in enumerate(part.nodes):
+        if not isinstance(node.op, P.BatchNorm):
+            continue
+        i = index.get(node.inputs[0])
+        if i is None or not isinstance(part.nodes[i].op, P.Conv):
+            continue
+        conv_out = part.nodes[i].output
+        readers = [n for n in part.nodes if conv_out in n.inputs]
+        if len(readers) == 1 and conv_out not in tapped:
+            pairs[i] = j
+    return pairs
 
 
 def is_folded(plan: P.Plan) -> bool:
     """True when no BatchNorm of ``plan`` directly follows a conv (``fold_batchnorm`` has nothing to do)."""
-    return not any(_pairs(ops) for ops in _sequences(plan))
+    return not any(_foldable(part) for part in plan.parts)
 
 
 class _Folder:
-    """Folds the Conv + BatchNorm pairs of op sequences, collecting the new conv weights."""
+    """Folds the Conv + BatchNorm pairs of parts, collecting the new conv weights."""
 
     def __init__(self, weights: Mapping[str, np.ndarray]):
         self.weights = weights
         self.convs: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # conv name -> folded (weight, bias)
         self.bns: set[str] = set()                                   # names of the folded BatchNorms
 
-    def ops(self, ops: tuple) -> tuple:
-        pairs = set(_pairs(ops))
-        out, i = [], 0
-        while i < len(ops):
+    def part(self, part: P.Part) -> P.Part:
+        pairs = _foldable(part)
+        if not pairs:
+            return part
+        renamed: dict[str, str] = {}  # a folded BN's output -> the conv's output now standing for it
+        nodes = []
+        for i, node in enumerate(part.nodes):
+            if i in pairs.values():
+                continue
+            node = dataclasses.replace(node, inputs=tuple(renamed.get(v, v) for v in node.inputs))
             if i in pairs:
-                out.append(self._pair(ops[i], ops[i + 1]))
-                i += 2
-            else:
-                out.append(ops[i])
-                i += 1
-        return tuple(out)
+                bn_node = part.nodes[pairs[i]]
+                node = dataclasses.replace(node, op=self._pair(node.op, bn_node.op), output=bn_node.output)
+            nodes.append(node)
+        return dataclasses.replace(part, nodes=tuple(nodes))
 
     def _pair(self, conv: P.Conv, bn: P.BatchNorm) -> P.Conv:
         if bn.channels != conv.out_channels:  # a plan error, never a user error
@@ -85,39 +95,41 @@ class _Folder:
         b = f64(f"{conv.name}.bias") if conv.bias else np.zeros(conv.out_channels)
         scale = f64(f"{bn.name}.weight") / np.sqrt(f64(f"{bn.name}.running_var") + bn.eps)
         bias = (b - f64(f"{bn.name}.running_mean")) * scale + f64(f"{bn.name}.bias")
-        self.convs[conv.name] = ((w * scale[:, None, None, None]).astype(np.float32), bias.astype(np.float32))
+        self.convs[conv.name] = (w * scale[:, None, None, None], bias)
         self.bns.add(bn.name)
         return dataclasses.replace(conv, bias=True)
 
 
-def fold_batchnorm(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> tuple[P.Plan, dict[str, np.ndarray]]:
+def fold_batchnorm(plan: P.Plan, weights: Mapping[str, np.ndarray], *,
+                   dtype: str = "float32") -> tuple[P.Plan, dict[str, np.ndarray]]:
     """Fold every BatchNorm that directly follows a conv into that conv (eval-mode semantics).
 
-    Covers the stem (also timm's deep stem), every block's main path and every shortcut
-    (``conv_bn`` and ResNet-D's pool + conv + BN). A BatchNorm without a conv right before it
-    (none in the presets) is kept as it is. The arithmetic is done in float64 and the results
-    are rounded to float32 once.
+    Covers every part of the plan: the stem (also timm's deep stem), every block's main path and
+    every shortcut (``conv_bn`` and ResNet-D's pool + conv + BN). A BatchNorm whose input is not
+    a conv's output read by nothing else (a pre-activation BN-ReLU-Conv, as DenseNet's) is kept
+    as it is. The arithmetic is done in float64 and the results are rounded to ``dtype`` once.
 
     Args:
         plan: the plan the weights belong to (folding an already folded plan changes nothing).
         weights: its complete canonical weights (checked against ``plan``; a WeightsError lists
             every problem).
+        dtype: "float64" keeps the folded weights in float64 (a float64 model); anything else
+            rounds them to float32 (bfloat16 and float32 models; the backend casts).
     Returns:
         ``(folded_plan, folded_weights)``: a Plan with the same spec, taps and outputs, whose
         folded convs have ``bias=True`` and whose parameter table has no entries for the folded
         BatchNorms (order otherwise kept, each new ``<conv>.bias`` right after its
-        ``<conv>.weight``); and complete float32 canonical weights for it, in that order.
+        ``<conv>.weight``); and complete canonical weights for it in that dtype, in that order.
     Example:
         >>> folded_plan, folded = fold_batchnorm(plan, rm.export_weights(model))
     """
     checked = check_weights(plan, weights, strict=True, source="weights to fold")
+    dtype = np.float64 if dtype == "float64" else np.float32
     folder = _Folder(checked)
-    stem = folder.ops(plan.stem)
-    stages = tuple(
-        dataclasses.replace(stage, blocks=tuple(
-            dataclasses.replace(block, main=folder.ops(block.main), shortcut=folder.ops(block.shortcut))
-            for block in stage.blocks))
-        for stage in plan.stages)
+    stem = folder.part(plan.stem)
+    stages = tuple(dataclasses.replace(stage, blocks=tuple(folder.part(block) for block in stage.blocks))
+                   for stage in plan.stages)
+    head = folder.part(plan.head) if plan.head is not None else None
 
     params: dict[str, P.ParamInfo] = {}
     out: dict[str, np.ndarray] = {}
@@ -127,24 +139,27 @@ def fold_batchnorm(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> tuple[P.P
             continue
         if owner in folder.convs and info.role == "conv_weight":
             bias = f"{owner}.bias"
-            out[name], out[bias] = folder.convs[owner]
+            out[name], out[bias] = (array.astype(dtype) for array in folder.convs[owner])
             params[name] = info
             params[bias] = P.ParamInfo(bias, (info.shape[0],), "conv_bias", ("zeros", 0.0))
         else:
             params[name] = info
-            out[name] = np.asarray(checked[name], dtype=np.float32)
-    return dataclasses.replace(plan, stem=stem, stages=stages, params=params), out
+            out[name] = np.asarray(checked[name], dtype=dtype)
+    return dataclasses.replace(plan, stem=stem, stages=stages, head=head, params=params), out
 
 
-def build_inference(backend: ModuleType, plan: P.Plan, weights: Mapping[str, np.ndarray]):
+
+def build_inference(backend: ModuleType, plan: P.Plan, weights: Mapping[str, np.ndarray], *,
+                    dtype: str = "float32"):
     """The inference model of ``backend``: ``backend.build`` of the folded plan, then the
     backend's optional ``optimize(model) -> model`` hook (its own eval-only speed-ups).
 
     Args:
         backend: a backend module (see ``registry.get_backend``).
         plan, weights: the (unfolded or folded) plan and its complete canonical weights.
+        dtype: the model's dtype (as ``rm.build``'s).
     """
-    folded_plan, folded = fold_batchnorm(plan, weights)
-    model = backend.build(folded_plan, folded)
+    folded_plan, folded = fold_batchnorm(plan, weights, dtype=dtype)
+    model = backend.build(folded_plan, folded, dtype=dtype)
     optimize = getattr(backend, "optimize", None)
     return optimize(model) if optimize is not None else model

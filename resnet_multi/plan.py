@@ -1,27 +1,36 @@
 """Spec -> explicit plan: every layer with its channels, kernel, stride, padding, and the
 canonical parameter table. The only place where architecture arithmetic happens.
 
-A backend walks ``plan.stem``, ``plan.stages[i].blocks[j]`` and ``plan.head`` and maps each
-op to its framework's primitive; it never re-derives channels, strides or padding.
+The plan is data, and every consumer (the three backends, the numpy oracle, BatchNorm folding,
+parity taps, summary, weight naming) walks it the same way, through ``resnet_multi.walk``:
 
-Ops are plain frozen dataclasses:
+- A ``Part`` is a small graph of ops run as one unit: the stem, one block, or the head. Its
+  ``nodes`` are in execution order; each ``Node`` applies one op to named values (``"x"`` is the
+  part's input) and names its output, so a block's wiring (residual add, concatenation, slicing,
+  a gate) is data, not code. ``taps`` publishes values under tap names.
+- ``Plan``: ``stem`` (a Part), ``stages`` (each a tuple of block Parts, published as the stage's
+  tap after its last block), ``head`` (a Part or None).
 
-- ``Conv``       2-D convolution, symmetric ``padding`` (never 'SAME'), ``name`` is canonical.
+Ops are plain frozen dataclasses. Ops with a ``name`` are modules: the name is their canonical
+module path (``layer3.4.conv2``), their parameters are ``<name>.weight`` etc. in ``Plan.params``,
+and backends register them under that path, so a model's state_dict names are canonical:
+
+- ``Conv``       2-D convolution, symmetric ``padding`` (never 'SAME').
 - ``BatchNorm``  eval: (x - running_mean) / sqrt(running_var + eps) * weight + bias.
-- ``ReLU``
-- ``MaxPool``    padding counts as -inf.
-- ``AvgPool``    ``ceil_mode`` and ``count_include_pad`` always spelled out.
-- ``SqueezeExcite``  global mean -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> sigmoid -> scale.
-- ``Linear``
-
-A ``Block`` is ``relu(main(x) [* se] + shortcut(x))``; an empty shortcut is the identity.
+- ``Linear``     (out, in) weight and a bias.
+- ``Dropout``    a module without parameters (it has a train mode).
+- ``Act``        relu | sigmoid | hard_sigmoid (``relu6(x + 3) / 6``, timm's).
+- ``MaxPool``    padding counts as -inf.  ``AvgPool``: ``ceil_mode``/``count_include_pad`` spelled out.
+- ``GlobalAvgPool``  mean over H, W; ``flatten`` gives (N, C), else (N, C, 1, 1).
+- ``Flatten``, ``Add`` (sum of its inputs), ``Mul`` (product, broadcasting a gate),
+  ``Concat`` (along channels), ``Slice`` (channels ``start:stop``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import dataclass, field
+from typing import Any
 
 from .spec import ResNetSpec
 
@@ -50,11 +59,32 @@ class BatchNorm:
     channels: int
     eps: float
     momentum: float  # PyTorch convention: weight of the new batch statistic
+    running_var: str = "unbiased"  # train-mode estimator stored in running_var (spec.norm.running_var)
 
 
 @dataclass(frozen=True)
-class ReLU:
-    pass
+class Linear:
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class Dropout:
+    name: str
+    rate: float
+
+
+ACTIVATIONS = ("relu", "sigmoid", "hard_sigmoid")
+
+
+@dataclass(frozen=True)
+class Act:
+    kind: str = "relu"
+
+
+def ReLU() -> Act:  # noqa: N802 (reads as the op it makes)
+    return Act("relu")
 
 
 @dataclass(frozen=True)
@@ -87,46 +117,99 @@ class AvgPool:
 
 
 @dataclass(frozen=True)
-class SqueezeExcite:
-    name: str
-    channels: int
-    reduced_channels: int
+class GlobalAvgPool:
+    flatten: bool = True
 
 
 @dataclass(frozen=True)
-class Linear:
-    name: str
-    in_features: int
-    out_features: int
-
-
-Op = Union[Conv, BatchNorm, ReLU, MaxPool, AvgPool]
+class Flatten:
+    pass
 
 
 @dataclass(frozen=True)
-class Block:
-    name: str                      # canonical prefix, e.g. "layer3.4"
+class Add:
+    pass
+
+
+@dataclass(frozen=True)
+class Mul:
+    pass
+
+
+@dataclass(frozen=True)
+class Concat:
+    pass
+
+
+@dataclass(frozen=True)
+class Slice:
+    start: int
+    stop: int
+
+
+MODULE_OPS = (Conv, BatchNorm, Linear, Dropout)
+"""Ops that are modules of the model (registered under ``op.name``); all others are functions."""
+
+
+# --------------------------------------------------------------------------- graph
+
+
+INPUT = "x"
+"""The value name of a part's input."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """``output = op(*inputs)``; inputs and output are value names within one Part."""
+
+    op: Any
+    inputs: tuple[str, ...]
+    output: str
+    inplace: bool = False  # op may overwrite inputs[0] (see resnet_multi.walk)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One unit of the network: the stem, a block, or the head (see the module docstring).
+
+    ``name``: the block's canonical module path ("layer3.4"), or "stem" / "head". ``prefix``: what
+    the names of its ops start with relative to the module that runs it ("layer3.4." for a block,
+    "" for the stem and head, whose modules sit on the model itself).
+    """
+
+    name: str
+    prefix: str
     in_channels: int
     out_channels: int
-    main: tuple[Op, ...]           # ends with the block's last BN (no final ReLU)
-    se: SqueezeExcite | None
-    shortcut: tuple[Op, ...]       # empty: identity
+    nodes: tuple[Node, ...]
+    output: str
+    taps: tuple[tuple[str, str], ...] = ()  # (value name, tap name), in execution order
+
+    @property
+    def ops(self) -> tuple:
+        return tuple(node.op for node in self.nodes)
+
+    @property
+    def modules(self) -> tuple:
+        """The ops that are modules, in execution order."""
+        return tuple(op for op in self.ops if isinstance(op, MODULE_OPS))
+
+    def local_name(self, op) -> str:
+        """``op.name`` relative to the module that runs this part."""
+        return op.name[len(self.prefix):]
+
+
+Block = Part
 
 
 @dataclass(frozen=True)
 class Stage:
-    name: str                      # "layer1", ...
-    blocks: tuple[Block, ...]
+    name: str                      # "layer1", ... (its tap: the output of its last block)
+    blocks: tuple[Part, ...]
 
     @property
     def out_channels(self) -> int:
         return self.blocks[-1].out_channels
-
-
-@dataclass(frozen=True)
-class Head:
-    dropout: float
-    fc: Linear                     # after global average pooling and flattening
 
 
 @dataclass(frozen=True)
@@ -149,9 +232,9 @@ class ParamInfo:
 @dataclass(frozen=True)
 class Plan:
     spec: ResNetSpec
-    stem: tuple[Op, ...]
+    stem: Part
     stages: tuple[Stage, ...]
-    head: Head | None
+    head: Part | None
     out_indices: tuple[int, ...] | None
     params: dict[str, ParamInfo]   # canonical name -> info, in module order
 
@@ -165,16 +248,28 @@ class Plan:
         return self.stages[-1].out_channels
 
     @property
+    def parts(self) -> tuple[Part, ...]:
+        """Every part in execution order: stem, blocks, head."""
+        blocks = tuple(block for stage in self.stages for block in stage.blocks)
+        return (self.stem, *blocks, *((self.head,) if self.head is not None else ()))
+
+    @property
     def tap_names(self) -> tuple[str, ...]:
         """Named intermediate outputs, in execution order: stem, every block, every stage,
         and with a head pre_logits and logits."""
-        names = ["stem"]
+        names = [tap for _, tap in self.stem.taps]
         for stage in self.stages:
-            names.extend(block.name for block in stage.blocks)
+            for block in stage.blocks:
+                names.extend(tap for _, tap in block.taps)
             names.append(stage.name)
         if self.head is not None:
-            names.extend(["pre_logits", "logits"])
+            names.extend(tap for _, tap in self.head.taps)
         return tuple(names)
+
+    def part_params(self, part: Part) -> tuple[str, ...]:
+        """The canonical parameter and buffer names of one part's modules."""
+        owners = {op.name for op in part.modules}
+        return tuple(name for name in self.params if name.rsplit(".", 1)[0] in owners)
 
     def output_names(self) -> tuple[str, ...]:
         """Which taps the model returns: logits, the last stage, or the out_indices stages."""
@@ -202,15 +297,30 @@ class Plan:
         trace(self, shape)
 
 
-# --------------------------------------------------------------------------- walking the plan
+# --------------------------------------------------------------------------- shapes and MACs
 
 
-def op_output(op, shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    n, c, h, w = shape
+def op_output(op, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape of ``op`` applied to inputs of ``shapes`` (NCHW, or (N, C) after flattening)."""
+    shape = shapes[0]
     if isinstance(op, Conv):
+        n, _, h, w = shape
         return (n, op.out_channels, op.out_size(h), op.out_size(w))
     if isinstance(op, (MaxPool, AvgPool)):
+        n, c, h, w = shape
         return (n, c, op.out_size(h), op.out_size(w))
+    if isinstance(op, GlobalAvgPool):
+        return shape[:2] if op.flatten else (*shape[:2], 1, 1)
+    if isinstance(op, Flatten):
+        return (shape[0], math.prod(shape[1:]))
+    if isinstance(op, Linear):
+        return (shape[0], op.out_features)
+    if isinstance(op, Concat):
+        return (shape[0], sum(s[1] for s in shapes), *shape[2:])
+    if isinstance(op, Slice):
+        return (shape[0], op.stop - op.start, *shape[2:])
+    if isinstance(op, (Add, Mul)):
+        return max(shapes, key=math.prod)  # Mul broadcasts a (N, C, 1, 1) gate
     return shape
 
 
@@ -221,44 +331,35 @@ def op_macs(op, in_shape, out_shape) -> int:
         return n * h * w * c_out * (op.in_channels // op.groups) * op.kernel_size ** 2
     if isinstance(op, Linear):
         return in_shape[0] * op.in_features * op.out_features
-    if isinstance(op, SqueezeExcite):
-        return in_shape[0] * 2 * op.channels * op.reduced_channels
     return 0
 
 
 def trace(plan: Plan, input_shape) -> dict[str, tuple[tuple[int, ...], int]]:
     """Shape and multiply-accumulates of every tap (MACs counted since the previous tap)."""
-    shape = tuple(int(s) for s in input_shape)
+    from .walk import run_plan
+
+    macs = [0]
     result: dict[str, tuple[tuple[int, ...], int]] = {}
 
-    def run(ops, shape, where):
-        macs = 0
-        for op in ops:
-            out = op_output(op, shape)
-            if out[2] < 1 or out[3] < 1:
-                raise ValueError(f"input {tuple(input_shape)} is too small: {where} "
-                                 f"({type(op).__name__}) would give spatial size {out[2:]}")
-            macs += op_macs(op, shape, out)
-            shape = out
-        return shape, macs
+    def apply(node, *shapes):
+        op = node.op
+        out = op_output(op, *shapes)
+        if len(out) == 4 and (out[2] < 1 or out[3] < 1):
+            where = getattr(op, "name", None) or node.output
+            raise ValueError(f"input {tuple(input_shape)} is too small: {where} ({type(op).__name__}) "
+                             f"would give spatial size {out[2:]}")
+        if isinstance(op, (Add, Mul)):
+            assert all(s[:2] == out[:2] and s[2:] in (out[2:], (1, 1)) for s in shapes), \
+                f"plan error: {node.output} {type(op).__name__} of shapes {shapes}"
+        macs[0] += op_macs(op, shapes[0], out)
+        return out
 
-    shape, macs = run(plan.stem, shape, "the stem")
-    result["stem"] = (shape, macs)
-    for stage in plan.stages:
-        for block in stage.blocks:
-            out, macs = run(block.main, shape, block.name)
-            if block.se is not None:
-                macs += op_macs(block.se, out, out)
-            short, short_macs = run(block.shortcut, shape, f"{block.name} shortcut")
-            assert short == out, f"plan error: {block.name} main {out} != shortcut {short}"
-            shape = out
-            result[block.name] = (shape, macs + short_macs)
-        result[stage.name] = (shape, 0)
-    if plan.head is not None:
-        pooled = (shape[0], shape[1])
-        result["pre_logits"] = (pooled, 0)
-        fc = plan.head.fc
-        result["logits"] = ((shape[0], fc.out_features), op_macs(fc, pooled, None))
+    class Taps(dict):  # each tap takes the MACs counted since the previous one
+        def __setitem__(self, name, shape):
+            result[name] = (shape, macs[0])
+            macs[0] = 0
+
+    run_plan(plan, tuple(int(s) for s in input_shape), apply, taps=Taps())
     return result
 
 
@@ -283,6 +384,47 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     if new < 0.9 * value:
         new += divisor
     return new
+
+
+# Ops whose backward pass needs their inputs (or nothing), never their own output: a later op
+# may overwrite that output in place.
+_OVERWRITABLE = (Conv, BatchNorm, Add, Mul)
+
+
+class _Graph:
+    """Collects one part's nodes: ``add(op, *inputs) -> value name``."""
+
+    def __init__(self, name: str, prefix: str, in_channels: int):
+        self.name, self.prefix, self.in_channels = name, prefix, in_channels
+        self.nodes: list[Node] = []
+
+    def add(self, op, *inputs: str) -> str:
+        output = getattr(op, "name", None) or f"{len(self.nodes)}.{type(op).__name__.lower()}"
+        self.nodes.append(Node(op, tuple(inputs), output))
+        return output
+
+    def chain(self, ops, x: str = INPUT) -> str:
+        for op in ops:
+            x = self.add(op, x)
+        return x
+
+    def part(self, output: str, out_channels: int, taps: tuple[tuple[str, str], ...]) -> Part:
+        return Part(self.name, self.prefix, self.in_channels, out_channels, _mark_inplace(self.nodes, output, taps),
+                    output, taps)
+
+
+def _mark_inplace(nodes: list[Node], output: str, taps) -> tuple[Node, ...]:
+    producer = {node.output: node.op for node in nodes}
+    kept = {output, INPUT} | {value for value, _ in taps}
+    marked = []
+    for i, node in enumerate(nodes):
+        first = node.inputs[0]
+        used_later = any(first in later.inputs for later in nodes[i + 1:]) or node.inputs.count(first) > 1
+        inplace = (isinstance(node.op, (Act, Add)) and first not in kept and not used_later
+                   and isinstance(producer.get(first), _OVERWRITABLE)
+                   and (node.op == Act("relu") or isinstance(node.op, Add)))
+        marked.append(Node(node.op, node.inputs, node.output, inplace))
+    return tuple(marked)
 
 
 class _Builder:
@@ -312,7 +454,8 @@ class _Builder:
         self._add(f"{name}.bias", (channels,), "bn_bias", ("zeros", 0.0))
         self._add(f"{name}.running_mean", (channels,), "bn_mean", ("zeros", 0.0))
         self._add(f"{name}.running_var", (channels,), "bn_var", ("ones", 0.0))
-        return BatchNorm(name, channels, float(self.spec.norm.eps), float(self.spec.norm.momentum))
+        norm = self.spec.norm
+        return BatchNorm(name, channels, float(norm.eps), float(norm.momentum), norm.running_var)
 
     def linear(self, name, in_f, out_f) -> Linear:
         bound = 1.0 / math.sqrt(in_f)  # torch's nn.Linear default
@@ -320,16 +463,20 @@ class _Builder:
         self._add(f"{name}.bias", (out_f,), "linear_bias", ("uniform", bound))
         return Linear(name, in_f, out_f)
 
-    def se(self, name, channels) -> SqueezeExcite:
+    def squeeze_excite(self, g: _Graph, name: str, x: str, channels: int, gate: str = "sigmoid",
+                       names: tuple[str, str] = ("fc1", "fc2")) -> str:
+        """timm's SE on value ``x``: global mean -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) ->
+        gate -> scale ``x``. Reduced channels: timm's make_divisible(channels * se_ratio)."""
         reduced = _make_divisible(channels * self.spec.block.se_ratio)
-        self.conv(f"{name}.fc1", channels, reduced, 1, bias=True)
-        self.conv(f"{name}.fc2", reduced, channels, 1, bias=True)
-        return SqueezeExcite(name, channels, reduced)
+        s = g.chain([GlobalAvgPool(flatten=False), self.conv(f"{name}.{names[0]}", channels, reduced, 1, bias=True),
+                     Act("relu"), self.conv(f"{name}.{names[1]}", reduced, channels, 1, bias=True), Act(gate)], x)
+        return g.add(Mul(), x, s)
 
 
-def _stem(b: _Builder) -> tuple[tuple[Op, ...], int]:
+def _stem(b: _Builder) -> Part:
     spec = b.spec
     stem = spec.stem
+    g = _Graph("stem", "", spec.in_channels)
     ops: list = []
     in_c = spec.in_channels
     if len(stem.widths) == 1:
@@ -346,11 +493,13 @@ def _stem(b: _Builder) -> tuple[tuple[Op, ...], int]:
         ops += [b.bn("bn1", stem.widths[-1]), ReLU()]
     if stem.pool:
         ops.append(MaxPool(kernel_size=3, stride=2, padding=1))
-    return tuple(ops), stem.widths[-1]
+    out = g.chain(ops)
+    return g.part(out, stem.widths[-1], ((out, "stem"),))
 
 
 def _block(b: _Builder, name: str, in_c: int, channels: int, stride: int, dilation: int,
-           first_dilation: int, project: bool) -> Block:
+           first_dilation: int, project: bool) -> Part:
+    """A residual block: relu(main(x) [* se] + shortcut(x)); no shortcut ops is the identity."""
     spec = b.spec
     blk = spec.block
     out_c = channels * blk.resolved_expansion
@@ -370,7 +519,10 @@ def _block(b: _Builder, name: str, in_c: int, channels: int, stride: int, dilati
                 b.conv(f"{name}.conv2", width, width, 3, s3, first_dilation, blk.groups),
                 b.bn(f"{name}.bn2", width), ReLU(),
                 b.conv(f"{name}.conv3", width, out_c, 1), b.bn(f"{name}.bn3", out_c, zero))
-    se = b.se(f"{name}.se", out_c) if blk.se_ratio > 0 else None
+    g = _Graph(name, name + ".", in_c)
+    out = g.chain(main)
+    if blk.se_ratio > 0:
+        out = b.squeeze_excite(g, f"{name}.se", out, out_c)
 
     shortcut: tuple = ()
     if project:
@@ -383,11 +535,23 @@ def _block(b: _Builder, name: str, in_c: int, channels: int, stride: int, dilati
         else:  # avgpool_conv_bn (ResNet-D); timm: no pool when stride is 1
             pool = (AvgPool(2, stride, 0, ceil_mode=True, count_include_pad=False),) if stride > 1 else ()
             shortcut = pool + (b.conv(f"{ds}.1", in_c, out_c, 1), b.bn(f"{ds}.2", out_c))
-    return Block(name, in_c, out_c, main, se, shortcut)
+    out = g.add(Add(), out, g.chain(shortcut))
+    out = g.add(ReLU(), out)
+    return g.part(out, out_c, ((out, name),))
+
+
+def _head(b: _Builder, in_c: int) -> Part:
+    """Global average pool, flatten, optional dropout, then the classifier ``fc``."""
+    head = b.spec.head
+    g = _Graph("head", "", in_c)
+    pooled = g.add(GlobalAvgPool(flatten=True), INPUT)
+    x = g.add(Dropout("dropout", float(head.dropout)), pooled) if head.dropout > 0 else pooled
+    logits = g.add(b.linear("fc", in_c, head.num_classes), x)
+    return g.part(logits, head.num_classes, ((pooled, "pre_logits"), (logits, "logits")))
 
 
 def make_plan(spec: ResNetSpec) -> Plan:
-    """Expand ``spec`` into an explicit Plan (layers + canonical parameter table).
+    """Expand ``spec`` into an explicit Plan (parts of ops + canonical parameter table).
 
     Args:
         spec: a validated ResNetSpec.
@@ -398,7 +562,8 @@ def make_plan(spec: ResNetSpec) -> Plan:
         (1000, 2048)
     """
     b = _Builder(spec)
-    stem, in_c = _stem(b)
+    stem = _stem(b)
+    in_c = stem.out_channels
     stages = []
     dilation = 1
     for s, st in enumerate(spec.stages):
@@ -416,7 +581,5 @@ def make_plan(spec: ResNetSpec) -> Plan:
                                  dilation, previous_dilation if first else dilation, project))
             in_c = out_c
         stages.append(Stage(f"layer{s + 1}", tuple(blocks)))
-    head = None
-    if spec.head is not None:
-        head = Head(float(spec.head.dropout), b.linear("fc", in_c, spec.head.num_classes))
+    head = _head(b, in_c) if spec.head is not None else None
     return Plan(spec, stem, tuple(stages), head, spec.out_indices, b.params)

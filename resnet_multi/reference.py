@@ -8,7 +8,7 @@ function that spells out the convention the frameworks disagree on (see NUMERICS
 - ``batch_norm``  eval: (x - running_mean) / sqrt(running_var + eps) * weight + bias.
 - ``max_pool2d``  padding counts as -inf (never 0: a window of negatives must stay negative).
 - ``avg_pool2d``  PyTorch's ceil_mode and count_include_pad rules, exactly.
-- ``squeeze_excite``, ``linear``, global average pooling, ReLU.
+- ``linear``, global average pooling, ReLU, sigmoid, hard_sigmoid; concat, slice, add, mul on arrays.
 
 Everything is computed in float64, so the oracle's own rounding error (~1e-16 relative) is far
 below the float32 noise of the backends (~1e-7 relative per op): a difference from the
@@ -24,6 +24,7 @@ from typing import Mapping
 
 from ._lazy import np
 from . import plan as P
+from .walk import run_plan
 
 # --------------------------------------------------------------------------- primitives (NCHW, float64)
 
@@ -140,18 +141,20 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def squeeze_excite(x: np.ndarray, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> np.ndarray:
-    """timm's SE: x * sigmoid(fc2(relu(fc1(mean over H, W)))), fc1/fc2 being 1x1 convs with bias."""
-    s = x.mean(axis=(2, 3), keepdims=True)
-    s = relu(conv2d(s, fc1_weight, fc1_bias))
-    return x * sigmoid(conv2d(s, fc2_weight, fc2_bias))
-
-
 # --------------------------------------------------------------------------- walking the plan
 
 
-def run_op(op, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Apply one plan op to ``x``, taking its parameters from canonical ``weights``."""
+def hard_sigmoid(x: np.ndarray) -> np.ndarray:
+    """timm's hard_sigmoid: relu6(x + 3) / 6."""
+    return np.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+_ACTIVATIONS = {"relu": relu, "sigmoid": sigmoid, "hard_sigmoid": hard_sigmoid}
+
+
+def run_op(op, inputs: list[np.ndarray], weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Apply one plan op to its ``inputs``, taking its parameters from canonical ``weights``."""
+    x = inputs[0]
     if isinstance(op, P.Conv):
         bias = weights[f"{op.name}.bias"] if op.bias else None
         return conv2d(x, weights[f"{op.name}.weight"], bias, stride=op.stride, padding=op.padding,
@@ -159,32 +162,31 @@ def run_op(op, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> np.ndarray:
     if isinstance(op, P.BatchNorm):
         return batch_norm(x, weights[f"{op.name}.weight"], weights[f"{op.name}.bias"],
                           weights[f"{op.name}.running_mean"], weights[f"{op.name}.running_var"], op.eps)
-    if isinstance(op, P.ReLU):
-        return relu(x)
+    if isinstance(op, P.Act):
+        return _ACTIVATIONS[op.kind](x)
     if isinstance(op, P.MaxPool):
         return max_pool2d(x, op.kernel_size, op.stride, op.padding)
     if isinstance(op, P.AvgPool):
         return avg_pool2d(x, op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
                           count_include_pad=op.count_include_pad)
-    if isinstance(op, P.SqueezeExcite):
-        return squeeze_excite(x, weights[f"{op.name}.fc1.weight"], weights[f"{op.name}.fc1.bias"],
-                              weights[f"{op.name}.fc2.weight"], weights[f"{op.name}.fc2.bias"])
+    if isinstance(op, P.GlobalAvgPool):
+        pooled = global_avg_pool(x)
+        return pooled if op.flatten else pooled[:, :, None, None]
+    if isinstance(op, P.Flatten):
+        return x.reshape(x.shape[0], -1)
     if isinstance(op, P.Linear):
         return linear(x, weights[f"{op.name}.weight"], weights[f"{op.name}.bias"])
+    if isinstance(op, P.Dropout):
+        return x  # eval mode
+    if isinstance(op, P.Add):
+        return sum(inputs[1:], inputs[0])
+    if isinstance(op, P.Mul):
+        return inputs[0] * inputs[1]
+    if isinstance(op, P.Concat):
+        return np.concatenate(inputs, axis=1)
+    if isinstance(op, P.Slice):
+        return x[:, op.start:op.stop]
     raise TypeError(f"reference: no numpy implementation of plan op {op!r}")
-
-
-def run_block(block: P.Block, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> np.ndarray:
-    """relu(main(x) [* se(main(x))] + shortcut(x)); an empty shortcut is the identity."""
-    out = x
-    for op in block.main:
-        out = run_op(op, out, weights)
-    if block.se is not None:
-        out = run_op(block.se, out, weights)
-    shortcut = x
-    for op in block.shortcut:
-        shortcut = run_op(op, shortcut, weights)
-    return relu(out + shortcut)
 
 
 def reference_forward(plan: P.Plan, weights: Mapping[str, np.ndarray], x_nchw: np.ndarray, *,
@@ -211,19 +213,7 @@ def reference_forward(plan: P.Plan, weights: Mapping[str, np.ndarray], x_nchw: n
                        f"e.g. {', '.join(missing[:5])}")
     w = {name: np.asarray(weights[name], dtype=np.float32).astype(np.float64) for name in plan.params}
     x = np.asarray(x_nchw, dtype=np.float32).astype(np.float64)
-
     collected: dict[str, np.ndarray] = {}
-    for op in plan.stem:
-        x = run_op(op, x, w)
-    collected["stem"] = x
-    for stage in plan.stages:
-        for block in stage.blocks:
-            x = run_block(block, x, w)
-            collected[block.name] = x
-        collected[stage.name] = x
-    if plan.head is not None:
-        x = global_avg_pool(x)
-        collected["pre_logits"] = x
-        collected["logits"] = run_op(plan.head.fc, x, w)  # dropout is the identity in eval mode
+    run_plan(plan, x, lambda node, *inputs: run_op(node.op, list(inputs), w), taps=collected)
     names = plan.tap_names if taps else plan.output_names()
     return {name: collected[name] for name in names}

@@ -40,6 +40,10 @@ then 1x1 conv + BN (ResNet-D). conv: a 1x1 conv (stride) with no BN (d2l)."""
 SHORTCUT_WHEN = ("auto", "always")
 """auto: project when the stride or channel count changes. always: every stage's first block."""
 CONV_INITS = ("kaiming_normal_fan_out", "kaiming_normal_fan_in", "torch_default")
+RUNNING_VAR_ESTIMATORS = ("unbiased", "biased")
+"""How train-mode BatchNorm updates its running variance. unbiased: the batch variance times
+n/(n-1), as PyTorch's BatchNorm. biased: the batch variance itself, as Paddle's, Flax's and
+Keras'. (Both normalize the batch with the biased variance; only the stored statistic differs.)"""
 
 
 def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
@@ -190,10 +194,14 @@ class HeadSpec:
 
 @dataclass(frozen=True)
 class NormSpec:
-    """BatchNorm numerics. ``momentum`` is PyTorch's: the weight of the new batch statistic."""
+    """BatchNorm numerics. ``momentum`` is PyTorch's: the weight of the new batch statistic.
+    ``running_var`` is the train-mode estimator stored in the running variance (one of
+    RUNNING_VAR_ESTIMATORS): "unbiased" (PyTorch's, the default, so spec files written before
+    this field read as before) or "biased" (Paddle's, Flax's, Keras')."""
 
     eps: float = 1e-5
     momentum: float = 0.1
+    running_var: str = "unbiased"
 
 
 @dataclass(frozen=True)
@@ -441,6 +449,7 @@ def validate_spec(spec: ResNetSpec) -> None:
     _check(isinstance(norm.momentum, (int, float)) and not isinstance(norm.momentum, bool)
            and 0.0 <= norm.momentum <= 1.0, "norm.momentum",
            "must be a number in [0, 1] (PyTorch convention: weight of the new statistic)", norm.momentum)
+    _one_of(norm.running_var, RUNNING_VAR_ESTIMATORS, "norm.running_var")
 
     init = spec.init
     _check(isinstance(init, InitSpec), "init", "must be an init spec", init)

@@ -60,17 +60,18 @@ def summary(spec, input_shape=None) -> Summary:
     p.check_input_shape(input_shape, what="input_shape")
     figures = trace(p, input_shape)
 
-    def count(prefixes, buffers=False):
-        return sum(math.prod(i.shape) for n, i in p.params.items()
-                   if i.is_buffer == buffers and n.split(".")[0] in prefixes)
+    def count(*parts):
+        return sum(math.prod(p.params[name].shape) for part in parts for name in p.part_params(part)
+                   if not p.params[name].is_buffer)
 
-    stem_names = {"conv1", "bn1"}
-    rows = [SummaryRow("stem", figures["stem"][0], count(stem_names), figures["stem"][1])]
+    rows = [SummaryRow("stem", figures["stem"][0], count(p.stem), figures["stem"][1])]
     for stage in p.stages:
         macs = sum(figures[b.name][1] for b in stage.blocks)
-        rows.append(SummaryRow(stage.name, figures[stage.name][0], count({stage.name}), macs))
+        rows.append(SummaryRow(stage.name, figures[stage.name][0], count(*stage.blocks), macs))
     if p.head is not None:
-        rows.append(SummaryRow("head", figures["logits"][0], count({"fc"}), figures["logits"][1]))
+        head_taps = [tap for _, tap in p.head.taps]
+        rows.append(SummaryRow("head", figures[p.output_names()[0]][0], count(p.head),
+                               sum(figures[tap][1] for tap in head_taps)))
     total_params = sum(math.prod(i.shape) for i in p.params.values() if not i.is_buffer)
     total_buffers = sum(math.prod(i.shape) for i in p.params.values() if i.is_buffer)
     return Summary(spec.name, tuple(input_shape), tuple(rows), total_params, total_buffers,

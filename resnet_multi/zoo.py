@@ -5,8 +5,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import replace
 
-from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, ResNetSpec, ShortcutSpec, StageSpec, StemSpec,
-                   make_divisible)
+from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, StageSpec,
+                   StemSpec, make_divisible)
 
 
 def _stages(depths, channels=(64, 128, 256, 512), strides=(1, 2, 2, 2)) -> tuple[StageSpec, ...]:
@@ -33,7 +33,8 @@ _PRESETS: dict[str, ResNetSpec] = {
     "resnet50d": replace(_resnet50, name="resnet50d", stem=StemSpec(widths=(32, 32, 64), kernel_size=3, stride=2),
                          shortcut=ShortcutSpec(kind="avgpool_conv_bn")),
     # PaddleOCR ppocr/modeling/backbones/rec_resnet_45.py: 3x3/1 stem to 32, no pool, 1x1-3x3 blocks,
-    # no head, 512 output channels, KaimingNormal (fan_in) on convs.
+    # no head, 512 output channels, KaimingNormal (fan_in) on convs; Paddle's BatchNorm stores the
+    # biased batch variance in train mode.
     "resnet45": ResNetSpec(
         name="resnet45",
         stages=_stages((3, 4, 6, 6, 3), channels=(32, 64, 128, 256, 512), strides=(2, 1, 2, 1, 1)),
@@ -41,6 +42,7 @@ _PRESETS: dict[str, ResNetSpec] = {
         stem=StemSpec(widths=(32,), kernel_size=3, stride=1, pool=False),
         head=None,
         init=InitSpec(conv="kaiming_normal_fan_in"),
+        norm=NormSpec(running_var="biased"),
     ),
     # d2l.ai chapter "Residual Networks": conv biases, 1x1-conv shortcut without BN,
     # 1 input channel (Fashion-MNIST), 10 classes, PyTorch default init.

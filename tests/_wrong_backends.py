@@ -29,6 +29,7 @@ import numpy as np
 from resnet_multi import plan as P
 from resnet_multi import reference as R
 from resnet_multi import registry
+from resnet_multi.walk import run_plan
 
 BUGS = ("swap_mean_var", "kernel_hw", "same_padding")
 
@@ -67,40 +68,20 @@ def _same_padding(size: int, kernel_size: int, stride: int, dilation: int) -> tu
     return total // 2, total - total // 2
 
 
-def _op(model: ToyModel, op, x: np.ndarray) -> np.ndarray:
+def _op(model: ToyModel, node: P.Node, *inputs: np.ndarray) -> np.ndarray:
+    op, x = node.op, inputs[0]
     if model.bug == "same_padding" and isinstance(op, P.Conv):
         w = model.params
         padding = (_same_padding(x.shape[2], op.kernel_size, op.stride, op.dilation),
                    _same_padding(x.shape[3], op.kernel_size, op.stride, op.dilation))
         return R.conv2d(x, w[f"{op.name}.weight"], w[f"{op.name}.bias"] if op.bias else None, stride=op.stride,
                         padding=padding, dilation=op.dilation, groups=op.groups)
-    return R.run_op(op, x, model.params)
+    return R.run_op(op, list(inputs), model.params)
 
 
 def _forward(model: ToyModel, x: np.ndarray) -> dict[str, np.ndarray]:
-    plan = model.plan
     taps = {}
-    x = x.astype(np.float64)
-    for op in plan.stem:
-        x = _op(model, op, x)
-    taps["stem"] = x
-    for stage in plan.stages:
-        for block in stage.blocks:
-            out = block_in = x
-            for op in block.main:
-                out = _op(model, op, out)
-            if block.se is not None:
-                out = _op(model, block.se, out)
-            short = block_in
-            for op in block.shortcut:
-                short = _op(model, op, short)
-            x = R.relu(out + short)
-            taps[block.name] = x
-        taps[stage.name] = x
-    if plan.head is not None:
-        x = R.global_avg_pool(x)
-        taps["pre_logits"] = x
-        taps["logits"] = _op(model, plan.head.fc, x)
+    run_plan(model.plan, x.astype(np.float64), lambda node, *inputs: _op(model, node, *inputs), taps=taps)
     return {name: value.astype(np.float32) for name, value in taps.items()}
 
 
@@ -117,7 +98,7 @@ def make_backend(bug: str | None) -> types.ModuleType:
     def plan_of(model: ToyModel) -> P.Plan:
         return model.plan
 
-    def build(plan: P.Plan, weights: Mapping[str, np.ndarray]) -> ToyModel:
+    def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32") -> ToyModel:
         model = ToyModel(plan, bug)
         import_weights(model, weights)
         return model

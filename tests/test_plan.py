@@ -33,16 +33,34 @@ def test_resnet50_macs_and_shapes():
     assert "25.56 M parameters" in str(s)
 
 
+def _chain_to(block: P.Part, value: str) -> list:
+    """The ops of the single-input chain from the block's input to ``value``, in order."""
+    producers = {node.output: node for node in block.nodes}
+    ops = []
+    while value != P.INPUT:
+        node = producers[value]
+        ops.insert(0, node.op)
+        value = node.inputs[0]
+    return ops
+
+
+def _branches(block: P.Part) -> tuple[list, list]:
+    """(main path, shortcut) of a residual block: the chains into its Add."""
+    (add,) = [node for node in block.nodes if isinstance(node.op, P.Add)]
+    return _chain_to(block, add.inputs[0]), _chain_to(block, add.inputs[1])
+
+
 def test_resnet45_is_paddleocr_shaped():
     s = rm.summary("resnet45", input_shape=(2, 3, 32, 100))
     assert s.output_shapes["layer5"] == (2, 512, 8, 25)  # strides 2,1,2,1,1: /4 overall
     p = rm.make_plan(rm.get_spec("resnet45"))
     assert "fc.weight" not in p.params and p.out_channels == 512
     first = p.stages[1].blocks[0]  # layer2: 32 -> 64 channels at stride 1 still projects
-    assert [op.name for op in first.shortcut] == ["layer2.0.downsample.0", "layer2.0.downsample.1"]
-    conv1, conv2 = [op for op in first.main if isinstance(op, P.Conv)]
+    main, shortcut = _branches(first)
+    assert [op.name for op in shortcut] == ["layer2.0.downsample.0", "layer2.0.downsample.1"]
+    conv1, conv2 = [op for op in main if isinstance(op, P.Conv)]
     assert (conv1.kernel_size, conv2.kernel_size, conv2.stride) == (1, 3, 1)
-    assert p.stages[0].blocks[0].main[3].stride == 2  # the stride is on the 3x3
+    assert _branches(p.stages[0].blocks[0])[0][3].stride == 2  # the stride is on the 3x3
     std = p.params["layer1.0.conv2.weight"].init[1]
     assert std == pytest.approx(np.sqrt(2.0 / (32 * 9)))  # KaimingNormal, fan_in
 
@@ -50,9 +68,9 @@ def test_resnet45_is_paddleocr_shaped():
 def test_bottleneck_v1_puts_stride_on_first_1x1():
     spec = rm.get_spec("resnet50")
     v1 = spec.replace(block=rm.BlockSpec(kind="bottleneck", stride_on="1x1"))
-    convs = [op for op in rm.make_plan(v1).stages[1].blocks[0].main if isinstance(op, P.Conv)]
+    convs = [op for op in _branches(rm.make_plan(v1).stages[1].blocks[0])[0] if isinstance(op, P.Conv)]
     assert [c.stride for c in convs] == [2, 1, 1]
-    convs = [op for op in rm.make_plan(spec).stages[1].blocks[0].main if isinstance(op, P.Conv)]
+    convs = [op for op in _branches(rm.make_plan(spec).stages[1].blocks[0])[0] if isinstance(op, P.Conv)]
     assert [c.stride for c in convs] == [1, 2, 1]
     assert rm.summary(v1, (1, 3, 65, 65)).output_shapes["logits"] == (1, 1000)
 
@@ -63,11 +81,11 @@ def test_dilation_replaces_stride_like_torchvision():
                    for i, s in enumerate(spec.stages))
     p = rm.make_plan(spec.replace(stages=stages))
     assert p.shapes((1, 3, 224, 224))["layer4"] == (1, 2048, 28, 28)  # output stride 8
-    conv2 = lambda block: block.main[3]  # noqa: E731
+    conv2 = lambda block: _branches(block)[0][3]  # noqa: E731
     # torchvision: a dilated stage's first block keeps the previous dilation
     assert [(conv2(b).dilation, conv2(b).padding) for b in p.stages[2].blocks[:2]] == [(1, 1), (2, 2)]
     assert [(conv2(b).dilation, conv2(b).padding) for b in p.stages[3].blocks[:2]] == [(2, 2), (4, 4)]
-    assert p.stages[3].blocks[0].shortcut[0].stride == 1
+    assert _branches(p.stages[3].blocks[0])[1][0].stride == 1
 
 
 def test_resnet_d_avgpool_shortcut():
@@ -76,8 +94,8 @@ def test_resnet_d_avgpool_shortcut():
         "conv1.0.weight", "conv1.3.weight", "conv1.6.weight"]  # timm's deep-stem names
     assert p.params["conv1.4.running_var"].shape == (32,) and p.params["bn1.weight"].shape == (64,)
     # stage 1 has stride 1: timm uses no pool there, names stay downsample.1/.2
-    assert not any(isinstance(op, P.AvgPool) for op in p.stages[0].blocks[0].shortcut)
-    pool, conv, bn = p.stages[1].blocks[0].shortcut
+    assert not any(isinstance(op, P.AvgPool) for op in _branches(p.stages[0].blocks[0])[1])
+    pool, conv, bn = _branches(p.stages[1].blocks[0])[1]
     assert pool == P.AvgPool(2, 2, 0, ceil_mode=True, count_include_pad=False)
     assert (conv.name, conv.stride, bn.name) == ("layer2.0.downsample.1", 1, "layer2.0.downsample.2")
     assert pool.out_size(33) == 17 and pool.out_size(1) == 1

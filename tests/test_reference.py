@@ -89,7 +89,7 @@ def test_max_pool2d_pads_with_minus_infinity():
     assert (ours < 0).all()
 
 
-def test_batch_norm_squeeze_excite_linear_match_torch():
+def test_batch_norm_activations_linear_match_torch():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 16, 5, 7))
     weight, bias, mean = rng.uniform(0.5, 1.5, 16), rng.uniform(-0.5, 0.5, 16), rng.uniform(-0.5, 0.5, 16)
@@ -97,10 +97,9 @@ def test_batch_norm_squeeze_excite_linear_match_torch():
     theirs = F.batch_norm(_t(x), _t(mean), _t(var), _t(weight), _t(bias), training=False, eps=1e-3).numpy()
     np.testing.assert_allclose(R.batch_norm(x, weight, bias, mean, var, 1e-3), theirs, rtol=0, atol=EXACT)
 
-    w1, b1, w2, b2 = (rng.standard_normal(s) for s in [(8, 16, 1, 1), (8,), (16, 8, 1, 1), (16,)])
-    s = F.relu(F.conv2d(_t(x).mean((2, 3), keepdim=True), _t(w1), _t(b1)))
-    theirs = (_t(x) * torch.sigmoid(F.conv2d(s, _t(w2), _t(b2)))).numpy()
-    np.testing.assert_allclose(R.squeeze_excite(x, w1, b1, w2, b2), theirs, rtol=0, atol=EXACT)
+    x = 4 * x  # reach both knees of hard_sigmoid (-3 and 3)
+    np.testing.assert_allclose(R.sigmoid(x), torch.sigmoid(_t(x)).numpy(), rtol=0, atol=EXACT)
+    np.testing.assert_allclose(R.hard_sigmoid(x), F.hardsigmoid(_t(x)).numpy(), rtol=0, atol=EXACT)
 
     fc_w, fc_b = rng.standard_normal((10, 16)), rng.standard_normal(10)
     pooled = R.global_avg_pool(x)

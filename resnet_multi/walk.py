@@ -1,0 +1,67 @@
+"""The one walk over a plan, shared by every consumer: the backends' models, the numpy oracle,
+shape and MAC tracing, and the test doubles.
+
+A consumer supplies ``apply(node, *inputs) -> output`` (its primitives: a framework's ops and
+modules, numpy functions, or shape arithmetic); the walk feeds each part's nodes their named
+inputs in execution order and publishes taps. No framework is imported here.
+
+``node.inplace`` says the op may overwrite its first input: that value is used by no later node,
+is not the part's input or a tap, and was made by an op whose backward pass does not need its
+own output (Conv, BatchNorm, Add, Mul). Backends that can save memory with it (torch, as
+torchvision's blocks do with ``out += identity; relu_(out)``) may; others ignore it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, MutableMapping
+
+from .plan import INPUT, Part, Plan
+
+
+def run_part(part: Part, x: Any, apply: Callable, taps: MutableMapping | None = None) -> Any:
+    """Run one part (stem, block or head) on ``x``; with ``taps``, publish its taps into it."""
+    # One loop, no early return: Paddle's AST to_static (paddle.jit.save) converts this function
+    values = {INPUT: x}
+    tap_of = dict(part.taps) if taps is not None else {}
+    for node in part.nodes:
+        out = apply(node, *[values[name] for name in node.inputs])
+        values[node.output] = out
+        if node.output in tap_of:  # published as soon as made: taps come in execution order
+            taps[tap_of[node.output]] = out
+    return values[part.output]
+
+
+def run_plan(plan: Plan, x: Any, apply: Callable, *, taps: MutableMapping | None = None,
+             run_block: Callable | None = None):
+    """Run the whole plan: stem, every block, head.
+
+    Args:
+        plan: the plan.
+        x: the input, in the consumer's representation.
+        apply: ``apply(node, *inputs)``, the consumer's primitive for one node.
+        taps: a dict to fill with every ``plan.tap_names`` entry, or None.
+        run_block: ``run_block(block, x) -> y`` to run a block another way (a backend calls its
+            registered block module, so hooks and module surgery take effect); default: ``run_part``.
+    Returns:
+        The model's output: the logits, the last feature map, or a list of the ``out_indices``
+        stage outputs.
+    """
+    x = run_part(plan.stem, x, apply, taps)
+    features = []
+    for stage in plan.stages:
+        for block in stage.blocks:
+            if run_block is None:
+                x = run_part(block, x, apply, taps)
+            else:
+                x = run_block(block, x)
+                if taps is not None:
+                    for _, tap in block.taps:  # a block publishes only its output
+                        taps[tap] = x
+        if taps is not None:
+            taps[stage.name] = x
+        features.append(x)
+    if plan.head is not None:
+        return run_part(plan.head, x, apply, taps)
+    if plan.out_indices is not None:
+        return [features[i] for i in plan.out_indices]
+    return x

@@ -1,0 +1,344 @@
+"""A model we return behaves like the framework's own model under what people do with one:
+module surgery, SyncBatchNorm conversion, torch.fx, torch.compile, paddle.jit.to_static, nnx.jit
+differentiation, float64 builds, and the spec's BatchNorm running-variance estimator in train mode.
+
+Surgery tests do the same surgery on torchvision's / paddle.vision's own model holding the same
+weights and require identical outputs: "takes effect" means "takes the same effect".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import resnet_multi as rm
+from resnet_multi.weights import random_weights
+
+from conftest import BACKENDS
+
+HW = (33, 47)
+
+
+def _weights(spec_name: str, seed: int = 0):
+    plan = rm.make_plan(rm.get_spec(spec_name))
+    return plan, random_weights(plan, seed)
+
+
+def _input(channels: int = 3, batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, channels, *HW)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- torch
+
+def _torch_pair(spec_name="resnet18"):
+    import torch
+    import torchvision
+
+    _, weights = _weights(spec_name)
+    ours = rm.build(spec_name, "torch", weights=weights)
+    theirs = getattr(torchvision.models, spec_name)()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs.eval(), torch
+
+
+def _torch_surgeries():
+    from torch import nn
+
+    return {
+        "bn_to_identity": lambda m: setattr(m.layer1[0], "bn1", nn.Identity()),
+        "one_channel_stem": lambda m: setattr(m, "conv1", nn.Conv2d(1, 64, 7, 2, 3, bias=False)),
+        "new_fc": lambda m: setattr(m, "fc", nn.Linear(512, 10)),
+        "frozen_bn_eval": lambda m: setattr(m.layer2[1], "bn2", nn.BatchNorm2d(128, eps=0.1)),
+    }
+
+
+@pytest.mark.parametrize("surgery", ["bn_to_identity", "one_channel_stem", "new_fc", "frozen_bn_eval"])
+def test_torch_module_surgery_takes_the_same_effect_as_on_torchvision(surgery):
+    ours, theirs, torch = _torch_pair()
+    x = torch.from_numpy(_input())
+    before = ours(x)
+    torch.manual_seed(0)
+    _torch_surgeries()[surgery](ours)
+    torch.manual_seed(0)
+    _torch_surgeries()[surgery](theirs)
+    ours.eval(), theirs.eval()  # a new BatchNorm starts in train mode
+    if surgery == "one_channel_stem":
+        x = torch.from_numpy(_input(channels=1))
+    else:
+        assert not torch.equal(ours(x), before), "the surgery had no effect"
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+def test_torch_sync_batchnorm_conversion_runs_sync_batchnorm():
+    _, _, torch = _torch_pair()
+    from torch import nn
+
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(rm.build("resnet18", "torch"))
+    syncs = [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
+    calls = []
+    for m in syncs:
+        m.register_forward_hook(lambda module, args, out: calls.append(module))
+    model.eval()(torch.from_numpy(_input()))
+    assert len(syncs) == 20 and len(calls) == 20 and set(map(id, calls)) == set(map(id, syncs))
+
+
+@pytest.mark.parametrize("spec_name", ["resnet18", "resnet50d", "d2l_resnet18"])
+def test_torch_fx_symbolic_trace_equals_eager(spec_name):
+    import torch
+
+    _, weights = _weights(spec_name)
+    model = rm.build(spec_name, "torch", weights=weights)
+    traced = torch.fx.symbolic_trace(model)
+    assert any(node.op == "call_module" for node in traced.graph.nodes)
+    x = torch.from_numpy(_input(rm.get_spec(spec_name).in_channels))
+    with torch.no_grad():
+        assert torch.equal(traced(x), model(x))
+
+
+def _torch_sgd_steps(model, x, y, steps=2):
+    import torch
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return losses
+
+
+def test_torch_compile_trains_like_eager():
+    import torch
+
+    _, weights = _weights("resnet18")
+    x = torch.from_numpy(_input(batch=4))
+    y = torch.tensor([1, 5, 3, 0])
+    eager = rm.build("resnet18", "torch", weights=weights, dtype="float64").train()
+    compiled_model = rm.build("resnet18", "torch", weights=weights, dtype="float64").train()
+    compiled = torch.compile(compiled_model, backend="aot_eager")  # no C++ toolchain needed
+    eager_losses = _torch_sgd_steps(eager, x.double(), y)
+    compiled_losses = _torch_sgd_steps(compiled, x.double(), y)
+    torch.testing.assert_close(torch.stack(compiled_losses), torch.stack(eager_losses), rtol=1e-10, atol=0)
+    for (name, a), b in zip(eager.state_dict().items(), compiled_model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)  # float64: only summation order
+
+
+# --------------------------------------------------------------------------- paddle
+
+def _paddle_pair():
+    import paddle
+    import paddle.vision
+
+    _, weights = _weights("resnet18")
+    ours = rm.build("resnet18", "paddle", weights=weights)
+    theirs = paddle.vision.models.resnet18()
+    theirs.set_state_dict(ours.state_dict())
+    return ours, theirs, paddle
+
+
+@pytest.mark.parametrize("surgery", ["bn_to_identity", "one_channel_stem", "new_fc"])
+def test_paddle_module_surgery_takes_the_same_effect_as_on_paddle_vision(surgery):
+    ours, theirs, paddle = _paddle_pair()
+    from paddle import nn
+
+    def do(model):
+        paddle.seed(0)
+        if surgery == "bn_to_identity":
+            model.layer1[0].bn1 = nn.Identity()
+        elif surgery == "one_channel_stem":
+            model.conv1 = nn.Conv2D(1, 64, 7, 2, 3, bias_attr=False)
+        else:
+            model.fc = nn.Linear(512, 10)
+
+    x = paddle.to_tensor(_input())
+    ours.eval(), theirs.eval()
+    before = ours(x).numpy()
+    do(ours)
+    do(theirs)
+    if surgery == "one_channel_stem":
+        x = paddle.to_tensor(_input(channels=1))
+    else:
+        assert not np.array_equal(ours(x).numpy(), before), "the surgery had no effect"
+    np.testing.assert_array_equal(ours(x).numpy(), theirs(x).numpy())
+
+
+def test_paddle_sync_batchnorm_conversion_runs_sync_batchnorm():
+    import paddle
+    from paddle import nn
+
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(rm.build("resnet18", "paddle"))
+    syncs = [m for m in model.sublayers() if isinstance(m, nn.SyncBatchNorm)]
+    calls = []
+    for m in syncs:
+        m.register_forward_pre_hook(lambda layer, args: calls.append(layer))
+    model.eval()
+    # Paddle has no CPU kernel for SyncBatchNorm: that the forward reaches it is the proof it runs.
+    with pytest.raises(RuntimeError, match="sync_batch_norm"):
+        model(paddle.to_tensor(_input()))
+    assert len(syncs) == 20 and calls == syncs[:1]
+
+
+@pytest.mark.parametrize("full_graph", [False, True], ids=["sot", "ast"])
+def test_paddle_to_static_trains_like_dygraph(full_graph):
+    import paddle
+
+    _, weights = _weights("resnet18")
+    x = paddle.to_tensor(_input(batch=4).astype(np.float64))
+    y = paddle.to_tensor(np.array([1, 5, 3, 0]))
+
+    def run(model):
+        model.train()
+        opt = paddle.optimizer.Momentum(learning_rate=0.05, momentum=0.9, parameters=model.parameters())
+        losses = []
+        for _ in range(2):
+            loss = paddle.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+            losses.append(float(loss))
+        return losses, rm.export_weights(model)
+
+    dygraph = run(rm.build("resnet18", "paddle", weights=weights, dtype="float64"))
+    static_model = rm.build("resnet18", "paddle", weights=weights, dtype="float64")
+    static = run(paddle.jit.to_static(static_model, full_graph=full_graph))
+    np.testing.assert_allclose(static[0], dygraph[0], rtol=1e-10)
+    for name, value in dygraph[1].items():
+        np.testing.assert_allclose(static[1][name], value, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+# --------------------------------------------------------------------------- flax
+
+@pytest.fixture
+def x64():
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.mark.parametrize("spec_name", ["resnet18", "resnet50d", "resnet45"])
+def test_flax_nnx_jit_value_and_grad_trains_and_updates_batch_stats(spec_name, x64):
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    _, weights = _weights(spec_name)
+    spec = rm.get_spec(spec_name)
+    x = jnp.asarray(_input(spec.in_channels, batch=4).transpose(0, 2, 3, 1), dtype=jnp.float64)
+
+    def loss_fn(model, x):  # any smooth function of the output (logits or a feature map)
+        return jnp.mean(jnp.tanh(model(x)) ** 2)
+
+    def step(model, optimizer, x):
+        loss, grads = nnx.value_and_grad(loss_fn)(model, x)
+        optimizer.update(model, grads)
+        return loss
+
+    models = []
+    for jitted in (True, False):
+        model = rm.build(spec, "flax", weights=weights, dtype="float64")
+        model.train()
+        optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
+        run = nnx.jit(step) if jitted else step
+        losses = [float(run(model, optimizer, x)) for _ in range(2)]
+        models.append((losses, rm.export_weights(model)))
+    (jit_losses, jit_w), (eager_losses, eager_w) = models
+    np.testing.assert_allclose(jit_losses, eager_losses, rtol=1e-10)
+    assert not np.array_equal(jit_w["bn1.running_mean"], weights["bn1.running_mean"])  # stats updated in jit
+    for name in weights:
+        np.testing.assert_allclose(jit_w[name], eager_w[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_flax_float64_without_x64_is_a_clear_error():
+    import jax
+
+    if jax.config.jax_enable_x64:
+        pytest.fail("x64 left on by another test")
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        rm.build("resnet18", "flax", dtype="float64")
+
+
+# --------------------------------------------------------------------------- every backend
+
+@pytest.fixture
+def float64_backend(request):
+    """Enable JAX's x64 mode for the flax case only (a process-wide switch)."""
+    backend = request.param
+    if backend == "flax":
+        request.getfixturevalue("x64")
+    return backend
+
+
+@pytest.mark.parametrize("float64_backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("inference", [False, True])
+def test_float64_models_compute_in_float64(float64_backend, inference):
+    plan, weights = _weights("resnet50d", seed=3)
+    model = rm.build("resnet50d", float64_backend, weights=weights, dtype="float64", inference=inference)
+    assert all(w.dtype == np.float64 for w in rm.export_weights(model).values())
+    x = _input(seed=4).astype(np.float64)  # float32-representable: the oracle rounds to float32 first
+    ref = rm.reference_forward(plan, weights, x, taps=True)
+    out = rm.forward(model, x, taps=True)
+    for tap, value in ref.items():
+        rel = np.abs(out[tap] - value).max() / np.abs(value).max()
+        # float64 rounding (~1e-16 per op) grown over ~60 layers of random weights: measured up
+        # to 1.3e-12 (paddle, layer2.2); a float32 computation anywhere gives >= 1e-8. The folded
+        # model's weights were rounded once in float64 (not to float32).
+        assert rel < 1e-10, (tap, rel)
+    if not inference:
+        fast = rm.optimize_for_inference(model)
+        assert all(w.dtype == np.float64 for w in rm.export_weights(fast).values())
+
+
+@pytest.mark.parametrize("float64_backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_train_mode_running_var_follows_the_spec(float64_backend, estimator):
+    from resnet_multi import reference as R
+
+    spec = rm.get_spec("resnet18")
+    spec = spec.replace(norm=rm.NormSpec(momentum=0.3, running_var=estimator))
+    plan = rm.make_plan(spec)
+    weights = random_weights(plan, 5)
+    model = rm.build(spec, float64_backend, weights=weights, dtype="float64")
+    x = _input(batch=3, seed=6).astype(np.float64)
+    _train_forward(float64_backend, model, x)
+    after = rm.export_weights(model)["bn1.running_var"]
+
+    conv = R.conv2d(x, weights["conv1.weight"].astype(np.float64), stride=2, padding=3)
+    n = conv.shape[0] * conv.shape[2] * conv.shape[3]
+    var = conv.var(axis=(0, 2, 3)) * (n / (n - 1) if estimator == "unbiased" else 1.0)
+    expected = 0.7 * weights["bn1.running_var"].astype(np.float64) + 0.3 * var
+    np.testing.assert_allclose(after, expected, rtol=1e-12)
+    other = var * ((n - 1) / n if estimator == "unbiased" else n / (n - 1))  # the other estimator's value
+    assert not np.allclose(after, 0.7 * weights["bn1.running_var"] + 0.3 * other, rtol=1e-6)
+
+
+def _train_forward(backend: str, model, x: np.ndarray) -> None:
+    """One train-mode forward, each framework's own way."""
+    if backend == "torch":
+        import torch
+
+        model.train()(torch.from_numpy(x))
+    elif backend == "paddle":
+        import paddle
+
+        model.train()
+        model(paddle.to_tensor(x))
+    else:
+        import jax.numpy as jnp
+
+        model.train()
+        model(jnp.asarray(x.transpose(0, 2, 3, 1)))
+
+
+def test_old_spec_files_read_running_var_as_unbiased(tmp_path):
+    data = rm.get_spec("resnet18").to_dict()
+    del data["norm"]["running_var"]
+    assert rm.ResNetSpec.from_dict(data).norm.running_var == "unbiased"
+    assert rm.get_spec("resnet45").norm.running_var == "biased"
+    with pytest.raises(rm.SpecError, match="norm.running_var"):
+        rm.get_spec("resnet18").replace(norm=rm.NormSpec(running_var="sample"))
