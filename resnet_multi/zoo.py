@@ -20,7 +20,7 @@ BOTTLENECK = BlockSpec(kind="bottleneck")
 _resnet18 = ResNetSpec(name="resnet18", stages=_stages((2, 2, 2, 2)), block=BASIC)
 _resnet50 = ResNetSpec(name="resnet50", stages=_stages((3, 4, 6, 3)), block=BOTTLENECK)
 
-_PRESETS: dict[str, ResNetSpec] = {
+_RESNETS: dict[str, ResNetSpec] = {
     "resnet18": _resnet18,
     "resnet34": replace(_resnet18, name="resnet34", stages=_stages((3, 4, 6, 3))),
     "resnet50": _resnet50,
@@ -116,6 +116,8 @@ def _ghost(name, width) -> ResNetSpec:
 
 _GHOSTNETS = {name: _ghost(name, width) for name, width in
               (("ghostnet_050", 0.5), ("ghostnet_100", 1.0), ("ghostnet_130", 1.3))}
+
+_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS}
 
 
 def list_specs(pattern: str = "*") -> list[str]:
