@@ -25,7 +25,7 @@ arrays with all keys as strings, which ``nnx.replace_by_pure_dict`` accepts (it 
 every digit key such as ``'4'`` back to ``4``). The per-tensor conversion is the ordered
 table ``_RULES`` below.
 
-Numerics (see NUMERICS.md): explicit symmetric padding ``((p, p), (p, p))`` on every conv and
+Numerics (see docs/NUMERICS.md): explicit symmetric padding ``((p, p), (p, p))`` on every conv and
 pool (Flax's 'SAME' pads (0, 1) at stride 2 on even sizes); max-pool pads with -inf; average
 pooling implements PyTorch's ``ceil_mode`` and ``count_include_pad`` exactly; BatchNorm gets
 ``momentum = 1 - spec momentum`` (Flax weights the OLD value) and the spec's epsilon.

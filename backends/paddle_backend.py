@@ -3,12 +3,14 @@ canonical names, except where Paddle itself differs: BatchNorm's running statist
 and ``_variance``, and a Linear weight is stored (in, out). So ``paddle.vision.models`` ResNets and
 PaddleOCR's ResNet45 checkpoints load with ``set_state_dict`` as they are.
 
-Numerics that differ from PyTorch and are translated here (see NUMERICS.md):
+Numerics that differ from PyTorch and are translated here (see docs/NUMERICS.md):
 - BN momentum: Paddle's is the weight of the OLD running value, so it gets ``1 - momentum``.
 - AvgPool: Paddle's ``exclusive`` is ``not count_include_pad`` (its default, True, is the
   opposite of PyTorch's default), always passed explicitly with ``ceil_mode``.
-- Train-mode BN stores the biased batch variance in ``_variance`` (PyTorch stores the unbiased
-  one); eval-mode outputs are unaffected.
+- Train-mode BN: Paddle stores the biased batch variance in ``_variance``; a spec with
+  ``norm.running_var: unbiased`` (PyTorch's, every torchvision preset) gets ``BatchNorm2D``,
+  which stores the unbiased one, and in float64 also applies the momentum exactly (Paddle
+  rounds it to float32). Eval-mode outputs are unaffected.
 """
 
 from __future__ import annotations

@@ -76,11 +76,7 @@ def _attach(root: nn.Module, dotted: str, module: nn.Module) -> None:
     root.add_module(leaf, module)
 
 
-def _hard_sigmoid(x):
-    return F.hardsigmoid(x)
-
-
-_ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "hard_sigmoid": _hard_sigmoid}
+_ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}  # timm's hard_sigmoid
 
 
 class _Runner(nn.Module):

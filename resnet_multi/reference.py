@@ -2,7 +2,7 @@
 
 No framework is imported here: this is the independent reference every backend is compared
 against (``check_parity``'s default). It is written to be read. Each primitive is a small
-function that spells out the convention the frameworks disagree on (see NUMERICS.md):
+function that spells out the convention the frameworks disagree on (see docs/NUMERICS.md):
 
 - ``conv2d``      im2col + one batched matmul; explicit symmetric padding, stride, dilation, groups.
 - ``batch_norm``  eval: (x - running_mean) / sqrt(running_var + eps) * weight + bias.

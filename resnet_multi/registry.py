@@ -1,6 +1,6 @@
 """Backend name -> module, imported only when asked for (the core never imports a framework).
 
-A backend module provides the same small set of functions (see DESIGN.md, "Backend contract").
+A backend module provides the same small set of functions (see docs/DESIGN.md, "Backend contract").
 Adding a backend is one new file in ``backends/`` plus one line in ``_BACKENDS``.
 """
 
@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import sys
 from types import ModuleType
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 # name -> (module, the top-level framework package it needs, the pip extra that installs it)
 _BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -26,6 +27,25 @@ _SUFFIXES: dict[str, str] = {
     ".pdparams": "paddle",
     ".msgpack": "flax",
 }
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend module provides (docs/DESIGN.md, "Backend contract"); a test checks each
+    module against it. Optional hooks: ``optimize(model)``, ``export_model`` + ``EXPORT_SUFFIX``."""
+
+    NAME: str
+    SUFFIXES: tuple[str, ...]
+    DTYPES: Any  # the dtype names ``build`` accepts
+
+    def build(self, plan: Any, weights: Mapping[str, Any], dtype: str = "float32") -> Any: ...
+    def is_model(self, model: Any) -> bool: ...
+    def plan_of(self, model: Any) -> Any: ...
+    def export_weights(self, model: Any) -> dict[str, Any]: ...
+    def import_weights(self, model: Any, weights: Mapping[str, Any]) -> None: ...
+    def forward(self, model: Any, x_nchw: Any, *, taps: bool = False) -> dict[str, Any]: ...
+    def load_native(self, path: Any) -> dict[str, Any]: ...
+    def save_native(self, path: Any, weights: Mapping[str, Any]) -> None: ...
 
 
 class BackendError(ValueError):

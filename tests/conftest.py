@@ -20,7 +20,7 @@ def odd_input(spec: rm.ResNetSpec, batch: int = 1, hw=ODD_HW, seed: int = 0) -> 
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, what: str, rtol: float = 1e-5, atol: float = 1e-6):
-    """fp32 parity bound of NUMERICS.md: max|a - b| <= atol + rtol * max|expected|."""
+    """fp32 parity bound of docs/NUMERICS.md: max|a - b| <= atol + rtol * max|expected|."""
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     err = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
     bound = atol + rtol * float(np.max(np.abs(expected)))

@@ -111,3 +111,16 @@ def test_registry_errors():
     with pytest.raises(TypeError, match="not a model built by resnet_multi"):
         rm.export_weights(object())
     assert set(rm.available_backends()) <= set(rm.backend_names())
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_backend_module_satisfies_the_contract(name):
+    import inspect
+
+    from resnet_multi.registry import Backend, get_backend
+
+    module = get_backend(name)
+    assert isinstance(module, Backend), f"{name}: lacks part of registry.Backend"
+    assert module.NAME == name
+    assert "dtype" in inspect.signature(module.build).parameters
+    assert "float32" in module.DTYPES and "float64" in module.DTYPES

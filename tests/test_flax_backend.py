@@ -1,5 +1,5 @@
 """Flax-specific behaviour: parity with torch on every tap of every preset, the numerics rows of
-NUMERICS.md that only Flax gets wrong by default (padding, pooling, BN momentum), the
+docs/NUMERICS.md that only Flax gets wrong by default (padding, pooling, BN momentum), the
 rename/transpose table, msgpack files, eval/train modes and the jit cache.
 
 The cross-backend parity matrix lives in test_parity*.py; this file compares against the torch
@@ -211,7 +211,7 @@ def test_eval_train_switch_and_forward_is_always_eval():
     bns = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
     assert all(bn.use_running_average for bn in bns) and model.dropout.deterministic  # built in eval mode
     evaluated = rm.forward(model, x)
-    # the parity bound (NUMERICS.md), elementwise: model(x) and rm.forward are two jit programs, and
+    # the parity bound (docs/NUMERICS.md), elementwise: model(x) and rm.forward are two jit programs, and
     # XLA fuses them differently, so they may differ in the last float32 bits
     np.testing.assert_allclose(np.asarray(model(nhwc)), evaluated, rtol=1e-5, atol=1e-6)
     model.train()

@@ -1,6 +1,6 @@
 """The inference fast path: BatchNorm folded into the convs (core, numpy), compiled by every backend.
 
-Bound: the parity bound of NUMERICS.md, max|a - b| <= 1e-6 + 1e-5 * max|ref| per tap, between
+Bound: the parity bound of docs/NUMERICS.md, max|a - b| <= 1e-6 + 1e-5 * max|ref| per tap, between
 the folded model and the ordinary one built from the same weights. Folding is done in float64
 and rounded once; measured worst relative differences are about 3e-6 (resnet152), the same
 float32 summation-order noise as between two frameworks.

@@ -1,6 +1,6 @@
 """Paddle backend against its real peers: paddle.vision ResNets and PaddleOCR's ResNet45 load their
 own state_dicts directly and agree exactly; torch and paddle agree on every preset, every tap;
-the NUMERICS.md translations (BN momentum, biased running var) and the .pdparams files hold."""
+the docs/NUMERICS.md translations (BN momentum, biased running var) and the .pdparams files hold."""
 
 from __future__ import annotations
 
