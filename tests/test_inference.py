@@ -23,11 +23,8 @@ from resnet_multi.weights import WeightsError, random_weights
 
 
 def _all_ops(plan: P.Plan):
-    yield from plan.stem
-    for stage in plan.stages:
-        for block in stage.blocks:
-            yield from block.main
-            yield from block.shortcut
+    for part in plan.parts:
+        yield from part.ops
 
 
 def _tiny_spec() -> rm.ResNetSpec:
