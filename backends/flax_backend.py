@@ -366,8 +366,8 @@ class ResNet(_Runner):
         for stage in plan.stages:
             for block in stage.blocks:
                 modules[block.name] = Block(block, rngs=rngs, shape_only=shape_only, dtype=dtype)
-        if plan.head is not None:
-            modules.update({op.name: _layer(op, rngs, shape_only, dtype) for op in plan.head.modules})
+        for part in plan.flat_parts[1:]:  # neck, head
+            modules.update({op.name: _layer(op, rngs, shape_only, dtype) for op in part.modules})
         _attach(self, modules)
 
     @property

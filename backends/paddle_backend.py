@@ -187,10 +187,15 @@ class _Runner(nn.Layer):
             return inputs[0][:, op.start:op.stop]
         raise TypeError(f"paddle backend: cannot run plan op {op!r}")
 
-    def _register(self, part: P.Part) -> dict:
+    def _register(self, part: P.Part, names: Mapping[str, str]) -> dict:
+        """Register the part's layers under their Paddle names (``names``: the plan's
+        ``aliases["paddle"]``, e.g. PaddleClas' DenseNet names; canonical otherwise)."""
+        prefix = names.get(part.name, part.name) + "." if part.prefix else ""
         paths = {}
         for op in part.modules:
-            local = part.local_name(op)
+            native = names.get(op.name, op.name)
+            assert native.startswith(prefix), f"plan aliases: {native!r} is not inside {prefix!r}"
+            local = native[len(prefix):]
             _attach(self, local, _layer(op))
             paths[op.name] = tuple(local.split("."))
         return paths
@@ -199,10 +204,10 @@ class _Runner(nn.Layer):
 class Block(_Runner):
     """One block of the plan (its ops wired as ``plan.Part`` says), layers named as the plan says."""
 
-    def __init__(self, block: P.Part):
+    def __init__(self, block: P.Part, names: Mapping[str, str]):
         super().__init__()
         self.part = block
-        self._paths = self._register(block)
+        self._paths = self._register(block, names)
 
     def forward(self, x):
         return run_part(self.part, x, self._run_node)
@@ -217,13 +222,15 @@ class ResNet(_Runner):
     def __init__(self, plan: P.Plan):
         super().__init__()
         self.plan = plan
-        self._paths = self._register(plan.stem)
+        names = plan.aliases.get(NAME, {})  # the plan's Paddle names for its modules, if any
+        self._paths = self._register(plan.stem, names)
         for stage in plan.stages:
             for block in stage.blocks:
-                _attach(self, block.name, Block(block))
-        if plan.head is not None:
-            self._paths.update(self._register(plan.head))
-        self._blocks = {block.name: tuple(block.name.split(".")) for stage in plan.stages for block in stage.blocks}
+                _attach(self, names.get(block.name, block.name), Block(block, names))
+        for part in plan.flat_parts[1:]:  # neck, head
+            self._paths.update(self._register(part, names))
+        self._blocks = {block.name: tuple(names.get(block.name, block.name).split("."))
+                        for stage in plan.stages for block in stage.blocks}
         self._has_head = plan.head is not None
         self._out_indices = plan.out_indices
 
@@ -296,7 +303,8 @@ def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32
     Layers are created under ``paddle.LazyGuard`` (no Paddle initialisation, no allocation);
     assigning the weights allocates each parameter, so every state_dict entry must be covered.
     """
-    expected = {_rename(name, _CANONICAL)[0] for name in plan.params}
+    native = plan.native_names(NAME)
+    expected = {_rename(native.get(name, name), _CANONICAL)[0] for name in plan.params}
     missing = [name for name in plan.params if name not in weights]
     if missing:
         raise ValueError(f"paddle build: weights lack {len(missing)} tensor(s) of the plan: {missing[:10]}")
@@ -321,9 +329,10 @@ def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32
 def export_weights(model: ResNet) -> dict[str, np.ndarray]:
     """Canonical weights (copies, PyTorch layout) in the plan's order."""
     state = model.state_dict()
+    native = model.plan.native_names(NAME)
     out = {}
     for name in model.plan.params:
-        key = _rename(name, _CANONICAL)[0]
+        key = _rename(native.get(name, name), _CANONICAL)[0]
         out[name] = _translate(key, state[key].numpy(), _PADDLE)[1]  # .numpy() copies
     return out
 
@@ -335,12 +344,13 @@ def import_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
     converted, so a failure leaves the model untouched.
     """
     params = model.plan.params
+    native = model.plan.native_names(NAME)
     state = model.state_dict()
     staged = []
     for name, value in weights.items():
         if name not in params:
             raise ValueError(f"{name}: not a parameter of {model.plan.spec.name!r}")
-        key, array = _translate(name, np.asarray(value), _CANONICAL)
+        key, array = _translate(native.get(name, name), np.asarray(value), _CANONICAL)
         target = state[key]
         if tuple(array.shape) != tuple(target.shape):
             raise ValueError(f"{name}: expected Paddle shape {tuple(target.shape)}, found {array.shape}")

@@ -155,6 +155,17 @@ class Block(_Runner):
         return run_part(self.part, x, self._run_node)
 
 
+def _canonical_keys(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: rename keys that are aliases of the plan (``Plan.aliases``) to
+    their canonical names, as torchvision's DenseNet loader does for its legacy keys. torch hands
+    hooks its own copy of the dict, so the caller's is never changed."""
+    plan = module.plan
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        name = plan.canonical_name(key[len(prefix):])
+        if prefix + name != key:
+            state_dict[prefix + name] = state_dict.pop(key)
+
+
 class ResNet(_Runner):
     """A network compiled from a plan. ``forward(x)`` returns logits, the last feature map, or
     (with ``out_indices``) a list of stage outputs; ``forward_taps(x)`` returns every named
@@ -173,11 +184,13 @@ class ResNet(_Runner):
         for stage in plan.stages:
             for block in stage.blocks:
                 _attach(self, block.name, Block(block))
-        if plan.head is not None:
-            self._register(plan.head)
+        for part in plan.flat_parts[1:]:  # neck, head
+            self._register(part)
             paths.update(self._paths)
         self._paths = paths
         self._blocks = {block.name: tuple(block.name.split(".")) for stage in plan.stages for block in stage.blocks}
+        if plan.aliases:  # other names of the same tensors load too (torchvision's legacy DenseNet keys)
+            self._register_load_state_dict_pre_hook(_canonical_keys, with_module=True)
 
     def _run_block(self, block: P.Part, x):
         module = self

@@ -26,9 +26,20 @@ EXPANSION = {"basic": 1, "bottleneck": 4, "basic_1x1": 1}
 # --------------------------------------------------------------------------- torch
 
 
+NATIVE = {  # backend -> the models it has a native peer for
+    "torch": ("resnet18", "resnet50", "resnet45", "densenet121", "ghostnet_100"),
+    "paddle": ("resnet18", "resnet50", "resnet45", "densenet121"),
+    "flax": ("resnet18", "resnet50", "resnet45"),
+}
+
+
 def torch_model(name: str):
     import torchvision
 
+    if name.startswith("ghostnet"):  # timm's GhostNet; the spec's canonical names are timm's
+        import timm
+
+        return timm.create_model(name, pretrained=False).eval()
     if hasattr(torchvision.models, name):
         return getattr(torchvision.models, name)().eval()
     if name == "resnet45":
@@ -92,7 +103,7 @@ def _torch_resnet45():
 def paddle_model(name: str):
     import paddle
 
-    if name in ("resnet18", "resnet50"):
+    if name in ("resnet18", "resnet50", "densenet121"):  # densenet121: PaddleClas names, as the backend's
         model = getattr(paddle.vision.models, name)()
     elif name == "resnet45":
         model = _paddle_resnet45()

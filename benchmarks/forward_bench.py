@@ -3,7 +3,9 @@
 Run:  python -m benchmarks.forward_bench [--backends torch,paddle,flax] [--models resnet18,resnet50,resnet45]
                                          [--batches 1,8] [--repeats 5] [--budget 20] [--no-deploy] [--torch-compile] [--no-write]
 
-Per backend, in one fresh process, per (model, batch): resnet18/50 at 224x224, resnet45 at 32x128.
+Per backend, in one fresh process, per (model, batch): resnet18/50 at 224x224, resnet45 at 32x128;
+with --models densenet121,ghostnet_100 (issue 11; torch: vs torchvision and timm, paddle: densenet121
+vs paddle.vision; no Flax peer exists) at 224x224, in a section of their own.
 
 - native: the framework's own model (torchvision.models, paddle.vision.models, a plain Flax nnx
   ResNet in the Flax ImageNet example's style; ResNet45 hand-written as PaddleOCR writes it,
@@ -50,7 +52,9 @@ import numpy as np
 from . import _common
 
 SECTION = "## Forward latency"
-SIZES = {"resnet18": (224, 224), "resnet50": (224, 224), "resnet45": (32, 128)}
+SIZES = {"resnet18": (224, 224), "resnet50": (224, 224), "resnet45": (32, 128), "densenet121": (224, 224),
+         "ghostnet_100": (224, 224)}
+DEFAULT_MODELS = "resnet18,resnet50,resnet45"
 TARGET_BUILT = 1.03       # built / native
 TARGET_FAST = 0.85        # fast / native, resnet50 batch 8 (>= 15% faster)
 
@@ -234,7 +238,9 @@ def _rows(backend: str, result: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="torch,paddle,flax")
-    parser.add_argument("--models", default="resnet18,resnet50,resnet45")
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help=f"comma-separated, from {', '.join(SIZES)}; a set other than the default "
+                             "gets its own RESULTS.md section")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=5, help="minimum interleaved rounds (medians reported)")
     parser.add_argument("--budget", type=float, default=20.0,
@@ -253,14 +259,21 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args)
         return 0
 
+    from ._native import NATIVE
+
+    requested = args.models
     for backend in [b for b in args.backends.split(",") if b]:
+        args.models = [m for m in requested if m in NATIVE[backend]]
+        if not args.models:
+            print(f"{backend}: no native peer for {', '.join(requested)}; skipped")
+            continue
         rows, versions = _run_backend(backend, args)
         text = _section(backend, rows, versions, args)
         print()
         print(text)
         if not args.no_write:
-            _common.write_section(f"{SECTION}: {backend}", text)
-            print(f"wrote the {SECTION}: {backend!r} section of {_common.RESULTS}")
+            _common.write_section(_heading(backend, args), text)
+            print(f"wrote the {_heading(backend, args)!r} section of {_common.RESULTS}")
     return 0
 
 
@@ -307,14 +320,22 @@ NOTES = {
 }
 
 
+def _heading(backend: str, args) -> str:
+    """The RESULTS.md section: one per backend for the default models, one per other model set."""
+    models = ",".join(args.models)
+    default = [m for m in DEFAULT_MODELS.split(",")]
+    return f"{SECTION}: {backend}" + ("" if args.models == default else f" ({models})")
+
+
 def _section(backend: str, rows: list[str], versions: dict, args) -> str:
     command = (f"python -m benchmarks.forward_bench --backends {backend} --models {','.join(args.models)} "
                f"--batches {','.join(map(str, args.batches))} --repeats {args.repeats} --budget {args.budget:g}")
     command += ("" if args.deploy else " --no-deploy") + (" --torch-compile" if args.torch_compile else "")
     return "\n".join([
-        f"{SECTION}: {backend}",
+        _heading(backend, args),
         "",
-        f"`{command}`. Eval mode, float32, CPU; resnet18/50 at 224x224, resnet45 at 32x128. Median ms per "
+        f"`{command}`. Eval mode, float32, CPU; "
+        f"{', '.join(f'{m} at {SIZES[m][0]}x{SIZES[m][1]}' for m in args.models)}. Median ms per "
         f"call over the interleaved rounds (warm-up excluded); ratio = median of per-round ratios to "
         "the native model (< 1 is faster), with the quartiles of the per-round ratios (their spread is the "
         "noise). Targets: built/native <= 1.03; fast path >= 15% faster than native "

@@ -11,7 +11,7 @@ from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
 from .reference import reference_forward
 from .registry import BackendError, available_backends, backend_names
-from .spec import (BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
+from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
                    StemSpec, load_spec, save_spec)
 from .summary import summary
 from .training import TrainingReport, check_training, optimizer
@@ -21,7 +21,7 @@ from .zoo import get_spec, list_specs
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
+    "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
     "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "TrainingReport",
     "WeightsError", "available_backends", "backend_names", "build", "check_parity", "check_training", "convert", "diagram",
     "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "list_specs",

@@ -248,6 +248,10 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
     if spec is not None:
         spec = resolve_spec(spec)
         weights = check_weights(make_plan(spec), weights, source=f"weights for {path}")
+    if spec is not None and fmt != NEUTRAL:  # the format's own module names, if the plan has any (aliases)
+        native = make_plan(spec).native_names(fmt)
+        if native:
+            weights = {native.get(name, name): value for name, value in weights.items()}
     if on_tensor is not None:
         weights = _Reporting(weights, on_tensor)
     if fmt == NEUTRAL:
@@ -260,6 +264,9 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
 
 
 # --------------------------------------------------------------------------- spec inference
+
+
+_plan = functools.lru_cache(maxsize=128)(make_plan)
 
 
 @functools.lru_cache(maxsize=128)
@@ -326,14 +333,16 @@ def match_presets(weights: Mapping[str, object]) -> list[Match]:
               if name.rsplit(".", 1)[-1] not in FRAMEWORK_EXTRAS}
     matches = []
     for preset in list_specs():
-        spec, adaptations = _adapt(preset, shapes)
+        plan = _plan(get_spec(preset))
+        shapes_here = {plan.canonical_name(name): shape for name, shape in shapes.items()}  # plan.aliases
+        spec, adaptations = _adapt(preset, shapes_here)
         expected = _param_shapes(spec)
         matches.append(Match(
             preset, spec, adaptations,
-            missing=tuple(n for n in expected if n not in shapes),
-            unexpected=tuple(n for n in shapes if n not in expected),
-            mismatched=tuple(f"{n} (expected {expected[n]}, found {shapes[n]})"
-                             for n in expected if n in shapes and shapes[n] != expected[n]),
+            missing=tuple(n for n in expected if n not in shapes_here),
+            unexpected=tuple(n for n in shapes_here if n not in expected),
+            mismatched=tuple(f"{n} (expected {expected[n]}, found {shapes_here[n]})"
+                             for n in expected if n in shapes_here and shapes_here[n] != expected[n]),
         ))
     return sorted(matches, key=lambda m: m.differences)  # stable: zoo order breaks ties
 

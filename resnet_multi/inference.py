@@ -54,6 +54,21 @@ def _foldable(part: P.Part) -> dict[int, int]:
     return pairs
 
 
+def kept_batchnorms(plan: P.Plan) -> tuple[str, ...]:
+    """The BatchNorms that folding keeps: those whose input is not a conv's output read by nothing
+    else. DenseNet's pre-activation BNs are such (norm1 of every dense layer, the transitions'
+    norm and norm5: each follows a concatenation, a pool or a block's input); its norm0 and norm2
+    follow a conv and fold. Every BN of the ResNet and GhostNet presets folds.
+
+    Example:
+        >>> len(kept_batchnorms(make_plan(get_spec("densenet121"))))  # 58 norm1 + 3 + norm5
+        62
+    """
+    folded = {part.nodes[j].op.name for part in plan.parts for j in _foldable(part).values()}
+    return tuple(op.name for part in plan.parts for op in part.ops
+                 if isinstance(op, P.BatchNorm) and op.name not in folded)
+
+
 def is_folded(plan: P.Plan) -> bool:
     """True when no BatchNorm of ``plan`` directly follows a conv (``fold_batchnorm`` has nothing to do)."""
     return not any(_foldable(part) for part in plan.parts)
@@ -130,6 +145,7 @@ def fold_batchnorm(plan: P.Plan, weights: Mapping[str, np.ndarray], *,
     stages = tuple(dataclasses.replace(stage, blocks=tuple(folder.part(block) for block in stage.blocks))
                    for stage in plan.stages)
     head = folder.part(plan.head) if plan.head is not None else None
+    neck = folder.part(plan.neck) if plan.neck is not None else None
 
     params: dict[str, P.ParamInfo] = {}
     out: dict[str, np.ndarray] = {}
@@ -145,7 +161,7 @@ def fold_batchnorm(plan: P.Plan, weights: Mapping[str, np.ndarray], *,
         else:
             params[name] = info
             out[name] = np.asarray(checked[name], dtype=dtype)
-    return dataclasses.replace(plan, stem=stem, stages=stages, head=head, params=params), out
+    return dataclasses.replace(plan, stem=stem, stages=stages, neck=neck, head=head, params=params), out
 
 
 

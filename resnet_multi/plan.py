@@ -28,11 +28,12 @@ and backends register them under that path, so a model's state_dict names are ca
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import ResNetSpec
+from .spec import ResNetSpec, make_divisible
 
 # --------------------------------------------------------------------------- ops
 
@@ -235,6 +236,11 @@ class Plan:
     head: Part | None
     out_indices: tuple[int, ...] | None
     params: dict[str, ParamInfo]   # canonical name -> info, in module order
+    neck: Part | None = None       # after the last stage, before the head; part of the features
+    aliases: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Other names of the plan's modules: scheme -> {canonical module path: its path there}.
+    A backend whose NAME is a scheme names its modules that way (paddle: PaddleClas' DenseNet);
+    every reader also accepts them (torchvision's legacy DenseNet keys, scheme "legacy")."""
 
     @property
     def in_channels(self) -> int:
@@ -243,13 +249,18 @@ class Plan:
     @property
     def out_channels(self) -> int:
         """Channels of the last feature map."""
-        return self.stages[-1].out_channels
+        return (self.neck or self.stages[-1]).out_channels
 
     @property
     def parts(self) -> tuple[Part, ...]:
         """Every part in execution order: stem, blocks, head."""
         blocks = tuple(block for stage in self.stages for block in stage.blocks)
-        return (self.stem, *blocks, *((self.head,) if self.head is not None else ()))
+        return (self.stem, *blocks, *self.flat_parts[1:])
+
+    @property
+    def flat_parts(self) -> tuple[Part, ...]:
+        """The parts whose modules sit on the model itself (prefix ""): stem, neck, head."""
+        return tuple(part for part in (self.stem, self.neck, self.head) if part is not None)
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -260,9 +271,29 @@ class Plan:
             for block in stage.blocks:
                 names.extend(tap for _, tap in block.taps)
             names.append(stage.name)
-        if self.head is not None:
-            names.extend(tap for _, tap in self.head.taps)
+        for part in self.flat_parts[1:]:
+            names.extend(tap for _, tap in part.taps)
         return tuple(names)
+
+    def native_names(self, scheme: str) -> dict[str, str]:
+        """``{canonical parameter name: its name in naming scheme}`` for the parameters whose
+        module ``aliases[scheme]`` renames (leaves, e.g. ``.weight``, are kept)."""
+        modules = self.aliases.get(scheme, {})
+        out = {}
+        for name in self.params:
+            owner, leaf = name.rsplit(".", 1)
+            if owner in modules:
+                out[name] = f"{modules[owner]}.{leaf}"
+        return out
+
+    @functools.cached_property
+    def _canonical_of(self) -> dict[str, str]:
+        return {other: name for scheme in self.aliases for name, other in self.native_names(scheme).items()}
+
+    def canonical_name(self, name: str) -> str:
+        """The canonical name of a parameter called ``name`` in any of the plan's naming schemes
+        (``aliases``); a name that is no alias is returned as it is."""
+        return self._canonical_of.get(name, name)
 
     def part_params(self, part: Part) -> tuple[str, ...]:
         """The canonical parameter and buffer names of one part's modules."""
@@ -275,6 +306,8 @@ class Plan:
             return ("logits",)
         if self.out_indices is not None:
             return tuple(self.stages[i].name for i in self.out_indices)
+        if self.neck is not None:
+            return (self.neck.taps[-1][1],)
         return (self.stages[-1].name,)
 
     def shapes(self, input_shape: tuple[int, int, int, int]) -> dict[str, tuple[int, ...]]:
@@ -376,13 +409,6 @@ def _conv_init(spec: ResNetSpec, shape: tuple[int, ...]) -> tuple[str, float]:
     return ("uniform", 1.0 / math.sqrt(in_c_per_group * receptive))
 
 
-def _make_divisible(value: float, divisor: int = 8) -> int:
-    """timm's make_divisible (round_limit 0.9) for SE reduced channels."""
-    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if new < 0.9 * value:
-        new += divisor
-    return new
-
 
 # Ops whose backward pass needs their inputs (or nothing), never their own output: a later op
 # may overwrite that output in place.
@@ -430,6 +456,11 @@ class _Builder:
     def __init__(self, spec: ResNetSpec):
         self.spec = spec
         self.params: dict[str, ParamInfo] = {}
+        self.aliases: dict[str, dict[str, str]] = {}
+
+    def alias(self, scheme: str, canonical: str, other: str) -> None:
+        """Module ``canonical`` is called ``other`` in naming ``scheme`` (see ``Plan.aliases``)."""
+        self.aliases.setdefault(scheme, {})[canonical] = other
 
     def _add(self, name, shape, role, init):
         assert name not in self.params, name
@@ -461,10 +492,12 @@ class _Builder:
         return Linear(name, in_f, out_f)
 
     def squeeze_excite(self, g: _Graph, name: str, x: str, channels: int, gate: str = "sigmoid",
-                       names: tuple[str, str] = ("fc1", "fc2")) -> str:
+                       names: tuple[str, str] = ("fc1", "fc2"), reduced: int | None = None) -> str:
         """timm's SE on value ``x``: global mean -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) ->
-        gate -> scale ``x``. Reduced channels: timm's make_divisible(channels * se_ratio)."""
-        reduced = _make_divisible(channels * self.spec.block.se_ratio)
+        gate -> scale ``x``. Reduced channels: ``reduced``, by default timm's
+        make_divisible(channels * se_ratio)."""
+        if reduced is None:
+            reduced = make_divisible(channels * self.spec.block.se_ratio)
         s = g.chain([GlobalAvgPool(flatten=False), self.conv(f"{name}.{names[0]}", channels, reduced, 1, bias=True),
                      Act("relu"), self.conv(f"{name}.{names[1]}", reduced, channels, 1, bias=True), Act(gate)], x)
         return g.add(Mul(), x, s)
@@ -537,13 +570,19 @@ def _block(b: _Builder, name: str, in_c: int, channels: int, stride: int, dilati
     return g.part(out, out_c, ((out, name),))
 
 
-def _head(b: _Builder, in_c: int) -> Part:
-    """Global average pool, flatten, optional dropout, then the classifier ``fc``."""
+def _head(b: _Builder, in_c: int, classifier: str = "fc") -> Part:
+    """Global average pool, [``conv_head`` 1x1 conv with bias + ReLU to ``head.hidden_channels``
+    (timm's GhostNet/MobileNetV3 head)], flatten, optional dropout, then the ``classifier``."""
     head = b.spec.head
     g = _Graph("head", "", in_c)
-    pooled = g.add(GlobalAvgPool(flatten=True), INPUT)
+    if head.hidden_channels is None:
+        pooled = g.add(GlobalAvgPool(flatten=True), INPUT)
+    else:
+        pooled = g.chain([GlobalAvgPool(flatten=False), b.conv("conv_head", in_c, head.hidden_channels, 1, bias=True),
+                          Act("relu"), Flatten()])
+        in_c = head.hidden_channels
     x = g.add(Dropout("dropout", float(head.dropout)), pooled) if head.dropout > 0 else pooled
-    logits = g.add(b.linear("fc", in_c, head.num_classes), x)
+    logits = g.add(b.linear(classifier, in_c, head.num_classes), x)
     return g.part(logits, head.num_classes, ((pooled, "pre_logits"), (logits, "logits")))
 
 
@@ -559,6 +598,12 @@ def make_plan(spec: ResNetSpec) -> Plan:
         (1000, 2048)
     """
     b = _Builder(spec)
+    from .families import BUILDERS  # block kinds that are not residual ("dense", "ghost")
+
+    family = BUILDERS.get(spec.block.kind)
+    if family is not None:
+        stem, stages, neck, head = family(b)
+        return Plan(spec, stem, stages, head, spec.out_indices, b.params, neck, b.aliases)
     stem = _stem(b)
     in_c = stem.out_channels
     stages = []

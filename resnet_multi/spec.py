@@ -22,9 +22,17 @@ from typing import Any
 
 SPEC_FORMAT_VERSION = 1
 
-BLOCK_KINDS = ("basic", "bottleneck", "basic_1x1")
-"""basic: 3x3-3x3. bottleneck: 1x1-3x3-1x1 with expansion. basic_1x1: 1x1-3x3 (PaddleOCR ResNet45)."""
+BLOCK_KINDS = ("basic", "bottleneck", "basic_1x1", "dense", "ghost")
+"""basic: 3x3-3x3. bottleneck: 1x1-3x3-1x1 with expansion. basic_1x1: 1x1-3x3 (PaddleOCR ResNet45).
+dense: DenseNet layers (BN-ReLU-[Conv1x1-BN-ReLU]-Conv3x3, outputs concatenated), stages joined by
+transitions (torchvision DenseNet, d2l). ghost: GhostNet bottlenecks (timm), set per block."""
+RESIDUAL_KINDS = ("basic", "bottleneck", "basic_1x1")
+"""The ResNet block kinds: ``relu(main(x) [* se] + shortcut(x))``, stages of ``depth`` x ``channels``."""
 DEFAULT_EXPANSION = {"basic": 1, "bottleneck": 4, "basic_1x1": 1}
+DEFAULT_BN_SIZE = 4
+"""DenseNet's bottleneck: the 1x1 conv of a dense layer has ``bn_size * growth_rate`` outputs."""
+DEFAULT_COMPRESSION = 0.5
+"""DenseNet's transitions keep ``floor(channels * compression)`` channels (torchvision: ``c // 2``)."""
 STRIDE_POSITIONS = ("3x3", "1x1")
 SHORTCUT_KINDS = ("conv_bn", "avgpool_conv_bn", "conv")
 """conv_bn: 1x1 conv (stride) + BN. avgpool_conv_bn: AvgPool 2x2 (ceil_mode, padding not counted)
@@ -36,6 +44,21 @@ RUNNING_VAR_ESTIMATORS = ("unbiased", "biased")
 """How train-mode BatchNorm updates its running variance. unbiased: the batch variance times
 n/(n-1), as PyTorch's BatchNorm. biased: the batch variance itself, as Paddle's, Flax's and
 Keras'. (Both normalize the batch with the biased variance; only the stored statistic differs.)"""
+
+
+def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """timm's make_divisible: ``value`` rounded to the nearest multiple of ``divisor`` (at least
+    ``divisor``), one step up if rounding lost more than ``1 - round_limit`` of it. Channel widths
+    of width-multiplied networks and squeeze-excite reductions use it.
+
+    Example:
+        >>> make_divisible(72 * 0.25, 4)
+        20
+    """
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new < round_limit * value:
+        new += divisor
+    return new
 
 
 class SpecError(ValueError):
@@ -68,6 +91,12 @@ class BlockSpec:
     the bottleneck only. ``stride_on`` places a bottleneck's stride on the "3x3"
     (torchvision, "v1.5") or on the first "1x1" (the original paper, Keras: "v1").
     ``se_ratio`` > 0 adds squeeze-and-excitation before the residual add.
+
+    A ``dense`` block (DenseNet) reads ``growth_rate`` (the channels each layer adds; required),
+    ``bn_size`` (the 1x1 bottleneck has ``bn_size * growth_rate`` channels; 0: no bottleneck, a
+    layer is BN-ReLU-Conv3x3 as in d2l; default 4) and ``compression`` (a transition keeps
+    ``floor(channels * compression)`` channels; default 0.5). Other kinds leave them unset.
+    A ``ghost`` block (GhostNet) is set per block in ``stages[i].blocks``.
     """
 
     kind: str = "basic"
@@ -76,10 +105,44 @@ class BlockSpec:
     groups: int = 1
     width_per_group: int = 64
     se_ratio: float = 0.0
+    growth_rate: int | None = None
+    bn_size: int | None = None
+    compression: float | None = None
 
     @property
     def resolved_expansion(self) -> int:
         return DEFAULT_EXPANSION.get(self.kind, 1) if self.expansion is None else self.expansion
+
+    @property
+    def resolved_bn_size(self) -> int:
+        return DEFAULT_BN_SIZE if self.bn_size is None else self.bn_size
+
+    @property
+    def resolved_compression(self) -> float:
+        return DEFAULT_COMPRESSION if self.compression is None else self.compression
+
+    def transition_channels(self, channels: int) -> int:
+        """A dense transition's output channels: ``floor(channels * compression)`` (torchvision's
+        ``channels // 2`` at the default 0.5)."""
+        return int(channels * self.resolved_compression)
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """One block's own settings, for block kinds set per block (``ghost``; timm's GhostNet cfgs).
+
+    A ghost bottleneck: ghost module (in -> ``mid_channels``, ReLU); when ``stride`` > 1 a
+    depthwise ``kernel_size`` conv with that stride + BN; squeeze-excite when ``se_ratio`` > 0
+    (hard-sigmoid gate, reduced channels rounded by make_divisible(divisor=4)); ghost module
+    (-> ``channels``, no ReLU); plus the shortcut (identity, or depthwise ``kernel_size``/stride
+    conv + BN + 1x1 conv + BN when the stride or the channel count changes); no ReLU after the add.
+    """
+
+    channels: int
+    mid_channels: int
+    kernel_size: int = 3
+    stride: int = 1
+    se_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -88,12 +151,27 @@ class StageSpec:
 
     ``dilate`` replaces the stage's stride by dilation, as torchvision's
     ``replace_stride_with_dilation`` (output stride 16 or 8).
+
+    By block kind: residual kinds need ``depth`` and ``channels``. ``dense`` needs ``depth``
+    (layers), no ``channels`` (``block.growth_rate`` sets them); every stage but the first
+    starts with a transition (BN-ReLU-Conv1x1, then AvgPool ``stride`` x ``stride`` when
+    ``stride`` > 1), so the first stage's stride must be 1. ``ghost`` takes ``blocks`` (one
+    BlockSettings per block) and nothing else.
     """
 
-    depth: int
-    channels: int
+    depth: int | None = None
+    channels: int | None = None
     stride: int = 1
     dilate: bool = False
+    blocks: tuple[BlockSettings, ...] | None = None
+
+    def __post_init__(self):
+        _freeze_lists(self, "blocks")
+
+    @property
+    def num_blocks(self) -> int:
+        """How many blocks the stage has (``depth``, or the number of per-block settings)."""
+        return len(self.blocks) if self.blocks is not None else self.depth
 
 
 @dataclass(frozen=True)
@@ -106,10 +184,12 @@ class ShortcutSpec:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """Global average pool, optional dropout, then a linear layer of ``num_classes`` outputs."""
+    """Global average pool, [a 1x1 conv with bias + ReLU of ``hidden_channels`` (timm's
+    ``conv_head``, GhostNet)], optional dropout, then a linear layer of ``num_classes`` outputs."""
 
     num_classes: int = 1000
     dropout: float = 0.0
+    hidden_channels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +288,60 @@ def _one_of(v: Any, choices: tuple[str, ...], path: str) -> None:
     _check(v in choices, path, f"must be one of {', '.join(repr(c) for c in choices)}", v)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _validate_stage(spec: ResNetSpec, i: int, stage: StageSpec) -> None:
+    """One stage, by block kind (see StageSpec)."""
+    p = f"stages[{i}]"
+    kind = spec.block.kind
+    _check(isinstance(stage, StageSpec), p, "must be a stage spec", stage)
+    _positive_int(stage.stride, f"{p}.stride")
+    _check(isinstance(stage.dilate, bool), f"{p}.dilate", "must be true or false", stage.dilate)
+    if kind == "ghost":
+        for name in ("depth", "channels"):
+            _check(getattr(stage, name) is None, f"{p}.{name}",
+                   "is not used by 'ghost' blocks (set per block in blocks[j]); leave it out", getattr(stage, name))
+        _check(stage.stride == 1, f"{p}.stride", "must be 1 for 'ghost' blocks: set it per block (blocks[j].stride)",
+               stage.stride)
+        _check(stage.dilate is False, f"{p}.dilate", "must be false for 'ghost' blocks (no dilation)", stage.dilate)
+        _check(isinstance(stage.blocks, tuple) and len(stage.blocks) >= 1, f"{p}.blocks",
+               "must be a non-empty list of per-block settings for 'ghost' blocks", stage.blocks)
+        for j, settings in enumerate(stage.blocks):
+            q = f"{p}.blocks[{j}]"
+            _check(isinstance(settings, BlockSettings), q, "must be block settings", settings)
+            _positive_int(settings.channels, f"{q}.channels")
+            _positive_int(settings.mid_channels, f"{q}.mid_channels")
+            _positive_int(settings.kernel_size, f"{q}.kernel_size")
+            _check(settings.kernel_size % 2 == 1, f"{q}.kernel_size", "must be odd (symmetric padding)",
+                   settings.kernel_size)
+            _positive_int(settings.stride, f"{q}.stride")
+            _check(_is_number(settings.se_ratio) and 0.0 <= settings.se_ratio <= 1.0, f"{q}.se_ratio",
+                   "must be a number in [0, 1]", settings.se_ratio)
+        return
+    _check(stage.blocks is None, f"{p}.blocks", f"per-block settings are for 'ghost' blocks, not {kind!r}",
+           stage.blocks)
+    _check(stage.depth is not None, f"{p}.depth", f"is required for {kind!r} blocks", stage.depth)
+    _positive_int(stage.depth, f"{p}.depth")
+    if kind == "dense":
+        _check(stage.channels is None, f"{p}.channels",
+               "is not used by 'dense' blocks (block.growth_rate sets the width); leave it out", stage.channels)
+        _check(stage.dilate is False, f"{p}.dilate", "must be false for 'dense' blocks (no dilation)", stage.dilate)
+        if i == 0:
+            _check(stage.stride == 1, f"{p}.stride",
+                   "must be 1 for the first 'dense' stage (strides are the transitions' pools between stages)",
+                   stage.stride)
+        return
+    _check(stage.channels is not None, f"{p}.channels", f"is required for {kind!r} blocks", stage.channels)
+    _positive_int(stage.channels, f"{p}.channels")
+    block = spec.block
+    if kind == "bottleneck":
+        width = int(stage.channels * block.width_per_group / 64) * block.groups
+        _check(width >= block.groups, f"{p}.channels",
+               f"gives a bottleneck width of {width}, fewer than block.groups={block.groups}", stage.channels)
+
+
 def validate_spec(spec: ResNetSpec) -> None:
     """Raise SpecError naming the first invalid field; the only place specs are validated."""
     _check(isinstance(spec.name, str) and spec.name != "", "name", "must be a non-empty string", spec.name)
@@ -228,45 +362,74 @@ def validate_spec(spec: ResNetSpec) -> None:
     block = spec.block
     _check(isinstance(block, BlockSpec), "block", "must be a block spec", block)
     _one_of(block.kind, BLOCK_KINDS, "block.kind")
+    kind = block.kind
     if block.expansion is not None:
         _positive_int(block.expansion, "block.expansion")
+        _check(kind in RESIDUAL_KINDS, "block.expansion", f"is not used by a {kind!r} block; leave it out",
+               block.expansion)
     _one_of(block.stride_on, STRIDE_POSITIONS, "block.stride_on")
     _positive_int(block.groups, "block.groups")
     _positive_int(block.width_per_group, "block.width_per_group")
-    if block.kind != "bottleneck":
-        _check(block.groups == 1, "block.groups", f"must be 1 for a {block.kind!r} block", block.groups)
+    if kind != "bottleneck":
+        _check(block.groups == 1, "block.groups", f"must be 1 for a {kind!r} block", block.groups)
         _check(block.width_per_group == 64, "block.width_per_group",
-               f"must be 64 for a {block.kind!r} block", block.width_per_group)
+               f"must be 64 for a {kind!r} block", block.width_per_group)
         _check(block.stride_on == "3x3", "block.stride_on",
-               f"must be '3x3' for a {block.kind!r} block", block.stride_on)
-    _check(isinstance(block.se_ratio, (int, float)) and not isinstance(block.se_ratio, bool)
-           and 0.0 <= block.se_ratio <= 1.0, "block.se_ratio", "must be a number in [0, 1]", block.se_ratio)
+               f"must be '3x3' for a {kind!r} block", block.stride_on)
+    _check(_is_number(block.se_ratio) and 0.0 <= block.se_ratio <= 1.0, "block.se_ratio",
+           "must be a number in [0, 1]", block.se_ratio)
+    if kind == "dense":
+        _check(block.se_ratio == 0, "block.se_ratio", "must be 0 for a 'dense' block (no squeeze-excite)",
+               block.se_ratio)
+        _check(block.growth_rate is not None, "block.growth_rate", "is required for a 'dense' block",
+               block.growth_rate)
+        _positive_int(block.growth_rate, "block.growth_rate")
+        if block.bn_size is not None:
+            _positive_int(block.bn_size, "block.bn_size", minimum=0)
+        if block.compression is not None:
+            _check(_is_number(block.compression) and 0.0 < block.compression <= 1.0, "block.compression",
+                   "must be a number in (0, 1]", block.compression)
+    else:
+        for field_name in ("growth_rate", "bn_size", "compression"):
+            value = getattr(block, field_name)
+            _check(value is None, f"block.{field_name}", f"is only for 'dense' blocks, not {kind!r}; leave it out",
+                   value)
+    if kind == "ghost":
+        _check(block.se_ratio == 0, "block.se_ratio",
+               "must be 0 for 'ghost' blocks: set it per block (stages[i].blocks[j].se_ratio)", block.se_ratio)
 
     _check(isinstance(spec.stages, tuple) and len(spec.stages) >= 1, "stages",
            "must be a non-empty list of stages", spec.stages)
     for i, stage in enumerate(spec.stages):
-        p = f"stages[{i}]"
-        _check(isinstance(stage, StageSpec), p, "must be a stage spec", stage)
-        _positive_int(stage.depth, f"{p}.depth")
-        _positive_int(stage.channels, f"{p}.channels")
-        _positive_int(stage.stride, f"{p}.stride")
-        _check(isinstance(stage.dilate, bool), f"{p}.dilate", "must be true or false", stage.dilate)
-        if block.kind == "bottleneck":
-            width = int(stage.channels * block.width_per_group / 64) * block.groups
-            _check(width >= block.groups, f"{p}.channels",
-                   f"gives a bottleneck width of {width}, fewer than block.groups={block.groups}",
-                   stage.channels)
+        _validate_stage(spec, i, stage)
+
+    if kind not in RESIDUAL_KINDS:
+        _check(len(stem.widths) == 1, "stem.widths", f"must be one width for a {kind!r} network (one stem conv)",
+               stem.widths)
+    if kind == "dense":
+        channels = stem.widths[0]
+        for i, stage in enumerate(spec.stages):
+            if i > 0:
+                channels = block.transition_channels(channels)
+                _check(channels >= 1, "block.compression", f"leaves no channels in the transition to stages[{i}]",
+                       block.compression)
+            channels += stage.depth * block.growth_rate
 
     shortcut = spec.shortcut
     _check(isinstance(shortcut, ShortcutSpec), "shortcut", "must be a shortcut spec", shortcut)
     _one_of(shortcut.kind, SHORTCUT_KINDS, "shortcut.kind")
     _one_of(shortcut.when, SHORTCUT_WHEN, "shortcut.when")
+    if kind not in RESIDUAL_KINDS:
+        _check(shortcut == ShortcutSpec(), "shortcut",
+               f"is fixed by a {kind!r} block (dense: concatenation; ghost: timm's); leave it out", shortcut)
 
     if spec.head is not None:
         _check(isinstance(spec.head, HeadSpec), "head", "must be a head spec or null", spec.head)
         _positive_int(spec.head.num_classes, "head.num_classes")
         _check(isinstance(spec.head.dropout, (int, float)) and 0.0 <= spec.head.dropout < 1.0,
                "head.dropout", "must be a number in [0, 1)", spec.head.dropout)
+        if spec.head.hidden_channels is not None:
+            _positive_int(spec.head.hidden_channels, "head.hidden_channels")
 
     if spec.out_indices is not None:
         _check(isinstance(spec.out_indices, tuple) and len(spec.out_indices) >= 1, "out_indices",
@@ -293,6 +456,9 @@ def validate_spec(spec: ResNetSpec) -> None:
     _one_of(init.conv, CONV_INITS, "init.conv")
     _check(isinstance(init.zero_init_last_bn, bool), "init.zero_init_last_bn", "must be true or false",
            init.zero_init_last_bn)
+    if kind not in RESIDUAL_KINDS:
+        _check(init.zero_init_last_bn is False, "init.zero_init_last_bn",
+               f"must be false for a {kind!r} network (it has no residual's last BN to zero)", init.zero_init_last_bn)
 
 
 # --------------------------------------------------------------------------- dict round trip

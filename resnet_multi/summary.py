@@ -31,10 +31,11 @@ class Summary:
 
     def __str__(self) -> str:
         header = f"{self.spec_name}  input {self.input_shape}"
-        lines = [header, f"{'layer':<12}{'output shape':<24}{'params':>14}{'MACs':>18}"]
+        w = max([12] + [len(r.name) + 2 for r in self.rows])  # stage names: "layer3", "features.denseblock1"
+        lines = [header, f"{'layer':<{w}}{'output shape':<24}{'params':>14}{'MACs':>18}"]
         for r in self.rows:
-            lines.append(f"{r.name:<12}{str(r.output_shape):<24}{r.params:>14,}{r.macs:>18,}")
-        lines.append(f"{'total':<12}{'':<24}{self.total_params:>14,}{self.total_macs:>18,}")
+            lines.append(f"{r.name:<{w}}{str(r.output_shape):<24}{r.params:>14,}{r.macs:>18,}")
+        lines.append(f"{'total':<{w}}{'':<24}{self.total_params:>14,}{self.total_macs:>18,}")
         lines.append(f"{self.total_params / 1e6:.2f} M parameters (+{self.total_buffers:,} BN buffer values), "
                      f"{self.total_macs / 1e9:.2f} G multiply-accumulates")
         return "\n".join(lines)
@@ -68,6 +69,10 @@ def summary(spec, input_shape=None) -> Summary:
     for stage in p.stages:
         macs = sum(figures[b.name][1] for b in stage.blocks)
         rows.append(SummaryRow(stage.name, figures[stage.name][0], count(*stage.blocks), macs))
+    if p.neck is not None:  # after the last stage, before the head (DenseNet's norm5, GhostNet's last conv)
+        neck_taps = [tap for _, tap in p.neck.taps]
+        rows.append(SummaryRow("neck", figures[neck_taps[-1]][0], count(p.neck),
+                               sum(figures[tap][1] for tap in neck_taps)))
     if p.head is not None:
         head_taps = [tap for _, tap in p.head.taps]
         rows.append(SummaryRow("head", figures[p.output_names()[0]][0], count(p.head),

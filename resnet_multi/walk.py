@@ -62,6 +62,8 @@ def run_plan(plan: Plan, x: Any, apply: Callable, *, taps: MutableMapping | None
         if taps is not None:
             taps[stage.name] = x
         features.append(x)
+    if plan.neck is not None:
+        x = run_part(plan.neck, x, apply, taps)
     if plan.head is not None:
         return run_part(plan.head, x, apply, taps)
     if plan.out_indices is not None:

@@ -216,10 +216,15 @@ def check_weights(plan: Plan, weights: Mapping[str, object], *, strict: bool = T
         raise TypeError(f"{source}: expected a mapping of name -> array, got {type(weights).__name__}")
     expected = plan.params
     arrays: dict[str, np.ndarray] = {}
-    unexpected, mismatched, not_float = [], [], []
-    for name, value in weights.items():
-        if name.rsplit(".", 1)[-1] in FRAMEWORK_EXTRAS:
+    unexpected, mismatched, not_float, seen = [], [], [], {}
+    for given, value in weights.items():
+        if given.rsplit(".", 1)[-1] in FRAMEWORK_EXTRAS:
             continue
+        name = plan.canonical_name(given)  # other names the plan declares (plan.aliases)
+        if name in seen:
+            raise WeightsError(f"{source}: {seen[name]!r} and {given!r} are the same tensor {name!r} of "
+                               f"{plan.spec.name!r}; give it once", (), (given,), ())
+        seen[name] = given
         if name not in expected:
             unexpected.append(name)
             continue
@@ -230,7 +235,7 @@ def check_weights(plan: Plan, weights: Mapping[str, object], *, strict: bool = T
             not_float.append(f"{name} (dtype {array.dtype})")
         else:
             arrays[name] = array
-    missing = [name for name in expected if name not in weights]
+    missing = [name for name in expected if name not in seen]
     problems = []
     if mismatched:
         problems.append(f"{len(mismatched)} mis-shaped: {_describe(mismatched)}")

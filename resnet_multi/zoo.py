@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import replace
 
-from .spec import BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, StageSpec, StemSpec
+from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, StageSpec,
+                   StemSpec, make_divisible)
 
 
 def _stages(depths, channels=(64, 128, 256, 512), strides=(1, 2, 2, 2)) -> tuple[StageSpec, ...]:
@@ -19,7 +20,7 @@ BOTTLENECK = BlockSpec(kind="bottleneck")
 _resnet18 = ResNetSpec(name="resnet18", stages=_stages((2, 2, 2, 2)), block=BASIC)
 _resnet50 = ResNetSpec(name="resnet50", stages=_stages((3, 4, 6, 3)), block=BOTTLENECK)
 
-_PRESETS: dict[str, ResNetSpec] = {
+_RESNETS: dict[str, ResNetSpec] = {
     "resnet18": _resnet18,
     "resnet34": replace(_resnet18, name="resnet34", stages=_stages((3, 4, 6, 3))),
     "resnet50": _resnet50,
@@ -49,6 +50,74 @@ _PRESETS: dict[str, ResNetSpec] = {
                             shortcut=ShortcutSpec(kind="conv"), head=HeadSpec(num_classes=10),
                             init=InitSpec(conv="torch_default")),
 }
+
+
+
+# --------------------------------------------------------------------------- DenseNet
+
+
+def _dense(name, growth_rate, depths, init_features) -> ResNetSpec:
+    """torchvision.models.densenet: 7x7/2 stem + BN-ReLU + max-pool, bn_size 4, transitions halve
+    the channels and pool 2x2, final BN-ReLU, Linear head; convs kaiming_normal_ (fan_in)."""
+    return ResNetSpec(
+        name=name,
+        stages=tuple(StageSpec(depth=d, stride=1 if i == 0 else 2) for i, d in enumerate(depths)),
+        block=BlockSpec(kind="dense", growth_rate=growth_rate),
+        stem=StemSpec(widths=(init_features,), kernel_size=7, stride=2, pool=True),
+        init=InitSpec(conv="kaiming_normal_fan_in"),
+    )
+
+
+_DENSENETS = {
+    "densenet121": _dense("densenet121", 32, (6, 12, 24, 16), 64),
+    "densenet161": _dense("densenet161", 48, (6, 12, 36, 24), 96),
+    "densenet169": _dense("densenet169", 32, (6, 12, 32, 32), 64),
+    "densenet201": _dense("densenet201", 32, (6, 12, 48, 32), 64),
+    # d2l.ai chapter "Densely Connected Networks (DenseNet)": no 1x1 bottleneck, conv biases,
+    # 1 input channel (Fashion-MNIST), 4 blocks of 4 layers, 10 classes, PyTorch default init.
+    "d2l_densenet": replace(
+        _dense("d2l_densenet", 32, (4, 4, 4, 4), 64), block=BlockSpec(kind="dense", growth_rate=32, bn_size=0),
+        in_channels=1, conv_bias=True, head=HeadSpec(num_classes=10), init=InitSpec(conv="torch_default")),
+}
+
+# --------------------------------------------------------------------------- GhostNet
+
+# timm.models.ghostnet cfgs: per stage, per block (dw kernel, expansion (mid) width, out width, SE ratio, stride).
+_GHOST_CFGS = (
+    ((3, 16, 16, 0, 1),),
+    ((3, 48, 24, 0, 2),),
+    ((3, 72, 24, 0, 1),),
+    ((5, 72, 40, 0.25, 2),),
+    ((5, 120, 40, 0.25, 1),),
+    ((3, 240, 80, 0, 2),),
+    ((3, 200, 80, 0, 1), (3, 184, 80, 0, 1), (3, 184, 80, 0, 1), (3, 480, 112, 0.25, 1), (3, 672, 112, 0.25, 1)),
+    ((5, 672, 160, 0.25, 2),),
+    ((5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1), (5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1)),
+)
+
+
+def _ghost(name, width) -> ResNetSpec:
+    """timm's GhostNet at a width multiplier: every width is make_divisible(w * width, 4); the head
+    is global pool, conv_head 1x1 (bias) to 1280 + ReLU, dropout 0.2, classifier; torch default init."""
+    def scaled(channels):
+        return make_divisible(channels * width, 4)
+
+    stages = tuple(
+        StageSpec(blocks=tuple(BlockSettings(channels=scaled(c), mid_channels=scaled(e), kernel_size=k, stride=s,
+                                             se_ratio=float(se)) for k, e, c, se, s in cfg))
+        for cfg in _GHOST_CFGS)
+    return ResNetSpec(
+        name=name, stages=stages, block=BlockSpec(kind="ghost"),
+        stem=StemSpec(widths=(scaled(16),), kernel_size=3, stride=2, pool=False),
+        head=HeadSpec(num_classes=1000, dropout=0.2, hidden_channels=1280),
+        init=InitSpec(conv="torch_default"),
+    )
+
+
+_GHOSTNETS = {name: _ghost(name, width) for name, width in
+              (("ghostnet_050", 0.5), ("ghostnet_100", 1.0), ("ghostnet_130", 1.3))}
+
+_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS}
 
 
 def list_specs(pattern: str = "*") -> list[str]:

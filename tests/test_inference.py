@@ -17,7 +17,7 @@ import pytest
 import resnet_multi as rm
 from conftest import BACKENDS, PRESETS, assert_close, odd_input
 from resnet_multi import plan as P
-from resnet_multi.inference import fold_batchnorm, is_folded
+from resnet_multi.inference import fold_batchnorm, is_folded, kept_batchnorms
 from resnet_multi.registry import get_backend
 from resnet_multi.weights import WeightsError, random_weights
 
@@ -39,20 +39,24 @@ def _tiny_spec() -> rm.ResNetSpec:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_fold_removes_every_batchnorm_and_keeps_the_function(name):
+    """Every BN that follows a conv is folded; the others (DenseNet's pre-activation BNs, none
+    in the ResNets and GhostNets) stay, exactly those ``kept_batchnorms`` names."""
     plan = rm.make_plan(rm.get_spec(name))
     weights = random_weights(plan, seed=0)
     folded_plan, folded = fold_batchnorm(plan, weights)
+    kept = set(kept_batchnorms(plan))
 
     assert is_folded(folded_plan) and not is_folded(plan)
-    assert not any(isinstance(op, P.BatchNorm) for op in _all_ops(folded_plan))
-    assert not any(info.role.startswith("bn_") for info in folded_plan.params.values())
+    assert {op.name for op in _all_ops(folded_plan) if isinstance(op, P.BatchNorm)} == kept
+    assert not any(info.role.startswith("bn_") and info.name.rsplit(".", 1)[0] not in kept
+                   for info in folded_plan.params.values())
     assert list(folded) == list(folded_plan.params)  # complete, in the table's order
     for name_, info in folded_plan.params.items():
         assert folded[name_].shape == info.shape and folded[name_].dtype == np.float32, name_
     # every conv that had a BN behind it now has a bias, named after the conv
     convs = {op.name: op for op in _all_ops(folded_plan) if isinstance(op, P.Conv)}
     for op in _all_ops(plan):
-        if isinstance(op, P.BatchNorm):
+        if isinstance(op, P.BatchNorm) and op.name not in kept:
             assert not any(n.startswith(op.name + ".") for n in folded_plan.params), op.name
     for conv in convs.values():
         if conv.bias:

@@ -70,7 +70,8 @@ def _load_and_compare(peer: paddle.nn.Layer, spec: rm.ResNetSpec, x: np.ndarray,
 
 @pytest.mark.parametrize("name", PADDLE_VISION_PRESETS)
 def test_paddle_vision_state_dict_loads_directly_and_matches(name, tmp_path):
-    assert len(PADDLE_VISION_PRESETS) == 7  # resnet18/34/50/101/152, wide_resnet50_2, resnext50_32x4d
+    # resnet18/34/50/101/152, wide_resnet50_2, resnext50_32x4d, densenet121/161/169/201 (PaddleClas names)
+    assert len(PADDLE_VISION_PRESETS) == 11
     with paddle.LazyGuard():  # no time spent on Paddle's init: _fill_random sets every entry
         peer = getattr(paddle.vision.models, name)()
     _fill_random(peer)

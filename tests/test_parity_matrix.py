@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import resnet_multi as rm
 from conftest import BACKENDS, ODD_HW, PRESETS
 from resnet_multi.parity import check_models
-from resnet_multi.spec import BLOCK_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
+from resnet_multi.spec import RESIDUAL_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
 from resnet_multi.weights import random_weights
 
 
@@ -58,10 +58,8 @@ def test_resnet50_matches_oracle_at_224(backend):
 # --------------------------------------------------------------------------- random specs
 
 
-@st.composite
-def specs(draw) -> tuple[rm.ResNetSpec, tuple[int, int, int, int]]:
-    """A random valid spec with small channels, and an input shape (odd sizes included)."""
-    kind = draw(st.sampled_from(BLOCK_KINDS))
+def _residual(draw) -> dict:
+    kind = draw(st.sampled_from(RESIDUAL_KINDS))
     block = rm.BlockSpec(kind=kind)
     if kind == "bottleneck":
         block = rm.BlockSpec(kind=kind, groups=draw(st.sampled_from([1, 2, 4])),
@@ -70,36 +68,83 @@ def specs(draw) -> tuple[rm.ResNetSpec, tuple[int, int, int, int]]:
                              expansion=draw(st.sampled_from([None, 2])))
     if draw(st.booleans()):
         block = rm.BlockSpec(**{**block.__dict__, "se_ratio": draw(st.sampled_from([0.25, 0.5]))})
-    n_stages = draw(st.integers(1, 3))
     stages = tuple(rm.StageSpec(depth=draw(st.integers(1, 3)), channels=draw(st.integers(4, 16)),
                                 stride=draw(st.sampled_from([1, 2])), dilate=draw(st.booleans()))
-                   for _ in range(n_stages))
+                   for _ in range(draw(st.integers(1, 3))))
     deep = draw(st.booleans())
     stem = rm.StemSpec(widths=tuple(draw(st.integers(4, 12)) for _ in range(3 if deep else 1)),
                        kernel_size=draw(st.sampled_from([3, 5] if deep else [3, 5, 7])),
                        stride=draw(st.sampled_from([1, 2])), pool=draw(st.booleans()))
     shortcut = rm.ShortcutSpec(kind=draw(st.sampled_from(SHORTCUT_KINDS)), when=draw(st.sampled_from(SHORTCUT_WHEN)))
+    return dict(block=block, stages=stages, stem=stem, shortcut=shortcut)
+
+
+def _dense(draw) -> dict:
+    """A DenseNet: bottleneck or not (d2l), any compression, transitions with and without a pool."""
+    block = rm.BlockSpec(kind="dense", growth_rate=draw(st.integers(2, 8)), bn_size=draw(st.sampled_from([0, 1, 4])),
+                         compression=draw(st.sampled_from([0.5, 0.7, 1.0])))
+    stages = tuple(rm.StageSpec(depth=draw(st.integers(1, 3)), stride=1 if i == 0 else draw(st.sampled_from([1, 2])))
+                   for i in range(draw(st.integers(1, 3))))
+    stem = rm.StemSpec(widths=(draw(st.integers(4, 12)),), kernel_size=draw(st.sampled_from([3, 5, 7])),
+                       stride=draw(st.sampled_from([1, 2])), pool=draw(st.booleans()))
+    return dict(block=block, stages=stages, stem=stem)
+
+
+def _ghost(draw) -> dict:
+    """A GhostNet: odd widths (the ghost modules slice), strides, SE or not, per block."""
+    settings = st.builds(rm.BlockSettings, channels=st.integers(3, 12), mid_channels=st.integers(3, 16),
+                         kernel_size=st.sampled_from([3, 5]), stride=st.sampled_from([1, 2]),
+                         se_ratio=st.sampled_from([0.0, 0.25]))
+    stages = tuple(rm.StageSpec(blocks=tuple(draw(st.lists(settings, min_size=1, max_size=2))))
+                   for _ in range(draw(st.integers(1, 3))))
+    stem = rm.StemSpec(widths=(draw(st.integers(4, 12)),), kernel_size=3, stride=draw(st.sampled_from([1, 2])),
+                       pool=draw(st.booleans()))
+    return dict(block=rm.BlockSpec(kind="ghost"), stages=stages, stem=stem)
+
+
+FAMILIES = {"residual": _residual, "dense": _dense, "ghost": _ghost}
+
+
+@st.composite
+def specs(draw, family: str = "residual") -> tuple[rm.ResNetSpec, tuple[int, int, int, int]]:
+    """A random valid spec of a family (FAMILIES) with small channels, and an input shape (odd sizes included)."""
+    family = FAMILIES[family](draw)
+    n_stages = len(family["stages"])
     head_kind = draw(st.sampled_from(["head", "none", "out_indices"]))
-    head = rm.HeadSpec(num_classes=draw(st.integers(1, 10)), dropout=draw(st.sampled_from([0.0, 0.5]))) \
-        if head_kind == "head" else None
+    head = rm.HeadSpec(num_classes=draw(st.integers(1, 10)), dropout=draw(st.sampled_from([0.0, 0.5])),
+                       hidden_channels=draw(st.sampled_from([None, 6]))) if head_kind == "head" else None
     out_indices = None
     if head_kind == "out_indices":
         out_indices = tuple(sorted(draw(st.sets(st.integers(0, n_stages - 1), min_size=1))))
     spec = rm.ResNetSpec(
-        name="drawn", stages=stages, block=block, stem=stem, shortcut=shortcut, head=head,
-        in_channels=draw(st.integers(1, 3)), conv_bias=draw(st.booleans()), out_indices=out_indices,
-        norm=rm.NormSpec(eps=draw(st.sampled_from([1e-5, 1e-3]))))
+        name="drawn", head=head, in_channels=draw(st.integers(1, 3)), conv_bias=draw(st.booleans()),
+        out_indices=out_indices, norm=rm.NormSpec(eps=draw(st.sampled_from([1e-5, 1e-3]))), **family)
     shape = (draw(st.integers(1, 2)), spec.in_channels, draw(st.integers(5, 40)), draw(st.integers(5, 40)))
+    try:
+        rm.make_plan(spec).check_input_shape(shape)
+    except ValueError:  # a DenseNet's 2x2 transition pools need some size; 40 fits every drawn spec
+        shape = (*shape[:2], 40, 40)
     return spec, shape
 
 
-@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(drawn=specs(), seed=st.integers(0, 2 ** 16))
-def test_random_specs_agree_with_oracle_on_every_backend(drawn, seed):
-    spec, shape = drawn
+def _agree_with_oracle(spec: rm.ResNetSpec, shape, seed: int) -> None:
     plan = rm.make_plan(spec)
     weights = random_weights(plan, seed=seed)
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     models = {backend: rm.build(spec, backend=backend, weights=weights) for backend in BACKENDS}
     report = check_models(models, x, weights=weights)
     assert report.ok, f"\nspec: {spec.to_json()}\ninput: {shape}\n{report}"
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=specs("residual"), seed=st.integers(0, 2 ** 16))
+def test_random_specs_agree_with_oracle_on_every_backend(drawn, seed):
+    _agree_with_oracle(*drawn, seed)
+
+
+# DenseNet and GhostNet specs: drawn apart, so that each family gets its share of examples
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(dense=specs("dense"), ghost=specs("ghost"), seed=st.integers(0, 2 ** 16))
+def test_random_dense_and_ghost_specs_agree_with_oracle_on_every_backend(dense, ghost, seed):
+    _agree_with_oracle(*dense, seed)
+    _agree_with_oracle(*ghost, seed)

@@ -33,7 +33,8 @@ BAD_SPECS = [
     ({"stages.1.channels": 2.5}, "stages[1].channels: must be an integer, got 2.5"),
     ({"stages.3.dilate": "yes"}, "stages[3].dilate: must be true or false, got 'yes'"),
     ({"stages": []}, "stages: must be a non-empty list of stages, got ()"),
-    ({"block.kind": "preact"}, "block.kind: must be one of 'basic', 'bottleneck', 'basic_1x1', got 'preact'"),
+    ({"block.kind": "preact"}, "block.kind: must be one of 'basic', 'bottleneck', 'basic_1x1', 'dense', 'ghost', "
+                                   "got 'preact'"),
     ({"block.stride_on": "first"}, "block.stride_on: must be one of '3x3', '1x1', got 'first'"),
     ({"block.groups": 0}, "block.groups: must be >= 1, got 0"),
     ({"block.se_ratio": 2.0}, "block.se_ratio: must be a number in [0, 1], got 2.0"),
@@ -58,7 +59,7 @@ BAD_SPECS = [
     ({"format_version": 99}, "format_version: this resnet_multi reads version 1, got 99"),
     ({"block.width": 3}, "block: unknown key(s) 'width'"),
     ({"colour": "red"}, "spec: unknown key(s) 'colour'"),
-    ({"stages.0": {"depth": 2}}, "stages[0]: missing required key(s) 'channels'"),
+    ({"stages.0": {"depth": 2}}, "stages[0].channels: is required for 'bottleneck' blocks, got None"),
     ({"stages.0": 3}, "stages[0]: expected a mapping, got 3"),
 ]
 

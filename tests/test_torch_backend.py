@@ -40,7 +40,7 @@ def _compare_with_peer(peer: torch.nn.Module, spec: rm.ResNetSpec):
 
 @pytest.mark.parametrize("name", TORCHVISION_PRESETS)
 def test_torchvision_state_dict_loads_strict_and_matches(name):
-    assert len(TORCHVISION_PRESETS) == 7
+    assert len(TORCHVISION_PRESETS) == 11  # 7 ResNets, densenet121/161/169/201
     _compare_with_peer(getattr(torchvision.models, name)(), rm.get_spec(name))
 
 
