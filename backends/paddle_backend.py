@@ -744,7 +744,7 @@ def train_step(model: ResNet, optimizer, x_nchw: np.ndarray, labels: np.ndarray)
     for name, p in model.named_parameters():
         if not p.stop_gradient and p.grad is not None:
             canonical, array = _translate(name, p.grad.numpy(), _PADDLE)
-            grads[canonical] = array
+            grads[model.plan.canonical_name(canonical)] = array  # a plan's Paddle aliases (PaddleClas names)
     optimizer.step()
     optimizer.clear_grad()
     return float(loss), grads

@@ -22,15 +22,28 @@ from resnet_multi.weights import random_weights
 
 def tiny(spec: rm.ResNetSpec | str, max_depth: int = 1, divisor: int = 8) -> rm.ResNetSpec:
     """The preset's architecture (stem, block kind, shortcut, head, groups) with 1/divisor of the
-    channels and at most ``max_depth`` blocks per stage: canonical names stay those of the preset."""
+    channels and at most ``max_depth`` blocks per stage, and no head dropout: canonical names stay
+    those of the preset."""
     spec = rm.get_spec(spec) if isinstance(spec, str) else spec
-    stages = tuple(replace(s, channels=max(1, s.channels // divisor), depth=min(s.depth, max_depth))
-                   for s in spec.stages)
     stem = replace(spec.stem, widths=tuple(max(1, w // divisor) for w in spec.stem.widths))
-    block = spec.block
-    if block.groups > 1:  # keep a grouped conv, at a width the smaller channels allow (16 = 4 groups of 4)
-        block = replace(block, groups=4, width_per_group=32)
-    return spec.replace(stages=stages, stem=stem, block=block)
+    block, head = spec.block, spec.head
+    if block.kind == "dense":  # channels come from the growth rate
+        stages = tuple(replace(s, depth=min(s.depth, max_depth)) for s in spec.stages)
+        block = replace(block, growth_rate=max(1, block.growth_rate // divisor))
+    elif block.kind == "ghost":  # per-block settings
+        stages = tuple(replace(s, blocks=tuple(replace(b, channels=max(4, b.channels // divisor),
+                                                       mid_channels=max(4, b.mid_channels // divisor))
+                                               for b in s.blocks[:max_depth])) for s in spec.stages)
+        if head is not None and head.hidden_channels:
+            head = replace(head, hidden_channels=max(4, head.hidden_channels // divisor))
+    else:
+        stages = tuple(replace(s, channels=max(1, s.channels // divisor), depth=min(s.depth, max_depth))
+                       for s in spec.stages)
+        if block.groups > 1:  # keep a grouped conv, at a width the smaller channels allow (16 = 4 groups of 4)
+            block = replace(block, groups=4, width_per_group=32)
+    if head is not None and head.dropout:  # random masks differ between frameworks: nothing to compare
+        head = replace(head, dropout=0.0)
+    return spec.replace(stages=stages, stem=stem, block=block, head=head)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -275,3 +288,12 @@ def test_headless_and_multi_output_specs_train_on_pooled_features():
     assert T.training_classes(rm.make_plan(spec)) == 16 + 64
     report = rm.check_training(spec, backends=BACKENDS, steps=2, input_shape=BATCH)
     assert report.ok, "\n" + str(report)
+
+
+def test_paddle_gradients_of_a_plan_with_paddle_names_are_canonical():
+    """DenseNet's Paddle modules carry PaddleClas names (plan aliases): its step must still report
+    every gradient under the canonical name (a missing one shows as an infinite error)."""
+    report = rm.check_training(tiny("densenet121"), backends=("torch", "paddle"), steps=1, input_shape=(2, 3, 65, 81))
+    gradients = [r for r in report.records if r.phase == "gradient"]
+    assert gradients and all(np.isfinite(r.rel) for r in gradients), report.format()
+    assert {r.tensor for r in gradients} >= {"classifier.weight", "features.conv0.weight"}
