@@ -44,6 +44,19 @@ def _dense_paddle_names(b: "P._Builder", layout: dict) -> None:
     b.alias("paddle", "classifier", "out")
 
 
+def _single_conv_stem(b: "P._Builder", conv: str, bn: str) -> "P.Part":
+    """One conv (the spec's stem kernel and stride) + BN + ReLU [+ 3x3/2 max-pool], named ``conv``/``bn``."""
+    spec = b.spec
+    width = spec.stem.widths[0]
+    g = P._Graph("stem", "", spec.in_channels)
+    ops = [b.conv(conv, spec.in_channels, width, spec.stem.kernel_size, spec.stem.stride), b.bn(bn, width),
+           Act("relu")]
+    if spec.stem.pool:
+        ops.append(MaxPool(kernel_size=3, stride=2, padding=1))
+    out = g.chain(ops)
+    return g.part(out, width, ((out, "stem"),))
+
+
 def dense_plan(b: "P._Builder"):
     """torchvision's DenseNet: stem conv0/norm0/relu/pool0; dense layers BN-ReLU-Conv1x1(bn_size x
     growth)-BN-ReLU-Conv3x3(growth) whose output is concatenated to their input (bn_size 0: one
@@ -53,13 +66,7 @@ def dense_plan(b: "P._Builder"):
     blk = spec.block
     growth, bn_size = blk.growth_rate, blk.resolved_bn_size
     width = spec.stem.widths[0]
-    g = P._Graph("stem", "", spec.in_channels)
-    ops = [b.conv("features.conv0", spec.in_channels, width, spec.stem.kernel_size, spec.stem.stride),
-           b.bn("features.norm0", width), Act("relu")]
-    if spec.stem.pool:
-        ops.append(MaxPool(kernel_size=3, stride=2, padding=1))
-    out = g.chain(ops)
-    stem = g.part(out, width, ((out, "stem"),))
+    stem = _single_conv_stem(b, "features.conv0", "features.norm0")
 
     c = width
     stages = []
@@ -144,13 +151,7 @@ def ghost_plan(b: "P._Builder"):
     block; ``blocks.{n}.0`` a 1x1 conv + BN + ReLU to the last block's mid width; the head."""
     spec = b.spec
     width = spec.stem.widths[0]
-    g = P._Graph("stem", "", spec.in_channels)
-    ops = [b.conv("conv_stem", spec.in_channels, width, spec.stem.kernel_size, spec.stem.stride), b.bn("bn1", width),
-           Act("relu")]
-    if spec.stem.pool:
-        ops.append(MaxPool(kernel_size=3, stride=2, padding=1))
-    out = g.chain(ops)
-    stem = g.part(out, width, ((out, "stem"),))
+    stem = _single_conv_stem(b, "conv_stem", "bn1")
     c = width
     stages = []
     for s, st in enumerate(spec.stages):

@@ -84,6 +84,15 @@ def _json_number(value: float):
     return value if math.isfinite(value) else None
 
 
+def _json_row(result) -> dict:
+    """One comparison (a TapResult or a training record) as a JSON-ready dict."""
+    row = asdict(result)
+    row["shape"] = list(result.shape)
+    for key in ("max_abs", "max_ref", "rel", "bound"):
+        row[key] = _json_number(row[key])
+    return row
+
+
 @dataclass(frozen=True)
 class ParityReport:
     """Per-(backend, tap) errors of a parity check against one reference.
@@ -142,13 +151,7 @@ class ParityReport:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (inf/nan errors become null)."""
-        results = []
-        for r in self.results:
-            row = asdict(r)
-            row["shape"] = list(r.shape)
-            for key in ("max_abs", "max_ref", "rel", "bound"):
-                row[key] = _json_number(row[key])
-            results.append(row)
+        results = [_json_row(r) for r in self.results]
         first = self.first_divergence
         return {
             "spec": self.spec_name,

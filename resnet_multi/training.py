@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from ._lazy import np
 from . import api
-from .parity import _json_number, _resolve_weights
+from .parity import _json_number, _json_row, _resolve_weights
 from .plan import Plan, make_plan
 from .registry import BackendError, backend_of, get_backend
 from .weights import check_weights, random_weights
@@ -309,13 +309,7 @@ class TrainingReport:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (inf/nan become null)."""
-        records = []
-        for r in self.records:
-            row = asdict(r)
-            row["shape"] = list(r.shape)
-            for key in ("max_abs", "max_ref", "rel", "bound"):
-                row[key] = _json_number(row[key])
-            records.append(row)
+        records = [_json_row(r) for r in self.records]
         first = self.first_divergence
         return {
             "spec": self.spec_name,
