@@ -523,9 +523,10 @@ def _stride(before, after) -> int:
 class _Row:
     """One box of the diagram: a title, a detail line, an output shape, a parameter count."""
 
-    def __init__(self, kind, title, detail, shape, params, shortcut=None, stage=None):
+    def __init__(self, kind, title, detail, shape, params, shortcut=None, stage=None, varying=False):
         self.kind, self.title, self.detail, self.shape = kind, title, detail, shape
         self.params, self.shortcut, self.stage = params, shortcut, stage
+        self.varying = varying  # a collapsed run whose blocks differ in width: params are the run's total
 
 
 def _diagram_rows(spec, input_shape):
@@ -571,17 +572,30 @@ def _diagram_rows(spec, input_shape):
             kind = _shortcut(params, block.name, stride)
             signature = (detail, kind, block.in_channels, block.out_channels, tuple(out), stride,
                          count(_under(params, block.name)))
+            # the same layers at other widths (DenseNet's layers each see more channels)
+            shape_key = (kind, stride, tuple(out[2:]),
+                         tuple(i.shape[2:] for _, i in main_items if len(i.shape) == 4 and not i.is_buffer))
             if groups and groups[-1][0] == signature:
                 groups[-1][1].append(block.name)
+            elif groups and groups[-1][2] == shape_key:
+                groups[-1][1].append(block.name)
+                groups[-1][3] = True  # widths vary: sum the parameters below
+                groups[-1][4] += signature[-1]
             else:
-                groups.append([signature, [block.name]])
+                groups.append([signature, [block.name], shape_key, False, signature[-1]])
             previous = out
-        for signature, members in groups:
+        for signature, members, _, varying, total in groups:
             detail, kind, _, _, out, stride, n = signature
             title = members[0] if len(members) == 1 else f"{members[0]} \u2026 {members[-1]}  \u00d7{len(members)}"
+            if len(title) > 40 and all(m.startswith(stage.name + ".") for m in members):  # long module paths
+                short = [m[len(stage.name) + 1:] for m in members]
+                title = short[0] if len(short) == 1 else f"{short[0]} \u2026 {short[-1]}  \u00d7{len(short)}"
+            if varying:
+                detail += " \u2026 (widths grow)"
             if stride > 1:
                 kind += f", stride {stride}"
-            rows.append(_Row("block", title, detail, out, n, shortcut=kind, stage=stage.name))
+            rows.append(_Row("block", title, detail, out, total if varying else n, shortcut=kind, stage=stage.name,
+                             varying=varying))
     if head_items or "pre_logits" in shapes:
         fc = [i for n, i in head_items if n.endswith(".weight") and len(i.shape) == 2]
         parts = []
@@ -682,7 +696,7 @@ def diagram_figure(spec, input_shape=None):
             previous_bottom = top + box_h
             shape = _chw(row.shape) if row.kind != "head" or len(row.shape) > 2 else str(row.shape[-1])
             ax.text(left + 0.12, top + 0.17, row.title, fontsize=9, weight="bold", va="center", zorder=3)
-            each = " each" if "\u00d7" in row.title else ""
+            each = " in all" if row.varying else " each" if "\u00d7" in row.title else ""
             ax.text(right - 0.12, top + 0.17, shape + (f"   {_count(row.params)} params{each}" if row.params else ""),
                     fontsize=8.5, ha="right", va="center", zorder=3)
             detail = row.detail if row.kind != "block" else f"{row.detail}   \u2502   shortcut {row.shortcut}"

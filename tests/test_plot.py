@@ -329,14 +329,17 @@ def test_diagram_of_every_preset(tmp_path, spec_name):
     spec = rm.get_spec(spec_name)
     path = rm.diagram(spec, tmp_path / f"{spec_name}.svg", input_shape=(1, spec.in_channels, 64, 96))
     width, height = image_size(path)
-    assert 600 <= width <= 800 and 400 <= height <= 1100  # one page, resnet18 through resnet152
+    # one page, resnet18 through resnet152; GhostNet's 10 stages of different blocks (nothing to
+    # collapse) take ~1180 px
+    assert 600 <= width <= 800 and 400 <= height <= 1250
     text = svg_texts(path)
     plan = rm.make_plan(spec)
     table = rm.summary(spec, input_shape=(1, spec.in_channels, 64, 96))
     for stage, row in zip(plan.stages, [r for r in table.rows if r.name.startswith("layer")]):
         assert stage.name in text.splitlines()
         assert "out " + "\u00d7".join(map(str, row.output_shape[1:])) in text  # the stage's output shape
-    assert f"{table.total_params / 1e6:.2f} M parameters" in text
+    assert (f"{table.total_params / 1e6:.2f} M parameters" in text
+            or f"{table.total_params / 1e3:.1f} k parameters" in text)  # small nets (d2l) in thousands
     assert "shortcut identity" in text or all(len(s.blocks) == 1 for s in plan.stages)
 
 
