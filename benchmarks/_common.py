@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -125,3 +128,25 @@ def peak_rss_bytes() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise OSError("no VmHWM in /proc/self/status")
+
+
+def run_child(command: list[str], backend: str, to_rows: Callable[[dict], list[str]], env=None) -> tuple[list[str], dict]:
+    """Run one backend's measurements in a child process (one framework per process): every JSON
+    line it prints is a result, turned into table rows by ``to_rows`` and printed as it arrives.
+    Returns (rows, framework versions); a failing child ends the benchmark with its stderr."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent, env=env)
+    rows, versions = [], {}
+    for line in process.stdout:
+        if not line.startswith("{"):
+            continue
+        result = json.loads(line)
+        versions.update(result["versions"])
+        new = to_rows(result)
+        rows += new
+        print("\n".join(new), flush=True)
+    stderr = process.stderr.read()
+    if process.wait() != 0:
+        print(stderr, file=sys.stderr)
+        raise SystemExit(f"the {backend} benchmark failed")
+    return rows, versions

@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -282,22 +281,7 @@ def _run_backend(backend: str, args) -> tuple[list[str], dict]:
                ",".join(args.models), "--batches", ",".join(map(str, args.batches)), "--repeats",
                str(args.repeats), "--budget", str(args.budget)] + ([] if args.deploy else ["--no-deploy"]) + \
               (["--torch-compile"] if args.torch_compile else [])
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parent.parent)
-    rows, versions = [], {}
-    for line in process.stdout:
-        if not line.startswith("{"):
-            continue
-        result = json.loads(line)
-        versions.update(result["versions"])
-        new = _rows(backend, result)
-        rows += new
-        print("\n".join(new), flush=True)
-    stderr = process.stderr.read()
-    if process.wait() != 0:
-        print(stderr, file=sys.stderr)
-        raise SystemExit(f"the {backend} benchmark failed")
-    return rows, versions
+    return _common.run_child(command, backend, lambda result: _rows(backend, result))
 
 
 NOTES = {

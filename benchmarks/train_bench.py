@@ -32,10 +32,8 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -269,22 +267,7 @@ def _run_backend(backend: str, args) -> tuple[list[str], dict]:
     if args.cpu_time:
         command.append("--cpu-time")
         env.update(ONE_THREAD)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parent.parent, env=env)
-    rows, versions = [], {}
-    for line in process.stdout:
-        if not line.startswith("{"):
-            continue
-        result = json.loads(line)
-        versions.update(result["versions"])
-        new = _rows(backend, result, args)
-        rows += new
-        print("\n".join(new), flush=True)
-    stderr = process.stderr.read()
-    if process.wait() != 0:
-        print(stderr, file=sys.stderr)
-        raise SystemExit(f"the {backend} benchmark failed")
-    return rows, versions
+    return _common.run_child(command, backend, lambda result: _rows(backend, result, args), env)
 
 
 NOTES = {
