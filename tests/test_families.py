@@ -183,8 +183,9 @@ def test_ghost_slice_to_odd_width_is_timms(monkeypatch):
 # --------------------------------------------------------------------------- custom specs
 
 
-def _dense(**changes) -> dict:
-    data = rm.get_spec("d2l_densenet").to_dict()
+def _changed(preset: str, changes: dict) -> dict:
+    """The preset's spec as a dict with each dotted path (``stages.0.depth``) set to a new value."""
+    data = rm.get_spec(preset).to_dict()
     for path, value in changes.items():
         node = data
         *parents, leaf = path.split(".")
@@ -192,17 +193,14 @@ def _dense(**changes) -> dict:
             node = node[int(p)] if p.isdigit() else node[p]
         node[int(leaf) if leaf.isdigit() else leaf] = value
     return data
+
+
+def _dense(**changes) -> dict:
+    return _changed("d2l_densenet", changes)
 
 
 def _ghost(**changes) -> dict:
-    data = rm.get_spec("ghostnet_100").to_dict()
-    for path, value in changes.items():
-        node = data
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[int(p)] if p.isdigit() else node[p]
-        node[int(leaf) if leaf.isdigit() else leaf] = value
-    return data
+    return _changed("ghostnet_100", changes)
 
 
 BAD_FAMILY_SPECS = [
