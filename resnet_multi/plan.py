@@ -169,6 +169,25 @@ class Node:
     inplace: bool = False  # op may overwrite inputs[0] (see resnet_multi.walk)
 
 
+def _dead_after(nodes, output: str) -> tuple[tuple[str, ...], ...]:
+    """Per node, the values that no later node reads and that are not the part's output.
+
+    The walk drops them right after that node, so an intermediate is freed when it is dead,
+    as in a framework's own eager code, not when the part ends: holding a block's
+    intermediates to its end made ghostnet_100 (batch 8) allocate fresh memory where timm's
+    model reuses freed buffers.
+    """
+    last_reader = {}
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            last_reader[name] = i
+    dead: list[list[str]] = [[] for _ in nodes]
+    for name, i in last_reader.items():
+        if name != output:
+            dead[i].append(name)
+    return tuple(tuple(names) for names in dead)
+
+
 @dataclass(frozen=True)
 class Part:
     """One unit of the network: the stem, a block, or the head (see the module docstring).
@@ -185,6 +204,10 @@ class Part:
     nodes: tuple[Node, ...]
     output: str
     taps: tuple[tuple[str, str], ...] = ()  # (value name, tap name), in execution order
+    # per node, the values no later node reads (not the output): see _dead_after. A plain
+    # attribute set at construction, not a cached property: Paddle's SOT to_static crashes
+    # (segfault) simulating Python 3.11's cached_property lock.
+    dead_after: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
 
     @property
     def ops(self) -> tuple:
@@ -198,6 +221,9 @@ class Part:
     def local_name(self, op) -> str:
         """``op.name`` relative to the module that runs this part."""
         return op.name[len(self.prefix):]
+
+    def __post_init__(self):
+        object.__setattr__(self, "dead_after", _dead_after(self.nodes, self.output))
 
 
 
@@ -411,8 +437,8 @@ def _conv_init(spec: ResNetSpec, shape: tuple[int, ...]) -> tuple[str, float]:
 
 
 # Ops whose backward pass needs their inputs (or nothing), never their own output: a later op
-# may overwrite that output in place.
-_OVERWRITABLE = (Conv, BatchNorm, Add, Mul)
+# may overwrite that output in place. (A Slice is a view of its input: see ``_mark_inplace``.)
+_OVERWRITABLE = (Conv, BatchNorm, Add, Mul, Concat)
 
 
 class _Graph:
@@ -438,14 +464,30 @@ class _Graph:
 
 
 def _mark_inplace(nodes: list[Node], output: str, taps) -> tuple[Node, ...]:
-    producer = {node.output: node.op for node in nodes}
+    producer = {node.output: node for node in nodes}
     kept = {output, INPUT} | {value for value, _ in taps}
+    readers = {}
+    for node in nodes:
+        for name in node.inputs:
+            readers[name] = readers.get(name, 0) + 1
+
+    def overwritable(value: str) -> bool:
+        made_by = producer.get(value)
+        if made_by is None:
+            return False
+        if isinstance(made_by.op, Slice):
+            # a view: writing it writes its base, which must be as free as the view itself
+            # (GhostNet's `ghost2(x)[:, :c] += shortcut`, as timm's `x += self.shortcut(shortcut)`)
+            base = made_by.inputs[0]
+            return base not in kept and readers[base] == 1 and overwritable(base)
+        return isinstance(made_by.op, _OVERWRITABLE)
+
     marked = []
     for i, node in enumerate(nodes):
         first = node.inputs[0]
         used_later = any(first in later.inputs for later in nodes[i + 1:]) or node.inputs.count(first) > 1
         inplace = ((node.op == Act("relu") or isinstance(node.op, Add)) and first not in kept and not used_later
-                   and isinstance(producer.get(first), _OVERWRITABLE))
+                   and overwritable(first))
         marked.append(Node(node.op, node.inputs, node.output, inplace))
     return tuple(marked)
 

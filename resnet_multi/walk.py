@@ -23,11 +23,13 @@ def run_part(part: Part, x: Any, apply: Callable, taps: MutableMapping | None = 
     # One loop, no early return: Paddle's AST to_static (paddle.jit.save) converts this function
     values = {INPUT: x}
     tap_of = dict(part.taps) if taps is not None else {}
-    for node in part.nodes:
+    for node, dead in zip(part.nodes, part.dead_after):
         out = apply(node, *[values[name] for name in node.inputs])
         values[node.output] = out
         if node.output in tap_of:  # published as soon as made: taps come in execution order
             taps[tap_of[node.output]] = out
+        for name in dead:  # freed when dead, as eager code frees them (Part.dead_after)
+            values.pop(name)
     return values[part.output]
 
 

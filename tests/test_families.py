@@ -25,6 +25,7 @@ import pytest
 
 import resnet_multi as rm
 from conftest import BACKENDS, assert_close, assert_weights_equal, odd_input
+from resnet_multi import plan as P
 from resnet_multi.cli import main
 from resnet_multi.inference import fold_batchnorm, kept_batchnorms
 from resnet_multi.weights import random_weights
@@ -178,6 +179,36 @@ def test_ghost_slice_to_odd_width_is_timms(monkeypatch):
     assert_close(rm.forward(ours, x), expected, "odd ghost")
     report = rm.check_parity(spec, backends=BACKENDS, weights=weights, inputs=x)
     assert report.ok, "\n" + str(report)
+
+
+def test_ghost_in_place_add_on_a_slice_trains_like_timm(monkeypatch):
+    """The residual add writes into the sliced concat in place (as timm's `x += shortcut`): the
+    float64 train-mode gradients and BN statistics must still be timm's."""
+    import torch
+    from timm.models import ghostnet
+
+    monkeypatch.setattr(ghostnet, "make_divisible", lambda v, divisor=8, **kwargs: int(v))
+    spec = odd_ghost_spec()
+    plan = rm.make_plan(spec)
+    adds = [n for stage in plan.stages for block in stage.blocks for n in block.nodes if n.op == P.Add()]
+    assert adds and all(n.inplace for n in adds)
+    assert any(isinstance(n.op, P.Slice) for stage in plan.stages for block in stage.blocks for n in block.nodes)
+    weights = random_weights(plan, seed=4)
+    ours = rm.build(spec, backend="torch", weights=weights, dtype="float64").train()
+    # timm's head dropout is functional (drop_rate); ours is an nn.Dropout, put in eval below
+    reference = ghostnet.GhostNet(ODD_GHOST_CFGS, num_classes=3, drop_rate=0.0).double().train()
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.from_numpy(odd_input(spec).astype(np.float64))
+    for model in (ours, reference):
+        model.apply(lambda m: m.eval() if isinstance(m, torch.nn.Dropout) else None)
+        (model(x) ** 2).sum().backward()
+    theirs = dict(reference.named_parameters())
+    for name, param in ours.named_parameters():
+        np.testing.assert_allclose(param.grad.numpy(), theirs[name].grad.numpy(), rtol=1e-12, atol=1e-12,
+                                   err_msg=name)
+    their_state = reference.state_dict()
+    for name, value in ours.state_dict().items():
+        np.testing.assert_allclose(value.numpy(), their_state[name].numpy(), rtol=1e-12, err_msg=name)
 
 
 # --------------------------------------------------------------------------- custom specs
