@@ -26,6 +26,8 @@ import math
 import os
 from pathlib import Path
 
+from . import plan as P
+
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 """Suffix -> matplotlib format of the files the plotting functions write."""
 
@@ -469,48 +471,71 @@ def _under(params: dict, prefix: str) -> list[tuple[str, object]]:
     return [(name, info) for name, info in params.items() if name.startswith(prefix + ".")]
 
 
-def _conv_text(weight, in_channels: int | None) -> str:
-    out_c, in_per_group, kh, kw = weight.shape
-    groups = in_channels // in_per_group if in_channels and in_per_group and in_channels % in_per_group == 0 else 1
-    return f"{kh}\u00d7{kw}, {out_c}" + (f", {groups} groups" if groups > 1 else "")
+def _depthwise(conv: P.Conv) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
-def _convs(items, in_channels: int | None) -> list[str]:
-    """'k x k, out' of every conv weight (4-D parameter) among (name, info) ``items``, in order."""
-    texts = []
-    for name, info in items:
-        if name.endswith(".weight") and len(info.shape) == 4 and not info.is_buffer:
-            texts.append(_conv_text(info, in_channels))
-            in_channels = info.shape[0]
-    return texts
+def _conv_text(conv: P.Conv) -> str:
+    """'k x k, out' of a conv, with its groups; 'k x k dw' for a depthwise conv."""
+    k = f"{conv.kernel_size}\u00d7{conv.kernel_size}"
+    if _depthwise(conv):
+        return f"{k} dw"
+    return f"{k}, {conv.out_channels}" + (f", {conv.groups} groups" if conv.groups > 1 else "")
 
 
-def _shortcut(params: dict, block: str, stride: int) -> str:
-    """The shortcut's kind, from the names of the block's parameters: a projection has parameters
-    under ``<block>.downsample.<i>``; each index is a conv (4-D weight), a BN (running mean) or,
-    when an index has no parameters and the block downsamples, a pool."""
-    prefix = f"{block}.downsample."
-    parts: dict[int, str] = {}
-    for name, info in params.items():
-        if not name.startswith(prefix):
-            continue
-        head = name[len(prefix):].split(".")[0]
-        if not head.isdigit():
-            continue
-        i = int(head)
-        if name.endswith(".weight") and len(info.shape) == 4:
-            parts[i] = f"conv {info.shape[2]}\u00d7{info.shape[3]}"
-        elif name.endswith(".running_mean"):
-            parts.setdefault(i, "BN")
-    if not parts:
-        return "identity"
-    steps = []
-    for i in range(max(parts) + 1):
-        if i in parts:
-            steps.append(parts[i])
-        elif stride > 1:
-            steps.append("pool")
-    return "projection: " + " + ".join(steps)
+def _op_text(op) -> str:
+    if isinstance(op, P.Conv):
+        return f"{'dw' if _depthwise(op) else 'conv'} {op.kernel_size}\u00d7{op.kernel_size}"
+    if isinstance(op, P.BatchNorm):
+        return "BN"
+    if isinstance(op, (P.AvgPool, P.MaxPool)):
+        return "pool"
+    return type(op).__name__.lower()
+
+
+def _read_block(block: P.Part) -> tuple[list, bool, str]:
+    """(main-path convs, has squeeze-excite, shortcut) of a block, read from its graph alone.
+
+    The merge is the node the output comes from (past a final activation). An Add is residual:
+    its input with the shortest path from the block's input is the shortcut, ``identity`` when
+    that is the input itself, else ``projection: <ops>``. A Concat of the input is DenseNet's
+    ``concatenation``; anything else (a DenseNet transition) has no shortcut, ``none``.
+    Squeeze-excite is the gate a Mul takes as its second input, back to its global pool.
+    """
+    made_by = {node.output: node for node in block.nodes}
+
+    def first_path(value: str) -> list:
+        ops = []
+        while value != P.INPUT:
+            node = made_by[value]
+            ops.append(node.op)
+            value = node.inputs[0]
+        return ops[::-1]
+
+    excite = []
+    for node in block.nodes:
+        if isinstance(node.op, P.Mul):
+            value = node.inputs[1]
+            while value in made_by:
+                gate = made_by[value]
+                excite.append(gate.op)
+                if isinstance(gate.op, P.GlobalAvgPool):
+                    break
+                value = gate.inputs[0]
+    merge = made_by.get(block.output)
+    while merge is not None and isinstance(merge.op, P.Act):
+        merge = made_by.get(merge.inputs[0])
+    skip: list = []
+    if merge is not None and isinstance(merge.op, P.Add):
+        skip = min((first_path(v) for v in merge.inputs), key=len)
+        shortcut = "projection: " + " + ".join(_op_text(op) for op in skip) if skip else "identity"
+    elif merge is not None and isinstance(merge.op, P.Concat) and P.INPUT in merge.inputs:
+        shortcut = "concatenation"
+    else:
+        shortcut = "none"
+    aside = {id(op) for op in skip + excite}
+    convs = [op for op in block.ops if isinstance(op, P.Conv) and id(op) not in aside]
+    return convs, bool(excite), shortcut
 
 
 def _stride(before, after) -> int:
@@ -555,7 +580,7 @@ def _diagram_rows(spec, input_shape):
     rows = [_Row("input", "input", f"{input_shape[1]} channel{'s' * (input_shape[1] != 1)}", tuple(input_shape), 0)]
     stem_shape = shapes["stem"]
     down = _stride(input_shape, stem_shape)
-    convs = " \u2192 ".join(_convs(stem_items, input_shape[1]))
+    convs = " \u2192 ".join(_conv_text(op) for op in plan.stem.ops if isinstance(op, P.Conv))
     rows.append(_Row("stem", "stem", f"conv {convs}" + (f"  (total stride {down})" if down > 1 else ""),
                      stem_shape, table["stem"].params if "stem" in table else count(stem_items)))
     previous = stem_shape
@@ -564,17 +589,13 @@ def _diagram_rows(spec, input_shape):
         for block in stage.blocks:
             out = shapes[block.name]
             stride = _stride(previous, out)
-            items = [(n, i) for n, i in _under(params, block.name) if not n.startswith(f"{block.name}.downsample.")]
-            main_items = [(n, i) for n, i in items if not n.startswith(f"{block.name}.se.")]
-            detail = "conv " + " \u2192 ".join(_convs(main_items, block.in_channels))
-            if len(main_items) != len(items):
-                detail += " + SE"
-            kind = _shortcut(params, block.name, stride)
+            convs, excite, kind = _read_block(block)
+            detail = "conv " + " \u2192 ".join(_conv_text(op) for op in convs) + (" + SE" if excite else "")
             signature = (detail, kind, block.in_channels, block.out_channels, tuple(out), stride,
                          count(_under(params, block.name)))
             # the same layers at other widths (DenseNet's layers each see more channels)
             shape_key = (kind, stride, tuple(out[2:]),
-                         tuple(i.shape[2:] for _, i in main_items if len(i.shape) == 4 and not i.is_buffer))
+                         tuple((op.kernel_size, op.kernel_size) for op in convs))
             if groups and groups[-1][0] == signature:
                 groups[-1][1].append(block.name)
             elif groups and groups[-1][2] == shape_key:
@@ -630,8 +651,11 @@ def diagram_figure(spec, input_shape=None):
         outputs = {stage_names[-1]: "output"}
 
     box_h, stage_head, gap, stage_gap = 0.56, 0.34, 0.16, 0.2
-    left, right = 1.0, 7.0   # the boxes; the shortcut arcs sit left of them, the outputs right
-    width = 10.8 if plan.out_indices is not None else 10.0  # room for the feature-output labels
+    # the boxes; the shortcut arcs sit left of them, the outputs right. A box is as wide as its
+    # longest detail line (8 pt text: about 0.062 inch a character), 6 to 7 inches.
+    longest = max(len(row.detail) + (len(row.shortcut) + 16 if row.kind == "block" else 0) for row in rows)
+    left, right = 1.0, min(8.0, max(7.0, 1.3 + 0.062 * longest))
+    width = right + (3.8 if plan.out_indices is not None else 3.0)  # room for the feature-output labels
     # vertical layout first, to size the figure
     y = 0.95
     layout = []
@@ -699,11 +723,12 @@ def diagram_figure(spec, input_shape=None):
             each = " in all" if row.varying else " each" if "\u00d7" in row.title else ""
             ax.text(right - 0.12, top + 0.17, shape + (f"   {_count(row.params)} params{each}" if row.params else ""),
                     fontsize=8.5, ha="right", va="center", zorder=3)
-            detail = row.detail if row.kind != "block" else f"{row.detail}   \u2502   shortcut {row.shortcut}"
+            skip = f"shortcut {row.shortcut}".replace("shortcut none", "no shortcut")
+            detail = row.detail if row.kind != "block" else f"{row.detail}   \u2502   {skip}"
             ax.text(left + 0.12, top + 0.4, detail, fontsize=8, color="0.25", va="center", zorder=3,
                     gid="shortcut" if row.kind == "block" else None)
-            if row.kind == "block":  # the skip connection, beside the box
-                projection = not row.shortcut.startswith("identity")
+            if row.kind == "block" and not row.shortcut.startswith("none"):  # the skip connection
+                projection = row.shortcut.startswith("projection")
                 color = "#c0392b" if projection else "0.55"
                 x_arc = left - 0.28
                 ax.plot([left, x_arc, x_arc, left], [top + 0.08, top + 0.08, top + box_h - 0.08, top + box_h - 0.08],
@@ -720,11 +745,11 @@ def diagram_figure(spec, input_shape=None):
                 ax.text(right + 0.92, y_mid, f"logits\n{shape}", fontsize=8.5, color="#2f6f3e", va="center")
         legend_y = height - 0.18
         ax.plot([0.3, 0.6], [legend_y, legend_y], color="0.55", lw=1.0)
-        ax.text(0.68, legend_y, "identity shortcut", fontsize=7.5, va="center", color="0.3")
-        ax.plot([2.1, 2.4], [legend_y, legend_y], color="#c0392b", lw=1.4)
-        ax.add_patch(FancyBboxPatch((2.2, legend_y - 0.05), 0.1, 0.1, boxstyle="square,pad=0", fc="#c0392b",
+        ax.text(0.68, legend_y, "identity (or concatenation)", fontsize=7.5, va="center", color="0.3")
+        ax.plot([2.6, 2.9], [legend_y, legend_y], color="#c0392b", lw=1.4)
+        ax.add_patch(FancyBboxPatch((2.7, legend_y - 0.05), 0.1, 0.1, boxstyle="square,pad=0", fc="#c0392b",
                                     ec="#c0392b"))
-        ax.text(2.48, legend_y, "projection shortcut (parameters under <block>.downsample)", fontsize=7.5,
+        ax.text(2.98, legend_y, "projection shortcut (convolutions on the skip path)", fontsize=7.5,
                 va="center", color="0.3")
     return fig
 

@@ -22,9 +22,9 @@ import re
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, assert_close, assert_weights_equal, odd_input
 
 import resnet_multi as rm
-from conftest import BACKENDS, assert_close, assert_weights_equal, odd_input
 from resnet_multi import plan as P
 from resnet_multi.cli import main
 from resnet_multi.inference import fold_batchnorm, kept_batchnorms

@@ -340,7 +340,8 @@ def test_diagram_of_every_preset(tmp_path, spec_name):
         assert "out " + "\u00d7".join(map(str, row.output_shape[1:])) in text  # the stage's output shape
     assert (f"{table.total_params / 1e6:.2f} M parameters" in text
             or f"{table.total_params / 1e3:.1f} k parameters" in text)  # small nets (d2l) in thousands
-    assert "shortcut identity" in text or all(len(s.blocks) == 1 for s in plan.stages)
+    assert ("shortcut identity" in text or "shortcut concatenation" in text  # DenseNet's layers
+            or all(len(s.blocks) == 1 for s in plan.stages))
 
 
 def test_diagram_collapses_repeated_blocks_of_resnet152(tmp_path):
@@ -361,6 +362,11 @@ def test_diagram_collapses_repeated_blocks_of_resnet152(tmp_path):
     ("resnet50d", "projection: pool + conv 1\u00d71 + BN, stride 2"),   # ResNet-D: avg-pool shortcut
     ("d2l_resnet18", "projection: conv 1\u00d71, stride 2"),            # conv without BN
     ("resnext50_32x4d", "3\u00d73, 128, 32 groups"),                     # grouped conv
+    # GhostNet: depthwise shortcut under `shortcut.*` (not `downsample`), read from the graph
+    ("ghostnet_100", ("conv 1\u00d71, 24 \u2192 3\u00d73 dw \u2192 3\u00d73 dw \u2192 1\u00d71, 12 \u2192 3\u00d73 dw   "
+                      "\u2502   shortcut projection: dw 3\u00d73 + BN + conv 1\u00d71 + BN, stride 2")),
+    ("densenet121", "conv 1\u00d71, 128 \u2192 3\u00d73, 32 \u2026 (widths grow)   \u2502   shortcut concatenation"),
+    ("densenet121", "conv 1\u00d71, 128   \u2502   no shortcut, stride 2"),  # a transition
 ])
 def test_diagram_names_shortcut_kinds(tmp_path, spec_name, shortcut):
     assert shortcut in svg_texts(rm.diagram(spec_name, tmp_path / "d.svg"))
