@@ -745,7 +745,9 @@ def diagram_figure(spec, input_shape=None):
                 ax.text(right + 0.92, y_mid, f"logits\n{shape}", fontsize=8.5, color="#2f6f3e", va="center")
         legend_y = height - 0.18
         ax.plot([0.3, 0.6], [legend_y, legend_y], color="0.55", lw=1.0)
-        ax.text(0.68, legend_y, "identity (or concatenation)", fontsize=7.5, va="center", color="0.3")
+        dense = any(row.shortcut == "concatenation" for row in rows)
+        ax.text(0.68, legend_y, "identity or concatenation" if dense else "identity shortcut", fontsize=7.5,
+                va="center", color="0.3")
         ax.plot([2.6, 2.9], [legend_y, legend_y], color="#c0392b", lw=1.4)
         ax.add_patch(FancyBboxPatch((2.7, legend_y - 0.05), 0.1, 0.1, boxstyle="square,pad=0", fc="#c0392b",
                                     ec="#c0392b"))
