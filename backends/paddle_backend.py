@@ -9,8 +9,10 @@ Numerics that differ from PyTorch and are translated here (see docs/NUMERICS.md)
   opposite of PyTorch's default), always passed explicitly with ``ceil_mode``.
 - Train-mode BN: Paddle stores the biased batch variance in ``_variance``; a spec with
   ``norm.running_var: unbiased`` (PyTorch's, every torchvision preset) gets ``BatchNorm2D``,
-  which stores the unbiased one, and in float64 also applies the momentum exactly (Paddle
-  rounds it to float32). Eval-mode outputs are unaffected.
+  which stores the unbiased one.
+- float64 BN: Paddle's kernel holds momentum and epsilon as float32 attributes, so float64
+  models normalize with ``BatchNorm2D``'s elementary ops instead (exact momentum and epsilon, in
+  train and eval mode).
 """
 
 from __future__ import annotations
@@ -59,17 +61,21 @@ def _param() -> ParamAttr:
 
 
 class BatchNorm2D(nn.BatchNorm2D):
-    """``nn.BatchNorm2D`` whose train-mode update follows the spec exactly where Paddle's own
-    does not: the UNBIASED running variance (PyTorch's estimator, ``norm.running_var: unbiased``,
-    torchvision's models), and in float64 the exact momentum.
+    """``nn.BatchNorm2D`` that follows the spec exactly where Paddle's own kernel does not: the
+    UNBIASED running variance (PyTorch's estimator, ``norm.running_var: unbiased``, torchvision's
+    models), and in float64 the exact momentum and epsilon.
 
-    Paddle passes the momentum to its kernel as a float32 attribute, so a float64 model's running
-    statistics move by ``float32(m)``, not ``m`` (1e-8 relative off for m = 0.9): too coarse to
-    prove two float64 trainings equal. The output is Paddle's own; the kernel updates copies of
-    the statistics, from which the batch statistics are recovered exactly (a per-channel
-    equation, no second pass over the activations) and the spec's update is assigned. The
-    running statistics themselves are never inputs of the op, so the in-place assignment does
-    not disturb the backward pass (also under ``paddle.jit.to_static``).
+    float32 models run Paddle's kernel; in training, the kernel updates copies of the running
+    statistics, from which the batch statistics are recovered exactly (a per-channel equation, no
+    second pass over the activations) and the spec's update is assigned. The running statistics
+    themselves are never inputs of the op, so the in-place assignment does not disturb the
+    backward pass (also under ``paddle.jit.to_static``).
+
+    float64 models compute the normalization from Paddle's elementary ops (``_exact_forward``):
+    the kernel takes momentum AND epsilon as float32 attributes, so it normalizes by
+    ``sqrt(var + float32(eps))``: 1.2e-9 relative off where a channel's variance is 1e-4, 1.2e-8
+    at 1e-6 (a trained model's small running variances, or a batch with few values per channel),
+    too coarse to prove two float64 models equal (docs/NUMERICS.md).
     """
 
     def __init__(self, *args, unbiased: bool, **kwargs):
@@ -77,6 +83,8 @@ class BatchNorm2D(nn.BatchNorm2D):
         self._unbiased = unbiased
 
     def forward(self, x):
+        if x.dtype == paddle.float64:
+            return self._exact_forward(x)
         if not self.training or self._use_global_stats:
             return super().forward(x)
         mean, var = self._mean.detach().clone(), self._variance.detach().clone()
@@ -86,23 +94,53 @@ class BatchNorm2D(nn.BatchNorm2D):
         if kept == 1.0:  # spec momentum 0: the statistics never move
             return out
         with paddle.no_grad():
-            old_mean, old_var = self._mean.detach(), self._variance.detach()
             if paddle.in_dynamic_mode():
                 # the kernel updated the copies in place: recover the batch statistics from them
-                applied = float(np.float32(kept)) if x.dtype == paddle.float64 else kept
-                batch_var = (var - applied * old_var) / (1.0 - applied)  # biased
-                batch_mean = (mean - applied * old_mean) / (1.0 - applied)
+                batch_mean = (mean - kept * self._mean.detach()) / (1.0 - kept)
+                batch_var = (var - kept * self._variance.detach()) / (1.0 - kept)  # biased
             else:  # a static program (to_static) has no in-place copies to read: reduce once more
                 batch_mean = paddle.mean(x, axis=[0, 2, 3])
                 batch_var = paddle.mean(paddle.square(x - batch_mean.reshape([1, -1, 1, 1])), axis=[0, 2, 3])
-            if self._unbiased:
-                n = paddle.numel(x).astype(var.dtype) / x.shape[1]  # a tensor: right under to_static too
-                batch_var = batch_var * n / (n - 1.0)
-            # momentum as tensors of the statistics' dtype: in a static program `0.9 * t` is a
-            # scale op with a float32 attribute, which would round it again
-            keep, take = (paddle.full([], value, dtype=old_mean.dtype) for value in (kept, 1.0 - kept))
-            paddle.assign(keep * old_mean + take * batch_mean, self._mean)
-            paddle.assign(keep * old_var + take * batch_var, self._variance)
+            self._update_running_stats(x, batch_mean, batch_var)
+        return out
+
+    def _update_running_stats(self, x, batch_mean, batch_var) -> None:
+        """Move the running statistics towards the batch's (``batch_var`` biased), the spec's way."""
+        kept = self._momentum
+        if kept == 1.0:
+            return
+        if self._unbiased:
+            n = paddle.numel(x).astype(batch_var.dtype) / x.shape[1]  # a tensor: right under to_static too
+            batch_var = batch_var * n / (n - 1.0)
+        # momentum as tensors of the statistics' dtype: in a static program `0.9 * t` is a scale
+        # op with a float32 attribute, which would round it again
+        keep, take = (paddle.full([], value, dtype=self._mean.dtype) for value in (kept, 1.0 - kept))
+        paddle.assign(keep * self._mean.detach() + take * batch_mean, self._mean)
+        paddle.assign(keep * self._variance.detach() + take * batch_var, self._variance)
+
+    def _exact_forward(self, x):
+        """``(x - mean) / sqrt(var + eps) * weight + bias`` from elementary ops, with the batch's
+        statistics in training (the gradient is autograd's, through the mean and variance) and
+        the running ones in eval; epsilon is a tensor, never a float32 attribute."""
+        shape = [1, -1, 1, 1]
+        if self.training and not self._use_global_stats:
+            mean = paddle.mean(x, axis=[0, 2, 3])
+            centered = x - mean.reshape(shape)
+            var = paddle.mean(paddle.square(centered), axis=[0, 2, 3])  # biased: what normalizes
+            with paddle.no_grad():
+                # copies, not detach(): in a to_static program a detached value shares its
+                # buffer, which the executor may then overwrite in place (rsqrt of var + eps):
+                # the running variance came out 16-21% off, nondeterministically
+                self._update_running_stats(x, mean.clone(), var.clone())
+        else:
+            centered = x - self._mean.reshape(shape)
+            var = self._variance
+        epsilon = paddle.full([], self._epsilon, dtype=x.dtype)
+        out = centered * paddle.rsqrt(var + epsilon).reshape(shape)
+        if self.weight is not None:
+            out = out * self.weight.reshape(shape)
+        if self.bias is not None:
+            out = out + self.bias.reshape(shape)
         return out
 
 

@@ -319,6 +319,53 @@ def test_train_mode_running_var_follows_the_spec(float64_backend, estimator):
     assert not np.allclose(after, 0.7 * weights["bn1.running_var"] + 0.3 * other, rtol=1e-6)
 
 
+@pytest.mark.parametrize("float64_backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_float64_batchnorm_adds_the_exact_epsilon(float64_backend, mode):
+    """Where a channel's variance is small, ``var + eps`` decides the output. Paddle's kernel holds
+    eps as a float32 attribute (1e-5 acts as 9.99999974738e-06): 1.2e-9 relative off at variance
+    1e-4, 1.2e-8 at 1e-6. Here the stem's BN sees variances near 1e-6, in the batch (train) or
+    in its running statistics (eval)."""
+    from resnet_multi import reference as R
+
+    plan, weights = _weights("resnet18", seed=7)
+    weights = {name: value.astype(np.float64) for name, value in weights.items()}
+    weights["bn1.running_var"] = np.random.default_rng(9).uniform(0.5e-6, 2e-6, 64)
+    weights["bn1.running_mean"] = weights["bn1.running_mean"] * 1e-3
+    x = _input(seed=8).astype(np.float64) * 1e-3
+    model = rm.build(plan.spec, float64_backend, weights=weights, dtype="float64")
+    if mode == "eval":
+        stem = rm.forward(model, x, taps=True)["stem"]
+        expected = rm.reference_forward(plan, weights, x, taps=True, precision="float64")["stem"]
+    else:
+        stem = _train_taps(float64_backend, model, x)["stem"]
+        conv = R.conv2d(x, weights["conv1.weight"], stride=2, padding=3)
+        mean, var = conv.mean(axis=(0, 2, 3)), conv.var(axis=(0, 2, 3))
+        assert var.max() < 1e-5  # the regime where eps matters
+        expected = R.max_pool2d(R.relu(R.batch_norm(conv, weights["bn1.weight"], weights["bn1.bias"], mean, var,
+                                                    1e-5)), 3, 2, 1)
+    rel = np.abs(stem - expected).max() / np.abs(expected).max()
+    assert rel < 1e-12, rel  # float64 rounding: measured below 1e-15; float32 eps gives ~1e-8
+
+
+def _train_taps(backend: str, model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tap of one train-mode forward, each framework's own way, as NCHW arrays."""
+    if backend == "torch":
+        import torch
+
+        return {k: v.detach().numpy() for k, v in model.train().forward_taps(torch.from_numpy(x)).items()}
+    if backend == "paddle":
+        import paddle
+
+        model.train()
+        return {k: v.numpy() for k, v in model(paddle.to_tensor(x), taps=True).items()}
+    import jax.numpy as jnp
+
+    model.train()
+    taps = model(jnp.asarray(x.transpose(0, 2, 3, 1)), taps=True)
+    return {k: np.asarray(v).transpose(0, 3, 1, 2) if v.ndim == 4 else np.asarray(v) for k, v in taps.items()}
+
+
 def _train_forward(backend: str, model, x: np.ndarray) -> None:
     """One train-mode forward, each framework's own way."""
     if backend == "torch":
