@@ -181,6 +181,17 @@ def test_ghost_slice_to_odd_width_is_timms(monkeypatch):
     assert report.ok, "\n" + str(report)
 
 
+def _exact_hard_sigmoid():
+    """relu6(x + 3) / 6 as a torch module (torch is imported inside the tests)."""
+    import torch
+
+    class ExactHardSigmoid(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.relu6(x + 3.0) / 6.0
+
+    return ExactHardSigmoid()
+
+
 def test_ghost_in_place_add_on_a_slice_trains_like_timm(monkeypatch):
     """The residual add writes into the sliced concat in place (as timm's `x += shortcut`): the
     float64 train-mode gradients and BN statistics must still be timm's."""
@@ -197,6 +208,11 @@ def test_ghost_in_place_add_on_a_slice_trains_like_timm(monkeypatch):
     ours = rm.build(spec, backend="torch", weights=weights, dtype="float64").train()
     # timm's head dropout is functional (drop_rate); ours is an nn.Dropout, put in eval below
     reference = ghostnet.GhostNet(ODD_GHOST_CFGS, num_classes=3, drop_rate=0.0).double().train()
+    # timm's SE gate is nn.Hardsigmoid, whose backward multiplies by a float32 1/6 even in
+    # float64; ours computes relu6(x + 3) / 6 (docs/NUMERICS.md): give timm the exact gate
+    for module in reference.modules():
+        if hasattr(module, "gate") and isinstance(module.gate, torch.nn.Hardsigmoid):
+            module.gate = _exact_hard_sigmoid()
     reference.load_state_dict(ours.state_dict(), strict=True)
     x = torch.from_numpy(odd_input(spec).astype(np.float64))
     for model in (ours, reference):

@@ -77,6 +77,24 @@ def test_momentum_and_eps_reach_torch():
     assert (bn.eps, bn.momentum) == (1.001e-5, 0.01)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hard_sigmoid_is_timms_forward_with_an_exact_gradient(dtype):
+    """F.hardsigmoid's backward multiplies by the float32 constant 1.0f/6.0f even for float64
+    tensors (2.98e-8 relative off): the backend's hard sigmoid keeps its forward, bit for bit, and
+    has the exact gradient."""
+    from resnet_multi import plan as P
+    from resnet_multi.backends import torch_backend
+
+    x = torch.tensor([-4.0, -3.0, -2.5, -0.1, 0.0, 0.7, 2.99, 3.0, 5.0], dtype=dtype, requires_grad=True)
+    node = P.Node(P.Act("hard_sigmoid"), (P.INPUT,), "out")
+    out = torch_backend._Runner()._run_node(node, x)
+    assert torch.equal(out, torch.nn.functional.hardsigmoid(x))
+    out.sum().backward()
+    sixth = torch.tensor(1.0, dtype=dtype) / 6
+    inside = (x > -3) & (x < 3)
+    assert torch.equal(x.grad, torch.where(inside, sixth, torch.zeros_like(sixth)))
+
+
 def test_traceable():
     spec = rm.get_spec("resnet18")
     model = rm.build(spec, "torch")
