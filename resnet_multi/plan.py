@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -466,10 +467,7 @@ class _Graph:
 def _mark_inplace(nodes: list[Node], output: str, taps) -> tuple[Node, ...]:
     producer = {node.output: node for node in nodes}
     kept = {output, INPUT} | {value for value, _ in taps}
-    readers = {}
-    for node in nodes:
-        for name in node.inputs:
-            readers[name] = readers.get(name, 0) + 1
+    readers = Counter(name for node in nodes for name in node.inputs)
 
     def overwritable(value: str) -> bool:
         made_by = producer.get(value)
