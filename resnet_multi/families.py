@@ -33,6 +33,8 @@ def _dense_paddle_names(b: "P._Builder", layout: dict) -> None:
         pairs = (("norm1", "bn_ac_func1._batch_norm"), ("conv1", "bn_ac_func1._conv"))
         if bottleneck:
             pairs += (("norm2", "bn_ac_func2._batch_norm"), ("conv2", "bn_ac_func2._conv"))
+        if layout["dropout"]:
+            pairs += (("dropout", "dropout_func"),)
         for mine, theirs in pairs:
             b.alias("paddle", f"{canonical}.{mine}", f"{native}.{theirs}")
     for t in layout["transitions"]:
@@ -59,8 +61,8 @@ def _single_conv_stem(b: "P._Builder", conv: str, bn: str) -> "P.Part":
 
 def dense_plan(b: "P._Builder"):
     """torchvision's DenseNet: stem conv0/norm0/relu/pool0; dense layers BN-ReLU-Conv1x1(bn_size x
-    growth)-BN-ReLU-Conv3x3(growth) whose output is concatenated to their input (bn_size 0: one
-    BN-ReLU-Conv3x3, as d2l); a transition (BN-ReLU-Conv1x1 to floor(c x compression), AvgPool
+    growth)-BN-ReLU-Conv3x3(growth) [-Dropout] whose output is concatenated to their input
+    (bn_size 0: one BN-ReLU-Conv3x3, as d2l); a transition (BN-ReLU-Conv1x1 to floor(c x compression), AvgPool
     stride x stride) starts every stage but the first; norm5 + ReLU end the features."""
     spec = b.spec
     blk = spec.block
@@ -70,7 +72,7 @@ def dense_plan(b: "P._Builder"):
 
     c = width
     stages = []
-    layout = {"layers": {}, "transitions": []}
+    layout = {"layers": {}, "transitions": [], "dropout": blk.resolved_drop_rate > 0}
     for s, st in enumerate(spec.stages):
         parts = []
         if s > 0:
@@ -93,6 +95,8 @@ def dense_plan(b: "P._Builder"):
                        b.conv(f"{name}.conv2", bn_size * growth, growth, 3)]
             else:
                 ops = [b.bn(f"{name}.norm1", c), Act("relu"), b.conv(f"{name}.conv1", c, growth, 3)]
+            if blk.resolved_drop_rate > 0:  # torchvision: F.dropout on the new features
+                ops.append(P.Dropout(f"{name}.dropout", blk.resolved_drop_rate))
             for module in ("norm1", "conv1", "norm2", "conv2")[: 4 if bn_size else 2]:
                 # torchvision's checkpoints from before modules could not have dots in their names
                 b.alias("legacy", f"{name}.{module}", f"{name}.{module[:-1]}.{module[-1]}")

@@ -528,7 +528,8 @@ class _Builder:
     def linear(self, name, in_f, out_f) -> Linear:
         bound = 1.0 / math.sqrt(in_f)  # torch's nn.Linear default
         self._add(f"{name}.weight", (out_f, in_f), "linear_weight", ("uniform", bound))
-        self._add(f"{name}.bias", (out_f,), "linear_bias", ("uniform", bound))
+        bias_init = ("zeros", 0.0) if self.spec.init.linear_bias == "zeros" else ("uniform", bound)
+        self._add(f"{name}.bias", (out_f,), "linear_bias", bias_init)
         return Linear(name, in_f, out_f)
 
     def squeeze_excite(self, g: _Graph, name: str, x: str, channels: int, gate: str = "sigmoid",

@@ -40,6 +40,8 @@ then 1x1 conv + BN (ResNet-D). conv: a 1x1 conv (stride) with no BN (d2l)."""
 SHORTCUT_WHEN = ("auto", "always")
 """auto: project when the stride or channel count changes. always: every stage's first block."""
 CONV_INITS = ("kaiming_normal_fan_out", "kaiming_normal_fan_in", "torch_default")
+LINEAR_BIAS_INITS = ("torch_default", "zeros")
+"""torch_default: uniform in +-1/sqrt(fan_in), as nn.Linear. zeros: torchvision's DenseNet."""
 RUNNING_VAR_ESTIMATORS = ("unbiased", "biased")
 """How train-mode BatchNorm updates its running variance. unbiased: the batch variance times
 n/(n-1), as PyTorch's BatchNorm. biased: the batch variance itself, as Paddle's, Flax's and
@@ -95,8 +97,9 @@ class BlockSpec:
     A ``dense`` block (DenseNet) reads ``growth_rate`` (the channels each layer adds; required),
     ``bn_size`` (the 1x1 bottleneck has ``bn_size * growth_rate`` channels; 0: no bottleneck, a
     layer is BN-ReLU-Conv3x3 as in d2l; default 4) and ``compression`` (a transition keeps
-    ``floor(channels * compression)`` channels; default 0.5). Other kinds leave them unset.
-    A ``ghost`` block (GhostNet) is set per block in ``stages[i].blocks``.
+    ``floor(channels * compression)`` channels; default 0.5) and ``drop_rate`` (in train mode,
+    dropout on each layer's new features before they are concatenated, torchvision's
+    ``drop_rate``; default 0). Other kinds leave them unset. A ``ghost`` block (GhostNet) is set per block in ``stages[i].blocks``.
     """
 
     kind: str = "basic"
@@ -108,6 +111,7 @@ class BlockSpec:
     growth_rate: int | None = None
     bn_size: int | None = None
     compression: float | None = None
+    drop_rate: float | None = None
 
     @property
     def resolved_expansion(self) -> int:
@@ -120,6 +124,10 @@ class BlockSpec:
     @property
     def resolved_compression(self) -> float:
         return DEFAULT_COMPRESSION if self.compression is None else self.compression
+
+    @property
+    def resolved_drop_rate(self) -> float:
+        return 0.0 if self.drop_rate is None else float(self.drop_rate)
 
     def transition_channels(self, channels: int) -> int:
         """A dense transition's output channels: ``floor(channels * compression)`` (torchvision's
@@ -207,10 +215,12 @@ class NormSpec:
 @dataclass(frozen=True)
 class InitSpec:
     """Initialisation. ``conv``: one of CONV_INITS. ``zero_init_last_bn`` zeroes each block's
-    last BN scale (torchvision's ``zero_init_residual``)."""
+    last BN scale (torchvision's ``zero_init_residual``). ``linear_bias``: one of
+    LINEAR_BIAS_INITS, for the head's linear layers."""
 
     conv: str = "kaiming_normal_fan_out"
     zero_init_last_bn: bool = False
+    linear_bias: str = "torch_default"
 
 
 @dataclass(frozen=True)
@@ -389,8 +399,11 @@ def validate_spec(spec: ResNetSpec) -> None:
         if block.compression is not None:
             _check(_is_number(block.compression) and 0.0 < block.compression <= 1.0, "block.compression",
                    "must be a number in (0, 1]", block.compression)
+        if block.drop_rate is not None:
+            _check(_is_number(block.drop_rate) and 0.0 <= block.drop_rate < 1.0, "block.drop_rate",
+                   "must be a number in [0, 1)", block.drop_rate)
     else:
-        for field_name in ("growth_rate", "bn_size", "compression"):
+        for field_name in ("growth_rate", "bn_size", "compression", "drop_rate"):
             value = getattr(block, field_name)
             _check(value is None, f"block.{field_name}", f"is only for 'dense' blocks, not {kind!r}; leave it out",
                    value)
@@ -454,6 +467,7 @@ def validate_spec(spec: ResNetSpec) -> None:
     init = spec.init
     _check(isinstance(init, InitSpec), "init", "must be an init spec", init)
     _one_of(init.conv, CONV_INITS, "init.conv")
+    _one_of(init.linear_bias, LINEAR_BIAS_INITS, "init.linear_bias")
     _check(isinstance(init.zero_init_last_bn, bool), "init.zero_init_last_bn", "must be true or false",
            init.zero_init_last_bn)
     if kind not in RESIDUAL_KINDS:

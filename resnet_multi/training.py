@@ -30,7 +30,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 from ._lazy import np
 from . import api
 from .parity import _json_number, _json_row, _resolve_weights
-from .plan import Plan, make_plan
+from .plan import Dropout, Plan, make_plan
 from .registry import BackendError, backend_of, get_backend
 from .weights import check_weights, random_weights
 
@@ -601,10 +601,13 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
         rtol = FLOAT64_RTOL if dtype == "float64" else math.inf
     elif isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
         raise ValueError(f"rtol: expected a number >= 0, got {rtol!r}")
-    if spec.head is not None and spec.head.dropout > 0:
-        raise ValueError(f"check_training: {spec.name!r} has head dropout {spec.head.dropout}; train-mode dropout "
-                         "draws different masks in every framework, so trainings cannot be compared. "
-                         "Use spec.replace(head=HeadSpec(num_classes=..., dropout=0.0))")
+    dropouts = [op for part in plan.parts for op in part.modules if isinstance(op, Dropout) and op.rate > 0]
+    if dropouts:  # found in the plan, so any field that makes one is caught (head.dropout, block.drop_rate)
+        raise ValueError(
+            f"check_training: {spec.name!r} has train-mode dropout ({len(dropouts)} module(s), the first "
+            f"{dropouts[0].name} at rate {dropouts[0].rate}); dropout draws different masks in every framework, "
+            "so trainings cannot be compared. Set head.dropout and block.drop_rate to 0, e.g. "
+            "spec.replace(head=HeadSpec(num_classes=..., dropout=0.0))")
     backends = tuple(dict.fromkeys(backends))
     if not backends:
         raise BackendError("check_training: no backends to compare")

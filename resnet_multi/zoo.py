@@ -58,13 +58,14 @@ _RESNETS: dict[str, ResNetSpec] = {
 
 def _dense(name, growth_rate, depths, init_features) -> ResNetSpec:
     """torchvision.models.densenet: 7x7/2 stem + BN-ReLU + max-pool, bn_size 4, transitions halve
-    the channels and pool 2x2, final BN-ReLU, Linear head; convs kaiming_normal_ (fan_in)."""
+    the channels and pool 2x2, final BN-ReLU, Linear head; convs kaiming_normal_ (fan_in), the
+    Linear's bias zeros."""
     return ResNetSpec(
         name=name,
         stages=tuple(StageSpec(depth=d, stride=1 if i == 0 else 2) for i, d in enumerate(depths)),
         block=BlockSpec(kind="dense", growth_rate=growth_rate),
         stem=StemSpec(widths=(init_features,), kernel_size=7, stride=2, pool=True),
-        init=InitSpec(conv="kaiming_normal_fan_in"),
+        init=InitSpec(conv="kaiming_normal_fan_in", linear_bias="zeros"),
     )
 
 

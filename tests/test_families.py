@@ -13,11 +13,15 @@ included.
 - the d2l textbook DenseNet has the textbook's shapes;
 - a Ghost module's concat + slice to an odd width is timm's (timm rounds widths to multiples of
   4, so its own presets never slice; the reference here is timm's GhostNet with rounding off);
+- a dense block's ``drop_rate`` is torchvision's dropout: the same features dropped for one
+  seed, each framework's inverted dropout in train mode, nothing in eval mode;
+- the DenseNet presets start their classifier bias at zero, as torchvision does;
 - invalid family specs raise SpecErrors naming the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -279,6 +283,10 @@ BAD_FAMILY_SPECS = [
     (_ghost(**{"block.se_ratio": 0.25}), "block.se_ratio: must be 0 for 'ghost' blocks: set it per block"),
     (_ghost(**{"block.growth_rate": 32}), "block.growth_rate: is only for 'dense' blocks, not 'ghost'"),
     (_ghost(**{"init.zero_init_last_bn": True}), "init.zero_init_last_bn: must be false for a 'ghost' network"),
+    (_dense(**{"block.drop_rate": 1.0}), "block.drop_rate: must be a number in [0, 1), got 1.0"),
+    (_dense(**{"block.drop_rate": "0.2"}), "block.drop_rate: must be a number in [0, 1), got '0.2'"),
+    (_ghost(**{"block.drop_rate": 0.2}), "block.drop_rate: is only for 'dense' blocks, not 'ghost'"),
+    (_dense(**{"init.linear_bias": "ones"}), "init.linear_bias: must be one of"),
     ({**rm.get_spec("resnet18").to_dict(), "stages": [{"depth": 1, "channels": 8, "blocks": []}]},
      "stages[0].blocks: per-block settings are for 'ghost' blocks, not 'basic'"),
 ]
@@ -311,3 +319,119 @@ def test_fast_path_folds_what_follows_a_conv_and_says_what_it_keeps(name, folded
     folded_plan, _ = fold_batchnorm(plan, random_weights(plan, seed=4))
     assert [op.name for part in folded_plan.parts for op in part.ops if isinstance(op, rm.plan.BatchNorm)] == list(names)
     assert kept_batchnorms(folded_plan) == names
+
+
+# --------------------------------------------------------------------------- DenseNet dropout and init
+
+def _with_drop_rate(spec: rm.ResNetSpec, rate: float) -> rm.ResNetSpec:
+    return spec.replace(block=dataclasses.replace(spec.block, drop_rate=rate))
+
+
+DROPPING = _with_drop_rate(rm.ResNetSpec.from_dict(_changed("densenet121", {
+    "name": "tiny_dense", "stages": [{"depth": 2}, {"depth": 2, "stride": 2}], "block.growth_rate": 8,
+    "stem.widths": [16], "head.num_classes": 5})), 0.5)
+
+
+def _train_forward(backend: str, model, x: np.ndarray, seed: int) -> np.ndarray:
+    """One train-mode call, each framework's own way, with its dropout RNG seeded."""
+    if backend == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+        return model.train()(torch.from_numpy(x)).detach().numpy()
+    if backend == "paddle":
+        import paddle
+
+        model.train()
+        paddle.seed(seed)
+        return model(paddle.to_tensor(x)).numpy()
+    from flax import nnx
+
+    model.train()
+    return np.asarray(model(x.transpose(0, 2, 3, 1), rngs=nnx.Rngs(dropout=seed)))
+
+
+def _dropout_layers(backend: str, model) -> dict:
+    """The model's dropout layers by name, as the framework lists its modules."""
+    if backend == "torch":
+        return {name: m for name, m in model.named_modules() if type(m).__name__ == "Dropout"}
+    if backend == "paddle":
+        return {name: m for name, m in model.named_sublayers() if type(m).__name__ == "Dropout"}
+    from flax import nnx
+
+    return {".".join(path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.Dropout)}
+
+
+def _drop_once(backend: str, layer, ones: np.ndarray) -> np.ndarray:
+    """``layer`` applied in train mode."""
+    if backend == "torch":
+        import torch
+
+        return layer.train()(torch.from_numpy(ones)).numpy()
+    if backend == "paddle":
+        import paddle
+
+        layer.train()
+        return layer(paddle.to_tensor(ones)).numpy()
+    from flax import nnx
+
+    return np.asarray(layer(ones, deterministic=False, rngs=nnx.Rngs(dropout=0)))
+
+
+DROPOUT_NAMES = {  # where torchvision / paddle.vision keep a dense layer's dropout
+    "torch": "features.denseblock1.denselayer1.dropout",
+    "paddle": "db_conv_2.conv2_1.dropout_func",
+    "flax": "features.denseblock1.denselayer1.dropout",
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_drop_rate_drops_in_train_mode_only(backend):
+    weights = random_weights(rm.make_plan(DROPPING), seed=0)
+    dropping = rm.build(DROPPING, backend=backend, weights=weights)
+    plain = rm.build(_with_drop_rate(DROPPING, 0.0), backend=backend, weights=weights)
+    x = odd_input(DROPPING, batch=2)
+    # eval mode: no dropout at all (not paddle.vision's downscale_in_infer, which scales by 1 - p)
+    np.testing.assert_array_equal(rm.forward(dropping, x), rm.forward(plain, x))
+    assert_close(rm.forward(rm.optimize_for_inference(dropping), x), rm.forward(plain, x), "fast path")
+
+    layers = _dropout_layers(backend, dropping)
+    assert len(layers) == 4 and DROPOUT_NAMES[backend] in layers
+    assert not _dropout_layers(backend, plain)
+    # each layer is inverted dropout: an element is dropped with probability 0.5, kept ones are doubled
+    dropped = _drop_once(backend, layers[DROPOUT_NAMES[backend]], np.ones((8, 8, 16, 16), np.float32))
+    assert set(np.unique(dropped).tolist()) == {0.0, 2.0}
+    assert 0.45 < (dropped == 0).mean() < 0.55  # 16,384 draws: 8 standard deviations of slack
+
+    first = _train_forward(backend, dropping, x, seed=0)
+    np.testing.assert_array_equal(_train_forward(backend, dropping, x, seed=0), first)  # seeded: repeatable
+    assert not np.allclose(_train_forward(backend, dropping, x, seed=1), first, atol=1e-3)
+    assert not np.allclose(_train_forward(backend, plain, x, seed=0), first, atol=1e-3)
+
+
+def test_dense_drop_rate_drops_what_torchvision_drops():
+    """Same weights, same seed, train mode: densenet121 with drop_rate 0.2 gives torchvision's logits."""
+    import torch
+    import torchvision
+
+    spec = _with_drop_rate(rm.get_spec("densenet121"), 0.2)
+    ours = rm.build(spec, backend="torch", weights=random_weights(rm.make_plan(spec), seed=0))
+    reference = torchvision.models.densenet121(weights=None, drop_rate=0.2)
+    reference.load_state_dict(ours.state_dict(), strict=True)  # a dropout holds no tensors
+    x = odd_input(spec, batch=2)
+    expected = _train_forward("torch", reference, x, seed=3)
+    np.testing.assert_array_equal(_train_forward("torch", ours, x, seed=3), expected)
+    assert not np.allclose(_train_forward("torch", ours, x, seed=4), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["densenet121", "d2l_densenet", "ghostnet_050"])
+def test_classifier_bias_starts_as_in_the_reference_library(name):
+    """A model built without weights: torchvision's DenseNet zeroes its Linear bias; d2l and timm
+    keep nn.Linear's uniform init in +-1/sqrt(fan_in)."""
+    model = rm.build(name, backend="torch")
+    bias = rm.export_weights(model)["classifier.bias"]
+    if name.startswith("densenet"):
+        np.testing.assert_array_equal(bias, 0)
+    else:
+        fan_in = model.classifier.in_features
+        assert np.abs(bias).max() <= 1 / np.sqrt(fan_in) and np.count_nonzero(bias) == bias.size

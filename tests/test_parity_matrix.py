@@ -80,9 +80,10 @@ def _residual(draw) -> dict:
 
 
 def _dense(draw) -> dict:
-    """A DenseNet: bottleneck or not (d2l), any compression, transitions with and without a pool."""
+    """A DenseNet: bottleneck or not (d2l), any compression, transitions with and without a pool,
+    with or without dropout (identity in eval, where parity is checked)."""
     block = rm.BlockSpec(kind="dense", growth_rate=draw(st.integers(2, 8)), bn_size=draw(st.sampled_from([0, 1, 4])),
-                         compression=draw(st.sampled_from([0.5, 0.7, 1.0])))
+                         compression=draw(st.sampled_from([0.5, 0.7, 1.0])), drop_rate=draw(st.sampled_from([None, 0.3])))
     stages = tuple(rm.StageSpec(depth=draw(st.integers(1, 3)), stride=1 if i == 0 else draw(st.sampled_from([1, 2])))
                    for i in range(draw(st.integers(1, 3))))
     stem = rm.StemSpec(widths=(draw(st.integers(4, 12)),), kernel_size=draw(st.sampled_from([3, 5, 7])),

@@ -7,6 +7,7 @@ compile of a Flax train step grows with the number of blocks, not with their wid
 
 from __future__ import annotations
 
+
 import json
 import math
 from dataclasses import replace
@@ -275,10 +276,15 @@ def test_check_training_argument_errors(kwargs, words):
     assert words in str(info.value)
 
 
-def test_head_dropout_is_refused():
-    spec = TINY.replace(head=rm.HeadSpec(num_classes=10, dropout=0.5))
-    with pytest.raises(ValueError, match="head dropout 0.5"):
-        rm.check_training(spec, input_shape=BATCH)
+def test_dropout_is_refused_wherever_the_spec_puts_it():
+    head = TINY.replace(head=rm.HeadSpec(num_classes=10, dropout=0.5))
+    with pytest.raises(ValueError, match=r"train-mode dropout \(1 module\(s\), the first dropout at rate 0.5\)"):
+        rm.check_training(head, input_shape=BATCH)
+    dense = rm.get_spec("d2l_densenet")
+    dense = dense.replace(block=replace(dense.block, drop_rate=0.1))
+    with pytest.raises(ValueError, match=r"\(16 module\(s\), the first features.denseblock1.denselayer1.dropout "
+                                         r"at rate 0.1\).*block.drop_rate"):
+        rm.check_training(dense, input_shape=(2, 1, 33, 47))
 
 
 def test_headless_and_multi_output_specs_train_on_pooled_features():
