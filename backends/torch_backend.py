@@ -209,6 +209,13 @@ class ResNet(_Runner):
     def forward(self, x):
         return run_plan(self.plan, x, self._run_node, run_block=self._run_block)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first. TorchScript cannot compile the plan walk (dataclass
+        # ops, dicts of values); without this its error is "Failed to get source for Part.__init__".
+        raise TypeError("torch.jit.script cannot compile a resnet_multi model (it runs a plan walk TorchScript "
+                        "does not support); use torch.jit.trace(model, x) or torch.export.export(model, (x,)), "
+                        "which give the same graph, or rm.export(model, path, input_shape) for ONNX")
+
     def forward_taps(self, x) -> dict:
         """``{tap name: tensor}`` for every ``plan.tap_names`` entry, in execution order."""
         taps: dict = {}

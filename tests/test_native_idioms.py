@@ -1,6 +1,7 @@
 """A model we return behaves like the framework's own model under what people do with one:
-module surgery, SyncBatchNorm conversion, torch.fx, torch.compile, paddle.jit.to_static, nnx.jit
-differentiation, float64 builds, and the spec's BatchNorm running-variance estimator in train mode.
+module surgery, SyncBatchNorm conversion, torch.fx, torch.compile, torch.export, saving and loading
+(torch.save of the whole model, paddle.save + set_state_dict, paddle.jit.save, orbax), copies,
+paddle.jit.to_static, nnx.jit differentiation, jit over a sharded batch, float64 builds, and the spec's BatchNorm running-variance estimator in train mode.
 
 Surgery tests do the same surgery on torchvision's / paddle.vision's own model holding the same
 weights and require identical outputs: "takes effect" means "takes the same effect".
@@ -127,6 +128,33 @@ def test_torch_compile_trains_like_eager():
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)  # float64: only summation order
 
 
+FAMILIES = ["resnet18", "densenet121", "ghostnet_050"]  # one preset of each block family
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("spec_name", FAMILIES)
+def test_torch_export_save_load_and_copy_keep_the_function(spec_name, tmp_path):
+    import copy
+
+    import torch
+
+    _, weights = _weights(spec_name)
+    model = rm.build(spec_name, "torch", weights=weights)
+    x = torch.from_numpy(_input())
+    with torch.no_grad():
+        expected = model(x).numpy()
+        exported = torch.export.export(model, (x,)).module()  # the graph torch.export captures
+        np.testing.assert_array_equal(exported(x).numpy(), expected)
+        torch.save(model, tmp_path / "model.pt")  # the whole module, pickled
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        np.testing.assert_array_equal(loaded(x).numpy(), expected)
+        np.testing.assert_array_equal(copy.deepcopy(model)(x).numpy(), expected)
+    # TorchScript cannot compile the plan walk: say so and name what works, instead of
+    # TorchScript's "Failed to get source for Part.__init__"
+    with pytest.raises(TypeError, match=r"torch.jit.script cannot compile.*torch.jit.trace.*torch.export.export"):
+        torch.jit.script(model)
+
+
 # --------------------------------------------------------------------------- paddle
 
 def _paddle_pair():
@@ -211,6 +239,30 @@ def test_paddle_to_static_trains_like_dygraph(full_graph):
         np.testing.assert_allclose(static[1][name], value, rtol=1e-9, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("spec_name", ["resnet18", "densenet121"])
+def test_paddle_state_dict_and_jit_save_round_trip(spec_name, tmp_path):
+    """paddle.save(state_dict) into a fresh model by set_state_dict (densenet121: PaddleClas names),
+    and paddle.jit.save of the to_static model, loaded by paddle.jit.load, compute the same function."""
+    import paddle
+
+    _, weights = _weights(spec_name)
+    model = rm.build(spec_name, "paddle", weights=weights)
+    x = paddle.to_tensor(_input())
+    expected = model(x).numpy()
+    paddle.save(model.state_dict(), str(tmp_path / "model.pdparams"))
+    fresh = rm.build(spec_name, "paddle")
+    missing, unexpected = fresh.set_state_dict(paddle.load(str(tmp_path / "model.pdparams")))
+    assert not missing and not unexpected
+    np.testing.assert_array_equal(fresh(x).numpy(), expected)
+    static = paddle.jit.to_static(fresh, input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32")],
+                                  full_graph=True)  # AST: the mode that takes an input_spec
+    paddle.jit.save(static, str(tmp_path / "inference"))
+    loaded = paddle.jit.load(str(tmp_path / "inference"))
+    loaded.eval()
+    # a static program may fuse differently from dygraph: float32 rounding only
+    np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- flax
 
 @pytest.fixture
@@ -263,6 +315,36 @@ def test_flax_float64_without_x64_is_a_clear_error():
         pytest.fail("x64 left on by another test")
     with pytest.raises(ValueError, match="jax_enable_x64"):
         rm.build("resnet18", "flax", dtype="float64")
+
+
+@pytest.mark.parametrize("spec_name", FAMILIES)
+def test_flax_orbax_checkpoint_and_a_sharded_jit_keep_the_function(spec_name, tmp_path):
+    """nnx.state saved by orbax restores into a fresh model; the split model under jax.jit, its
+    batch sharded over a mesh of every device and its state replicated, computes the same."""
+    import jax
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+    from flax import nnx
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    _, weights = _weights(spec_name)
+    model = rm.build(spec_name, "flax", weights=weights)
+    x = _input()
+    expected = rm.forward(model, x)  # jitted: a 121-layer model's first eager call takes ~15 s
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "checkpoint", nnx.state(model))
+    checkpointer.wait_until_finished()
+    graphdef, abstract = nnx.split(rm.build(spec_name, "flax"))
+    restored = nnx.merge(graphdef, checkpointer.restore(tmp_path / "checkpoint", abstract))
+    np.testing.assert_array_equal(rm.forward(restored, x), expected)
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    batch = jax.device_put(jnp.asarray(x.transpose(0, 2, 3, 1)), NamedSharding(mesh, PartitionSpec("data")))
+    sharded = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, batch)
+    # another jit program than rm.forward's (which also returns taps): XLA may fuse differently
+    np.testing.assert_allclose(np.asarray(sharded), expected, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- every backend
