@@ -85,12 +85,17 @@ def _attach(root: nn.Module, dotted: str, module: nn.Module) -> None:
     root.add_module(leaf, module)
 
 
+@torch.fx.wrap  # one node in a torch.fx graph: fx cannot trace a branch on a tensor's dtype
 def _hard_sigmoid(x):
-    """timm's hard_sigmoid, ``relu6(x + 3) / 6``. Not ``F.hardsigmoid``: its backward multiplies by
+    """timm's gate, ``F.hardsigmoid``: bit for bit timm's, forward and backward, in float32 and
+    under bfloat16 autocast (it computes in float32 and rounds once). In float64 it is
+    ``relu6(x + 3) / 6`` instead: the same forward, but F.hardsigmoid's backward multiplies by
     ``1.0f / 6.0f``, a float32 constant, even for float64 tensors (gradients 2.98e-8 relative
-    off, which float64 training parity flags). The forward is bit-identical to F.hardsigmoid's in
-    float32 and float64 (checked on 1e7 values), and one bfloat16 ulp at most."""
-    return F.relu6(x + 3.0) / 6.0
+    off, which float64 training parity flags; docs/NUMERICS.md). ``relu6(x + 3) / 6`` for every
+    dtype would round twice in bfloat16 (one ulp off timm's gate)."""
+    if x.dtype == torch.float64:
+        return F.relu6(x + 3.0) / 6.0
+    return F.hardsigmoid(x)
 
 
 _ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "hard_sigmoid": _hard_sigmoid}
@@ -113,6 +118,8 @@ class _Runner(nn.Module):
         if kind is P.Act:
             if op.kind == "relu":
                 return F.relu(inputs[0], inplace=node.inplace)
+            if op.kind == "hard_sigmoid":
+                return _hard_sigmoid(inputs[0])  # by its global name, which torch.fx.wrap patches
             return _ACTIVATIONS[op.kind](inputs[0])
         if kind is P.Add:
             if node.inplace:  # as torchvision's `out += identity`: no new batch-sized tensor

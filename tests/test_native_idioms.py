@@ -9,6 +9,8 @@ weights and require identical outputs: "takes effect" means "takes the same effe
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -84,7 +86,8 @@ def test_torch_sync_batchnorm_conversion_runs_sync_batchnorm():
     assert len(syncs) == 20 and len(calls) == 20 and set(map(id, calls)) == set(map(id, syncs))
 
 
-@pytest.mark.parametrize("spec_name", ["resnet18", "resnet50d", "d2l_resnet18", "resnet45"])
+@pytest.mark.parametrize("spec_name", ["resnet18", "resnet50d", "d2l_resnet18", "resnet45", "densenet121",
+                                       "ghostnet_050"])
 def test_torch_fx_symbolic_trace_equals_eager(spec_name):
     import torch
 
@@ -92,6 +95,11 @@ def test_torch_fx_symbolic_trace_equals_eager(spec_name):
     model = rm.build(spec_name, "torch", weights=weights)
     traced = torch.fx.symbolic_trace(model)
     assert any(node.op == "call_module" for node in traced.graph.nodes)
+    gates = [node for node in traced.graph.nodes if getattr(node.target, "__name__", "") == "_hard_sigmoid"]
+    # GhostNet's SE gates: one call each of the backend's wrapped function (it branches on dtype)
+    hard_sigmoids = [op for part in model.plan.parts for op in part.ops
+                     if isinstance(op, rm.plan.Act) and op.kind == "hard_sigmoid"]
+    assert len(gates) == len(hard_sigmoids) and (len(gates) > 0) == spec_name.startswith("ghostnet")
     x = torch.from_numpy(_input(rm.get_spec(spec_name).in_channels))
     with torch.no_grad():
         assert torch.equal(traced(x), model(x))
@@ -129,6 +137,37 @@ def test_torch_compile_trains_like_eager():
 
 
 FAMILIES = ["resnet18", "densenet121", "ghostnet_050"]  # one preset of each block family
+
+
+@pytest.mark.parametrize("spec_name", FAMILIES)
+def test_torch_autocast_training_is_the_reference_models(spec_name):
+    """bfloat16 autocast, train mode: logits and every gradient bit-equal to torchvision's / timm's
+    model holding the same weights (GhostNet's gate is F.hardsigmoid, rounded once in bfloat16)."""
+    import timm
+    import torch
+    import torchvision
+
+    spec = rm.get_spec(spec_name)
+    spec = spec.replace(head=replace(spec.head, dropout=0.0))  # no random masks
+    ours = rm.build(spec, "torch", weights=random_weights(rm.make_plan(spec), seed=0)).train()
+    if spec_name.startswith("ghostnet"):
+        theirs = timm.create_model(spec_name, drop_rate=0.0)
+    else:
+        theirs = torchvision.models.get_model(spec_name)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    theirs.train()
+    x = torch.from_numpy(_input())
+    outputs, grads = [], []
+    for model in (ours, theirs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+        outputs.append(out)
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    assert outputs[0].dtype == torch.bfloat16 and torch.equal(outputs[0], outputs[1])
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[1].items():
+        assert torch.equal(grads[0][name], grad), name
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
