@@ -31,7 +31,7 @@ from paddle.nn import functional as F
 from paddle.nn.initializer import Constant
 
 from resnet_multi import plan as P
-from resnet_multi.walk import run_part, run_plan
+from resnet_multi.walk import run_part, run_plan, stage_container
 from resnet_multi.io_util import atomic_path
 from resnet_multi.training import OptimizerError
 from resnet_multi.weights import FRAMEWORK_EXTRAS
@@ -165,6 +165,22 @@ def _layer(op) -> nn.Layer:
     raise TypeError(f"paddle backend: no layer for plan op {op!r}")
 
 
+def _function_layer(op) -> nn.Layer:
+    """The Paddle layer for a named parameterless op (``plan.NAMEABLE_OPS``): paddle.vision's
+    own layer type (``relu``, ``maxpool``, ``avgpool``)."""
+    if isinstance(op, P.Act):
+        return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid}[op.kind]()
+    if isinstance(op, P.MaxPool):
+        return nn.MaxPool2D(op.kernel_size, op.stride, op.padding, ceil_mode=False)
+    if isinstance(op, P.AvgPool):
+        # exclusive=True means "padding not counted", i.e. PyTorch's count_include_pad=False.
+        return nn.AvgPool2D(op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                            exclusive=not op.count_include_pad)
+    if isinstance(op, P.GlobalAvgPool) and not op.flatten:
+        return nn.AdaptiveAvgPool2D(1)
+    raise TypeError(f"paddle backend: no layer for named plan op {op!r}")
+
+
 def _attach(root: nn.Layer, dotted: str, layer: nn.Layer) -> None:
     """Register ``layer`` at ``dotted`` (e.g. "conv1.0", "downsample.1", "layer1.0"), making
     containers: nn.Sequential where children are numbered (``model.layer1[0]``, as in
@@ -180,6 +196,14 @@ def _attach(root: nn.Layer, dotted: str, layer: nn.Layer) -> None:
 
 _ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "hard_sigmoid": lambda x: F.relu6(x + 3.0) / 6.0}
 _MODULE_KINDS = frozenset(P.MODULE_OPS)
+_NAMEABLE_KINDS = frozenset(P.NAMEABLE_OPS)
+
+
+class HardSigmoid(nn.Layer):
+    """timm's hard-sigmoid gate as a layer: ``relu6(x + 3) / 6``."""
+
+    def forward(self, x):
+        return _ACTIVATIONS["hard_sigmoid"](x)
 
 
 class _Runner(nn.Layer):
@@ -193,7 +217,7 @@ class _Runner(nn.Layer):
     def _run_node(self, node, *inputs):
         op = node.op
         kind = type(op)
-        if kind in _MODULE_KINDS:
+        if kind in _MODULE_KINDS or (kind in _NAMEABLE_KINDS and op.name and op.name in self._paths):
             layer = self
             for part in self._paths[op.name]:
                 layer = layer._sub_layers[part]
@@ -227,15 +251,22 @@ class _Runner(nn.Layer):
 
     def _register(self, part: P.Part, names: Mapping[str, str]) -> dict:
         """Register the part's layers under their Paddle names (``names``: the plan's
-        ``aliases["paddle"]``, e.g. PaddleClas' DenseNet names; canonical otherwise)."""
+        ``aliases["paddle"]``, e.g. PaddleClas' DenseNet names; canonical otherwise), in
+        execution order. A named parameterless op gets paddle.vision's layer for it, once however
+        many nodes call it, unless its Paddle name is "" (PaddleClas has no such layer): then it
+        runs as a function."""
         prefix = names.get(part.name, part.name) + "." if part.prefix else ""
         paths = {}
-        for op in part.modules:
-            native = names.get(op.name, op.name)
+        for node in part.nodes:
+            op = node.op
+            name = op.name if isinstance(op, P.MODULE_OPS) else P.module_name(op)
+            native = names.get(name, name)
+            if not native or name in paths:
+                continue
             assert native.startswith(prefix), f"plan aliases: {native!r} is not inside {prefix!r}"
             local = native[len(prefix):]
-            _attach(self, local, _layer(op))
-            paths[op.name] = tuple(local.split("."))
+            _attach(self, local, _layer(op) if isinstance(op, P.MODULE_OPS) else _function_layer(op))
+            paths[name] = tuple(local.split("."))
         return paths
 
 
@@ -262,13 +293,22 @@ class ResNet(_Runner):
         self.plan = plan
         names = plan.aliases.get(NAME, {})  # the plan's Paddle names for its modules, if any
         self._paths = self._register(plan.stem, names)
+        # A stage's blocks sit in an nn.Sequential (paddle.vision's ``layer1``, PaddleClas'
+        # ``db_conv_2``), which forward calls, so hooks on it fire and ``model.layer4(x)`` works
+        self._stages = {}
         for stage in plan.stages:
-            for block in stage.blocks:
+            split = stage_container(stage, lambda name: names.get(name, name))
+            for i, block in enumerate(stage.blocks):
+                if split is not None and i == split[0]:
+                    _attach(self, split[1], nn.Sequential())
                 _attach(self, names.get(block.name, block.name), Block(block, names))
+            if split is not None:
+                self._stages[stage.name] = (stage.blocks[:split[0]], tuple(split[1].split(".")))
         for part in plan.flat_parts[1:]:  # neck, head
             self._paths.update(self._register(part, names))
         self._blocks = {block.name: tuple(names.get(block.name, block.name).split("."))
                         for stage in plan.stages for block in stage.blocks}
+
         self._has_head = plan.head is not None
         self._out_indices = plan.out_indices
 
@@ -278,9 +318,21 @@ class ResNet(_Runner):
             layer = layer._sub_layers[part]
         return layer(x)
 
+    def _run_stage(self, stage: P.Stage, x):
+        before, path = self._stages.get(stage.name, (stage.blocks, None))
+        for block in before:
+            x = self._run_block(block, x)
+        if path is None:
+            return x
+        layer = self
+        for part in path:
+            layer = layer._sub_layers[part]
+        return layer(x)
+
     def forward(self, x, taps: bool = False):
         collected = {} if taps else None
-        out = run_plan(self.plan, x, self._run_node, taps=collected, run_block=self._run_block)
+        out = run_plan(self.plan, x, self._run_node, taps=collected, run_block=self._run_block,
+                       run_stage=self._run_stage)
         return collected if taps else out
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from resnet_multi import plan as P
-from resnet_multi.walk import run_part, run_plan
+from resnet_multi.walk import run_part, run_plan, stage_container
 
 NAME = "torch"
 
@@ -72,6 +72,29 @@ def _module(op) -> nn.Module:
     raise TypeError(f"torch backend: no module for plan op {op!r}")
 
 
+class HardSigmoid(nn.Module):
+    """timm's hard-sigmoid gate as a module (``_hard_sigmoid``: exact in float64)."""
+
+    def forward(self, x):
+        return _hard_sigmoid(x)
+
+
+def _function_module(op, inplace: bool) -> nn.Module:
+    """The torch module for a named parameterless op (``plan.NAMEABLE_OPS``): the reference
+    model's own module type. A ReLU module is in place (torchvision's ``ReLU(inplace=True)``)
+    only when every node calling it may overwrite its input (``Node.inplace``)."""
+    if isinstance(op, P.Act):
+        return {"relu": lambda: nn.ReLU(inplace=inplace), "sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid}[op.kind]()
+    if isinstance(op, P.MaxPool):
+        return nn.MaxPool2d(op.kernel_size, op.stride, op.padding)
+    if isinstance(op, P.AvgPool):
+        return nn.AvgPool2d(op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                            count_include_pad=op.count_include_pad)
+    if isinstance(op, P.GlobalAvgPool) and not op.flatten:
+        return nn.AdaptiveAvgPool2d((1, 1))
+    raise TypeError(f"torch backend: no module for named plan op {op!r}")
+
+
 def _attach(root: nn.Module, dotted: str, module: nn.Module) -> None:
     """Register ``module`` at ``dotted`` (e.g. "conv1.0", "downsample.1", "layer1.0"), making
     containers: nn.Sequential where children are numbered (``model.layer1[0]`` works, as in
@@ -110,7 +133,7 @@ class _Runner(nn.Module):
     def _run_node(self, node, *inputs):
         op = node.op
         kind = type(op)
-        if kind in _MODULE_KINDS:
+        if kind in _MODULE_KINDS or (kind in _NAMEABLE_KINDS and op.name):
             module = self
             for part in self._paths[op.name]:
                 module = module._modules[part]
@@ -148,14 +171,26 @@ class _Runner(nn.Module):
         raise TypeError(f"torch backend: cannot run plan op {op!r}")
 
     def _register(self, part: P.Part) -> None:
+        """Register the part's modules, and its named parameterless ops' modules, in execution
+        order (so a container such as ResNet-D's ``downsample`` runs them in order when called)."""
         self._paths = {}
-        for op in part.modules:
+        callers = part.named_functions
+        for node in part.nodes:
+            op = node.op
+            name = op.name if isinstance(op, P.MODULE_OPS) else P.module_name(op)
+            if not name or name in self._paths:  # a function, or a module called again (a block's relu)
+                continue
             local = part.local_name(op)
-            _attach(self, local, _module(op))
-            self._paths[op.name] = tuple(local.split("."))
+            if isinstance(op, P.MODULE_OPS):
+                module = _module(op)
+            else:
+                module = _function_module(op, inplace=all(caller.inplace for caller in callers[name]))
+            _attach(self, local, module)
+            self._paths[name] = tuple(local.split("."))
 
 
 _MODULE_KINDS = frozenset(P.MODULE_OPS)
+_NAMEABLE_KINDS = frozenset(P.NAMEABLE_OPS)
 
 
 class Block(_Runner):
@@ -196,9 +231,17 @@ class ResNet(_Runner):
         self.plan = plan
         self._register(plan.stem)
         paths = dict(self._paths)
+        # A stage's blocks sit in an nn.Sequential (torchvision's ``layer1``, ``denseblock2``, timm's
+        # ``blocks.3``), which forward calls, so hooks on it fire and ``model.layer4(x)`` works
+        self._stages = {}
         for stage in plan.stages:
-            for block in stage.blocks:
+            split = stage_container(stage)
+            for i, block in enumerate(stage.blocks):
+                if split is not None and i == split[0]:
+                    _attach(self, split[1], nn.Sequential())
                 _attach(self, block.name, Block(block))
+            if split is not None:
+                self._stages[stage.name] = (stage.blocks[:split[0]], tuple(split[1].split(".")))
         for part in plan.flat_parts[1:]:  # neck, head
             self._register(part)
             paths.update(self._paths)
@@ -213,8 +256,19 @@ class ResNet(_Runner):
             module = module._modules[part]
         return module(x)
 
+    def _run_stage(self, stage: P.Stage, x):
+        before, path = self._stages.get(stage.name, (stage.blocks, None))
+        for block in before:
+            x = self._run_block(block, x)
+        if path is None:
+            return x
+        module = self
+        for part in path:
+            module = module._modules[part]
+        return module(x)
+
     def forward(self, x):
-        return run_plan(self.plan, x, self._run_node, run_block=self._run_block)
+        return run_plan(self.plan, x, self._run_node, run_block=self._run_block, run_stage=self._run_stage)
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this first. TorchScript cannot compile the plan walk (dataclass

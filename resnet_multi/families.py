@@ -26,6 +26,12 @@ def _dense_paddle_names(b: "P._Builder", layout: dict) -> None:
     PaddleClas' stage numbering: the stem is "conv1", dense block 1 is "conv2")."""
     b.alias("paddle", "features.conv0", "conv1_func._conv")
     b.alias("paddle", "features.norm0", "conv1_func._batch_norm")
+    # PaddleClas applies ReLU inside its BatchNorm layers: no module of its own (alias ""), so the
+    # Paddle model computes those ReLUs as functions; its pools are modules
+    b.alias("paddle", "features.relu0", "")
+    b.alias("paddle", "features.pool0", "pool2d_max")
+    for block in {block for block, _ in layout["layers"]}:
+        b.alias("paddle", f"features.denseblock{block}", f"db_conv_{block + 1}")
     for (block, layer), bottleneck in layout["layers"].items():
         canonical = f"features.denseblock{block}.denselayer{layer}"
         native = f"db_conv_{block + 1}.conv{block + 1}_{layer}"
@@ -37,24 +43,29 @@ def _dense_paddle_names(b: "P._Builder", layout: dict) -> None:
             pairs += (("dropout", "dropout_func"),)
         for mine, theirs in pairs:
             b.alias("paddle", f"{canonical}.{mine}", f"{native}.{theirs}")
+        for relu in ("relu1", "relu2")[: 2 if bottleneck else 1]:
+            b.alias("paddle", f"{canonical}.{relu}", "")
     for t in layout["transitions"]:
         canonical, native = f"features.transition{t}", f"tr_conv{t + 1}_blk"
         b.alias("paddle", canonical, native)
         b.alias("paddle", f"{canonical}.norm", f"{native}.conv_ac_func._batch_norm")
         b.alias("paddle", f"{canonical}.conv", f"{native}.conv_ac_func._conv")
+        b.alias("paddle", f"{canonical}.relu", "")
+        b.alias("paddle", f"{canonical}.pool", f"{native}.pool2d_avg")
     b.alias("paddle", "features.norm5", "batch_norm")
     b.alias("paddle", "classifier", "out")
 
 
-def _single_conv_stem(b: "P._Builder", conv: str, bn: str) -> "P.Part":
-    """One conv (the spec's stem kernel and stride) + BN + ReLU [+ 3x3/2 max-pool], named ``conv``/``bn``."""
+def _single_conv_stem(b: "P._Builder", conv: str, bn: str, relu: str, pool: str = "") -> "P.Part":
+    """One conv (the spec's stem kernel and stride) + BN + ReLU [+ 3x3/2 max-pool], modules named
+    ``conv``/``bn``/``relu``/``pool``."""
     spec = b.spec
     width = spec.stem.widths[0]
     g = P._Graph("stem", "", spec.in_channels)
     ops = [b.conv(conv, spec.in_channels, width, spec.stem.kernel_size, spec.stem.stride), b.bn(bn, width),
-           Act("relu")]
+           Act("relu", relu)]
     if spec.stem.pool:
-        ops.append(MaxPool(kernel_size=3, stride=2, padding=1))
+        ops.append(MaxPool(kernel_size=3, stride=2, padding=1, name=pool))
     out = g.chain(ops)
     return g.part(out, width, ((out, "stem"),))
 
@@ -68,7 +79,7 @@ def dense_plan(b: "P._Builder"):
     blk = spec.block
     growth, bn_size = blk.growth_rate, blk.resolved_bn_size
     width = spec.stem.widths[0]
-    stem = _single_conv_stem(b, "features.conv0", "features.norm0")
+    stem = _single_conv_stem(b, "features.conv0", "features.norm0", "features.relu0", "features.pool0")
 
     c = width
     stages = []
@@ -79,9 +90,9 @@ def dense_plan(b: "P._Builder"):
             name = f"features.transition{s}"
             out_c = blk.transition_channels(c)
             g = P._Graph(name, name + ".", c)
-            ops = [b.bn(f"{name}.norm", c), Act("relu"), b.conv(f"{name}.conv", c, out_c, 1)]
+            ops = [b.bn(f"{name}.norm", c), Act("relu", f"{name}.relu"), b.conv(f"{name}.conv", c, out_c, 1)]
             if st.stride > 1:
-                ops.append(AvgPool(st.stride, st.stride))
+                ops.append(AvgPool(st.stride, st.stride, name=f"{name}.pool"))
             out = g.chain(ops)
             parts.append(g.part(out, out_c, ((out, name),)))
             layout["transitions"].append(s)
@@ -90,11 +101,12 @@ def dense_plan(b: "P._Builder"):
             name = f"features.denseblock{s + 1}.denselayer{i + 1}"
             g = P._Graph(name, name + ".", c)
             if bn_size:
-                ops = [b.bn(f"{name}.norm1", c), Act("relu"), b.conv(f"{name}.conv1", c, bn_size * growth, 1),
-                       b.bn(f"{name}.norm2", bn_size * growth), Act("relu"),
+                ops = [b.bn(f"{name}.norm1", c), Act("relu", f"{name}.relu1"),
+                       b.conv(f"{name}.conv1", c, bn_size * growth, 1),
+                       b.bn(f"{name}.norm2", bn_size * growth), Act("relu", f"{name}.relu2"),
                        b.conv(f"{name}.conv2", bn_size * growth, growth, 3)]
             else:
-                ops = [b.bn(f"{name}.norm1", c), Act("relu"), b.conv(f"{name}.conv1", c, growth, 3)]
+                ops = [b.bn(f"{name}.norm1", c), Act("relu", f"{name}.relu1"), b.conv(f"{name}.conv1", c, growth, 3)]
             if blk.resolved_drop_rate > 0:  # torchvision: F.dropout on the new features
                 ops.append(P.Dropout(f"{name}.dropout", blk.resolved_drop_rate))
             for module in ("norm1", "conv1", "norm2", "conv2")[: 4 if bn_size else 2]:
@@ -107,9 +119,10 @@ def dense_plan(b: "P._Builder"):
         stages.append(Stage(f"features.denseblock{s + 1}", tuple(parts)))
 
     g = P._Graph("neck", "", c)
-    out = g.chain([b.bn("features.norm5", c), Act("relu")])
+    out = g.chain([b.bn("features.norm5", c), Act("relu")])  # torchvision: F.relu, no module
     neck = g.part(out, c, ((out, "features.norm5"),))
-    head = P._head(b, c, classifier="classifier") if spec.head is not None else None
+    # torchvision pools with F.adaptive_avg_pool2d: no module
+    head = P._head(b, c, classifier="classifier", pool="") if spec.head is not None else None
     _dense_paddle_names(b, layout)
     return stem, tuple(stages), neck, head
 
@@ -121,10 +134,11 @@ def _ghost_module(b: "P._Builder", g: "P._Graph", name: str, x: str, in_c: int, 
     """timm's GhostModule (ratio 2, dw 3): a 1x1 conv to ceil(out/2) channels + BN [+ ReLU], a
     depthwise 3x3 of that + BN [+ ReLU], both concatenated and sliced to ``out_c``."""
     init = math.ceil(out_c / 2)
-    act = [Act("relu")] if relu else []
-    x1 = g.chain([b.conv(f"{name}.primary_conv.0", in_c, init, 1), b.bn(f"{name}.primary_conv.1", init), *act], x)
+    act = (lambda seq: [Act("relu", f"{name}.{seq}.2")]) if relu else (lambda seq: [])
+    x1 = g.chain([b.conv(f"{name}.primary_conv.0", in_c, init, 1), b.bn(f"{name}.primary_conv.1", init),
+                  *act("primary_conv")], x)
     x2 = g.chain([b.conv(f"{name}.cheap_operation.0", init, init, 3, groups=init),
-                  b.bn(f"{name}.cheap_operation.1", init), *act], x1)
+                  b.bn(f"{name}.cheap_operation.1", init), *act("cheap_operation")], x1)
     out = g.add(Concat(), x1, x2)
     return g.add(Slice(0, out_c), out) if 2 * init != out_c else out
 
@@ -155,7 +169,7 @@ def ghost_plan(b: "P._Builder"):
     block; ``blocks.{n}.0`` a 1x1 conv + BN + ReLU to the last block's mid width; the head."""
     spec = b.spec
     width = spec.stem.widths[0]
-    stem = _single_conv_stem(b, "conv_stem", "bn1")
+    stem = _single_conv_stem(b, "conv_stem", "bn1", "act1")
     c = width
     stages = []
     for s, st in enumerate(spec.stages):
@@ -169,7 +183,7 @@ def ghost_plan(b: "P._Builder"):
     g = P._Graph("neck", "", c)
     out = g.chain([b.conv(f"{name}.conv", c, final, 1), b.bn(f"{name}.bn1", final), Act("relu")])
     neck = g.part(out, final, ((out, f"blocks.{len(spec.stages)}"),))
-    head = P._head(b, final, classifier="classifier") if spec.head is not None else None
+    head = P._head(b, final, classifier="classifier", pool="global_pool", act="act2") if spec.head is not None else None
     return stem, tuple(stages), neck, head
 
 

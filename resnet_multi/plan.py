@@ -24,6 +24,13 @@ and backends register them under that path, so a model's state_dict names are ca
 - ``GlobalAvgPool``  mean over H, W; ``flatten`` gives (N, C), else (N, C, 1, 1).
 - ``Flatten``, ``Add`` (sum of its inputs), ``Mul`` (product, broadcasting a gate),
   ``Concat`` (along channels), ``Slice`` (channels ``start:stop``).
+
+``Act``, ``MaxPool``, ``AvgPool`` and ``GlobalAvgPool`` may carry a ``name`` too: the path of the
+reference model's own parameterless module for them (torchvision's ``relu``, ``maxpool``,
+``avgpool``, ``layer1.0.relu``). The torch and Paddle backends register a module there and call
+it, so ``model.maxpool = nn.Identity()`` or a hook on ``model.relu`` acts as on the reference
+model; ops sharing a name share one module, as torchvision's blocks reuse ``self.relu``. For
+every other consumer they stay functions, and they are not in ``Part.modules``.
 """
 
 from __future__ import annotations
@@ -83,10 +90,11 @@ ACTIVATIONS = ("relu", "sigmoid", "hard_sigmoid")
 @dataclass(frozen=True)
 class Act:
     kind: str = "relu"
+    name: str = ""  # the reference model's module for it, if it has one (see the module docstring)
 
 
-def ReLU() -> Act:  # noqa: N802 (reads as the op it makes)
-    return Act("relu")
+def ReLU(name: str = "") -> Act:  # noqa: N802 (reads as the op it makes)
+    return Act("relu", name)
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class MaxPool:
     kernel_size: int
     stride: int
     padding: int
+    name: str = ""
 
     def out_size(self, size: int) -> int:
         return (size + 2 * self.padding - self.kernel_size) // self.stride + 1
@@ -106,6 +115,7 @@ class AvgPool:
     padding: int = 0
     ceil_mode: bool = False
     count_include_pad: bool = True
+    name: str = ""
 
     def out_size(self, size: int) -> int:
         span = size + 2 * self.padding - self.kernel_size
@@ -121,6 +131,7 @@ class AvgPool:
 @dataclass(frozen=True)
 class GlobalAvgPool:
     flatten: bool = True
+    name: str = ""  # named (a module): flatten must be False, as nn.AdaptiveAvgPool2d(1)
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,13 @@ class Slice:
 
 MODULE_OPS = (Conv, BatchNorm, Linear, Dropout)
 """Ops that are modules of the model (registered under ``op.name``); all others are functions."""
+NAMEABLE_OPS = (Act, MaxPool, AvgPool, GlobalAvgPool)
+"""Parameterless ops that may name the reference model's module for them (``op.name``)."""
+
+
+def module_name(op) -> str:
+    """The module path of a named parameterless op (NAMEABLE_OPS), else ""."""
+    return op.name if isinstance(op, NAMEABLE_OPS) else ""
 
 
 # --------------------------------------------------------------------------- graph
@@ -218,6 +236,16 @@ class Part:
     def modules(self) -> tuple:
         """The ops that are modules, in execution order."""
         return tuple(op for op in self.ops if isinstance(op, MODULE_OPS))
+
+    @property
+    def named_functions(self) -> dict[str, tuple[Node, ...]]:
+        """``{module path: the nodes that call it}`` for the named parameterless ops (see the
+        module docstring), in execution order; a torchvision block's ``relu`` has two or three."""
+        out: dict[str, list[Node]] = {}
+        for node in self.nodes:
+            if module_name(node.op):
+                out.setdefault(node.op.name, []).append(node)
+        return {name: tuple(nodes) for name, nodes in out.items()}
 
     def local_name(self, op) -> str:
         """``op.name`` relative to the module that runs this part."""
@@ -450,7 +478,10 @@ class _Graph:
         self.nodes: list[Node] = []
 
     def add(self, op, *inputs: str) -> str:
-        output = getattr(op, "name", None) or f"{len(self.nodes)}.{type(op).__name__.lower()}"
+        # a module's output is named after it; any other value (a named function such as a block's
+        # relu may be called several times) after its position, so that every name is unique
+        output = op.name if isinstance(op, MODULE_OPS) else f"{len(self.nodes)}.{type(op).__name__.lower()}"
+        assert all(node.output != output for node in self.nodes), f"plan error: {output!r} made twice"
         self.nodes.append(Node(op, tuple(inputs), output))
         return output
 
@@ -484,7 +515,8 @@ def _mark_inplace(nodes: list[Node], output: str, taps) -> tuple[Node, ...]:
     for i, node in enumerate(nodes):
         first = node.inputs[0]
         used_later = any(first in later.inputs for later in nodes[i + 1:]) or node.inputs.count(first) > 1
-        inplace = ((node.op == Act("relu") or isinstance(node.op, Add)) and first not in kept and not used_later
+        relu = isinstance(node.op, Act) and node.op.kind == "relu"
+        inplace = ((relu or isinstance(node.op, Add)) and first not in kept and not used_later
                    and overwritable(first))
         marked.append(Node(node.op, node.inputs, node.output, inplace))
     return tuple(marked)
@@ -552,18 +584,18 @@ def _stem(b: _Builder) -> Part:
     in_c = spec.in_channels
     if len(stem.widths) == 1:
         ops += [b.conv("conv1", in_c, stem.widths[0], stem.kernel_size, stem.stride), b.bn("bn1", stem.widths[0]),
-                ReLU()]
+                ReLU("relu")]
     else:
         # timm's deep stem: nn.Sequential(conv, bn, relu, conv, bn, relu, conv) then bn1
         for i, width in enumerate(stem.widths):
             stride = stem.stride if i == 0 else 1
             ops.append(b.conv(f"conv1.{3 * i}", in_c, width, stem.kernel_size, stride))
             if i < len(stem.widths) - 1:
-                ops += [b.bn(f"conv1.{3 * i + 1}", width), ReLU()]
+                ops += [b.bn(f"conv1.{3 * i + 1}", width), ReLU(f"conv1.{3 * i + 2}")]
             in_c = width
-        ops += [b.bn("bn1", stem.widths[-1]), ReLU()]
+        ops += [b.bn("bn1", stem.widths[-1]), ReLU("relu")]
     if stem.pool:
-        ops.append(MaxPool(kernel_size=3, stride=2, padding=1))
+        ops.append(MaxPool(kernel_size=3, stride=2, padding=1, name="maxpool"))
     out = g.chain(ops)
     return g.part(out, stem.widths[-1], ((out, "stem"),))
 
@@ -575,20 +607,21 @@ def _block(b: _Builder, name: str, in_c: int, channels: int, stride: int, dilati
     blk = spec.block
     out_c = channels * blk.resolved_expansion
     zero = spec.init.zero_init_last_bn
+    relu = ReLU(f"{name}.relu")  # one module, called after each BN but the last and after the add
     if blk.kind == "basic":
         main = (b.conv(f"{name}.conv1", in_c, channels, 3, stride, first_dilation), b.bn(f"{name}.bn1", channels),
-                ReLU(),
+                relu,
                 b.conv(f"{name}.conv2", channels, out_c, 3, 1, dilation), b.bn(f"{name}.bn2", out_c, zero))
     elif blk.kind == "basic_1x1":
-        main = (b.conv(f"{name}.conv1", in_c, channels, 1), b.bn(f"{name}.bn1", channels), ReLU(),
+        main = (b.conv(f"{name}.conv1", in_c, channels, 1), b.bn(f"{name}.bn1", channels), relu,
                 b.conv(f"{name}.conv2", channels, out_c, 3, stride, first_dilation),
                 b.bn(f"{name}.bn2", out_c, zero))
     else:  # bottleneck
         width = int(channels * blk.width_per_group / 64) * blk.groups
         s1, s3 = (stride, 1) if blk.stride_on == "1x1" else (1, stride)
-        main = (b.conv(f"{name}.conv1", in_c, width, 1, s1), b.bn(f"{name}.bn1", width), ReLU(),
+        main = (b.conv(f"{name}.conv1", in_c, width, 1, s1), b.bn(f"{name}.bn1", width), relu,
                 b.conv(f"{name}.conv2", width, width, 3, s3, first_dilation, blk.groups),
-                b.bn(f"{name}.bn2", width), ReLU(),
+                b.bn(f"{name}.bn2", width), relu,
                 b.conv(f"{name}.conv3", width, out_c, 1), b.bn(f"{name}.bn3", out_c, zero))
     g = _Graph(name, name + ".", in_c)
     out = g.chain(main)
@@ -604,23 +637,25 @@ def _block(b: _Builder, name: str, in_c: int, channels: int, stride: int, dilati
         elif kind == "conv":
             shortcut = (b.conv(f"{ds}.0", in_c, out_c, 1, stride),)
         else:  # avgpool_conv_bn (ResNet-D); timm: no pool when stride is 1
-            pool = (AvgPool(2, stride, 0, ceil_mode=True, count_include_pad=False),) if stride > 1 else ()
+            pool = (AvgPool(2, stride, 0, ceil_mode=True, count_include_pad=False, name=f"{ds}.0"),) if stride > 1 else ()
             shortcut = pool + (b.conv(f"{ds}.1", in_c, out_c, 1), b.bn(f"{ds}.2", out_c))
     out = g.add(Add(), out, g.chain(shortcut))
-    out = g.add(ReLU(), out)
+    out = g.add(relu, out)
     return g.part(out, out_c, ((out, name),))
 
 
-def _head(b: _Builder, in_c: int, classifier: str = "fc") -> Part:
-    """Global average pool, [``conv_head`` 1x1 conv with bias + ReLU to ``head.hidden_channels``
-    (timm's GhostNet/MobileNetV3 head)], flatten, optional dropout, then the ``classifier``."""
+def _head(b: _Builder, in_c: int, classifier: str = "fc", pool: str = "avgpool", act: str = "") -> Part:
+    """Global average pool (module ``pool``; "": functional), [``conv_head`` 1x1 conv with bias +
+    ReLU (module ``act``) to ``head.hidden_channels`` (timm's GhostNet/MobileNetV3 head)],
+    flatten, optional dropout, then the ``classifier``."""
     head = b.spec.head
     g = _Graph("head", "", in_c)
     if head.hidden_channels is None:
-        pooled = g.add(GlobalAvgPool(flatten=True), INPUT)
+        ops = [GlobalAvgPool(flatten=False, name=pool), Flatten()] if pool else [GlobalAvgPool(flatten=True)]
+        pooled = g.chain(ops)
     else:
-        pooled = g.chain([GlobalAvgPool(flatten=False), b.conv("conv_head", in_c, head.hidden_channels, 1, bias=True),
-                          Act("relu"), Flatten()])
+        pooled = g.chain([GlobalAvgPool(flatten=False, name=pool),
+                          b.conv("conv_head", in_c, head.hidden_channels, 1, bias=True), Act("relu", act), Flatten()])
         in_c = head.hidden_channels
     x = g.add(Dropout("dropout", float(head.dropout)), pooled) if head.dropout > 0 else pooled
     logits = g.add(b.linear(classifier, in_c, head.num_classes), x)

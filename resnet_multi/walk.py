@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, MutableMapping
 
-from .plan import INPUT, Part, Plan
+from .plan import INPUT, Part, Plan, Stage
 
 
 def run_part(part: Part, x: Any, apply: Callable, taps: MutableMapping | None = None) -> Any:
@@ -34,7 +34,7 @@ def run_part(part: Part, x: Any, apply: Callable, taps: MutableMapping | None = 
 
 
 def run_plan(plan: Plan, x: Any, apply: Callable, *, taps: MutableMapping | None = None,
-             run_block: Callable | None = None):
+             run_block: Callable | None = None, run_stage: Callable | None = None):
     """Run the whole plan: stem, every block, head.
 
     Args:
@@ -44,6 +44,8 @@ def run_plan(plan: Plan, x: Any, apply: Callable, *, taps: MutableMapping | None
         taps: a dict to fill with every ``plan.tap_names`` entry, or None.
         run_block: ``run_block(block, x) -> y`` to run a block another way (a backend calls its
             registered block module, so hooks and module surgery take effect); default: ``run_part``.
+        run_stage: ``run_stage(stage, x) -> y`` to run a whole stage another way when no taps are
+            asked for (a backend calls its stage container, ``model.layer4``, so hooks on it fire).
     Returns:
         The model's output: the logits, the last feature map, or a list of the ``out_indices``
         stage outputs.
@@ -51,6 +53,10 @@ def run_plan(plan: Plan, x: Any, apply: Callable, *, taps: MutableMapping | None
     x = run_part(plan.stem, x, apply, taps)
     features = []
     for stage in plan.stages:
+        if run_stage is not None and taps is None:
+            x = run_stage(stage, x)
+            features.append(x)
+            continue
         for block in stage.blocks:
             if run_block is None:
                 x = run_part(block, x, apply, taps)
@@ -71,3 +77,16 @@ def run_plan(plan: Plan, x: Any, apply: Callable, *, taps: MutableMapping | None
     if plan.out_indices is not None:
         return [features[i] for i in plan.out_indices]
     return x
+
+
+def stage_container(stage: Stage, name_of: Callable[[str], str] = str) -> tuple[int, str] | None:
+    """``(i, container)``: the stage's blocks from ``i`` on are the direct children of module path
+    ``container`` (the stage's name, as ``name_of`` spells module paths), in order, so calling a
+    sequential container there runs them; the blocks before ``i`` run before it (DenseNet: the
+    transition, ``features.transition1``, then ``features.denseblock2``'s layers). None when the
+    stage's last block is not such a child."""
+    container = name_of(stage.name)
+    i = len(stage.blocks)
+    while i > 0 and name_of(stage.blocks[i - 1].name).rpartition(".")[0] == container:
+        i -= 1
+    return (i, container) if i < len(stage.blocks) else None

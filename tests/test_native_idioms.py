@@ -52,10 +52,18 @@ def _torch_surgeries():
         "one_channel_stem": lambda m: setattr(m, "conv1", nn.Conv2d(1, 64, 7, 2, 3, bias=False)),
         "new_fc": lambda m: setattr(m, "fc", nn.Linear(512, 10)),
         "frozen_bn_eval": lambda m: setattr(m.layer2[1], "bn2", nn.BatchNorm2d(128, eps=0.1)),
+        "no_maxpool": lambda m: setattr(m, "maxpool", nn.Identity()),  # the CIFAR recipe
+        "silu_stem": lambda m: setattr(m, "relu", nn.SiLU()),  # torchvision: the stem's relu only
+        "block_relu_to_gelu": lambda m: setattr(m.layer2[0], "relu", nn.GELU()),  # all three of its calls
+        "max_pool_head": lambda m: setattr(m, "avgpool", nn.AdaptiveMaxPool2d(1)),
     }
 
 
-@pytest.mark.parametrize("surgery", ["bn_to_identity", "one_channel_stem", "new_fc", "frozen_bn_eval"])
+TORCH_SURGERIES = ["bn_to_identity", "one_channel_stem", "new_fc", "frozen_bn_eval", "no_maxpool", "silu_stem",
+                   "block_relu_to_gelu", "max_pool_head"]
+
+
+@pytest.mark.parametrize("surgery", TORCH_SURGERIES)
 def test_torch_module_surgery_takes_the_same_effect_as_on_torchvision(surgery):
     ours, theirs, torch = _torch_pair()
     x = torch.from_numpy(_input())
@@ -71,6 +79,43 @@ def test_torch_module_surgery_takes_the_same_effect_as_on_torchvision(surgery):
         assert not torch.equal(ours(x), before), "the surgery had no effect"
     with torch.no_grad():
         assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("spec_name", ["resnet50", "densenet121"])
+def test_torch_children_hooks_and_feature_extraction_work_as_on_torchvision(spec_name):
+    """What people build from a torchvision model's module tree: ``nn.Sequential(*children[:-1])``
+    as a feature extractor (a ResNet; DenseNet's is ``model.features``), a forward hook on a
+    stage, and ``create_feature_extractor`` on the parameterless modules: same results."""
+    import torch
+    import torchvision
+    from torch import nn
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    _, weights = _weights(spec_name)
+    ours = rm.build(spec_name, "torch", weights=weights)
+    theirs = torchvision.models.get_model(spec_name)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    theirs.eval()
+    x = torch.from_numpy(_input())
+    stage, node = ("layer4", "avgpool") if spec_name.startswith("resnet") else ("features.denseblock4", "features.pool0")
+    results = []
+    for model in (ours, theirs):
+        seen = []
+        hook = model.get_submodule(stage).register_forward_hook(lambda module, args, out: seen.append(out))
+        with torch.no_grad():
+            model(x)
+            hook.remove()
+            if spec_name.startswith("resnet"):
+                trunk = nn.Sequential(*list(model.children())[:-1])(x)
+            else:
+                trunk = model.features(x) if model is theirs else None  # ours: a container without forward
+            extracted = create_feature_extractor(model, return_nodes={node: "out"})(x)["out"]
+        results.append((seen, trunk, extracted))
+    (our_seen, our_trunk, our_extracted), (their_seen, their_trunk, their_extracted) = results
+    assert len(our_seen) == len(their_seen) == 1 and torch.equal(our_seen[0], their_seen[0])
+    if our_trunk is not None:
+        assert torch.equal(our_trunk, their_trunk)
+    assert torch.equal(our_extracted, their_extracted)
 
 
 def test_torch_sync_batchnorm_conversion_runs_sync_batchnorm():
@@ -207,7 +252,8 @@ def _paddle_pair():
     return ours, theirs, paddle
 
 
-@pytest.mark.parametrize("surgery", ["bn_to_identity", "one_channel_stem", "new_fc"])
+@pytest.mark.parametrize("surgery", ["bn_to_identity", "one_channel_stem", "new_fc", "no_maxpool", "silu_stem",
+                                     "block_relu_to_gelu"])
 def test_paddle_module_surgery_takes_the_same_effect_as_on_paddle_vision(surgery):
     ours, theirs, paddle = _paddle_pair()
     from paddle import nn
@@ -218,6 +264,12 @@ def test_paddle_module_surgery_takes_the_same_effect_as_on_paddle_vision(surgery
             model.layer1[0].bn1 = nn.Identity()
         elif surgery == "one_channel_stem":
             model.conv1 = nn.Conv2D(1, 64, 7, 2, 3, bias_attr=False)
+        elif surgery == "no_maxpool":
+            model.maxpool = nn.Identity()
+        elif surgery == "silu_stem":
+            model.relu = nn.Silu()
+        elif surgery == "block_relu_to_gelu":
+            model.layer2[0].relu = nn.GELU()
         else:
             model.fc = nn.Linear(512, 10)
 
@@ -231,6 +283,25 @@ def test_paddle_module_surgery_takes_the_same_effect_as_on_paddle_vision(surgery
     else:
         assert not np.array_equal(ours(x).numpy(), before), "the surgery had no effect"
     np.testing.assert_array_equal(ours(x).numpy(), theirs(x).numpy())
+
+
+def test_paddle_children_and_stage_hooks_work_as_on_paddle_vision():
+    """``nn.Sequential(*children[:-1])`` as a feature extractor and a post-hook on a stage."""
+    ours, theirs, paddle = _paddle_pair()
+    from paddle import nn
+
+    x = paddle.to_tensor(_input())
+    results = []
+    for model in (ours.eval(), theirs.eval()):
+        seen = []
+        hook = model.layer4.register_forward_post_hook(lambda layer, args, out: seen.append(out.numpy()))
+        model(x)
+        hook.remove()
+        results.append((seen, nn.Sequential(*list(model.children())[:-1])(x).numpy()))
+    (our_seen, our_trunk), (their_seen, their_trunk) = results
+    assert len(our_seen) == len(their_seen) == 1
+    np.testing.assert_array_equal(our_seen[0], their_seen[0])
+    np.testing.assert_array_equal(our_trunk, their_trunk)
 
 
 def test_paddle_sync_batchnorm_conversion_runs_sync_batchnorm():

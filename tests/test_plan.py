@@ -96,7 +96,8 @@ def test_resnet_d_avgpool_shortcut():
     # stage 1 has stride 1: timm uses no pool there, names stay downsample.1/.2
     assert not any(isinstance(op, P.AvgPool) for op in _branches(p.stages[0].blocks[0])[1])
     pool, conv, bn = _branches(p.stages[1].blocks[0])[1]
-    assert pool == P.AvgPool(2, 2, 0, ceil_mode=True, count_include_pad=False)
+    # timm's downsample.0 is an AvgPool2d module: so is ours, and downsample runs in order when called
+    assert pool == P.AvgPool(2, 2, 0, ceil_mode=True, count_include_pad=False, name="layer2.0.downsample.0")
     assert (conv.name, conv.stride, bn.name) == ("layer2.0.downsample.1", 1, "layer2.0.downsample.2")
     assert pool.out_size(33) == 17 and pool.out_size(1) == 1
 
@@ -272,3 +273,15 @@ def test_walk_holds_exactly_the_values_still_to_be_read(name):
             still_read = made & {v for later in part.nodes[i:] for v in later.inputs}
             previous = {part.nodes[i - 1].output} if i else set()  # the walk's local for the last output
             assert seen[i] == (still_read | previous | {P.INPUT}), (part.name, i)
+
+
+def test_a_block_calls_its_one_relu_module_at_each_of_torchvisions_places():
+    """torchvision's Bottleneck has one ``relu`` module, called after bn1, bn2 and the add; the
+    plan names all three calls after it, and every value the walk makes keeps a name of its own
+    (the block's tap is its last value, not the first relu's)."""
+    block = rm.make_plan(rm.get_spec("resnet50")).stages[0].blocks[0]
+    calls = block.named_functions["layer1.0.relu"]
+    assert len(calls) == 3 and [node.inputs[0] for node in calls][:2] == ["layer1.0.bn1", "layer1.0.bn2"]
+    assert isinstance(block.nodes[-1].op, P.Act) and block.nodes[-1] is calls[-1]
+    assert block.taps == ((block.output, "layer1.0"),) and block.output == calls[-1].output
+    assert len({node.output for node in block.nodes}) == len(block.nodes)
