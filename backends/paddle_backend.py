@@ -31,7 +31,7 @@ from paddle.nn import functional as F
 from paddle.nn.initializer import Constant
 
 from resnet_multi import plan as P
-from resnet_multi.walk import run_part, run_plan, stage_container
+from resnet_multi.walk import run_part, run_plan, run_stage_via_container, stage_container
 from resnet_multi.io_util import atomic_path
 from resnet_multi.training import OptimizerError
 from resnet_multi.weights import FRAMEWORK_EXTRAS
@@ -214,14 +214,18 @@ class _Runner(nn.Layer):
     Control flow depends only on the plan, never on data, so ``paddle.jit.to_static`` converts it.
     """
 
+    def _call(self, path: tuple, x):
+        """Call the layer at ``path`` below this one, looked up now (so surgery takes effect)."""
+        layer = self
+        for part in path:
+            layer = layer._sub_layers[part]
+        return layer(x)
+
     def _run_node(self, node, *inputs):
         op = node.op
         kind = type(op)
         if kind in _MODULE_KINDS or (kind in _NAMEABLE_KINDS and op.name and op.name in self._paths):
-            layer = self
-            for part in self._paths[op.name]:
-                layer = layer._sub_layers[part]
-            return layer(inputs[0])
+            return self._call(self._paths[op.name], inputs[0])
         if kind is P.Act:
             return _ACTIVATIONS[op.kind](inputs[0])
         if kind is P.Add:
@@ -313,21 +317,10 @@ class ResNet(_Runner):
         self._out_indices = plan.out_indices
 
     def _run_block(self, block: P.Part, x):
-        layer = self
-        for part in self._blocks[block.name]:
-            layer = layer._sub_layers[part]
-        return layer(x)
+        return self._call(self._blocks[block.name], x)
 
     def _run_stage(self, stage: P.Stage, x):
-        before, path = self._stages.get(stage.name, (stage.blocks, None))
-        for block in before:
-            x = self._run_block(block, x)
-        if path is None:
-            return x
-        layer = self
-        for part in path:
-            layer = layer._sub_layers[part]
-        return layer(x)
+        return run_stage_via_container(stage, x, self._stages.get(stage.name), self._run_block, self._call)
 
     def forward(self, x, taps: bool = False):
         collected = {} if taps else None

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from resnet_multi import plan as P
-from resnet_multi.walk import run_part, run_plan, stage_container
+from resnet_multi.walk import run_part, run_plan, run_stage_via_container, stage_container
 
 NAME = "torch"
 
@@ -130,14 +130,18 @@ class _Runner(nn.Module):
     so replacing one (``model.layer1[0].bn1 = nn.Identity()``, SyncBatchNorm conversion) takes
     effect, and torch.fx sees ordinary submodule calls."""
 
+    def _call(self, path: tuple, x):
+        """Call the module at ``path`` below this one, looked up now (so surgery takes effect)."""
+        module = self
+        for part in path:
+            module = module._modules[part]
+        return module(x)
+
     def _run_node(self, node, *inputs):
         op = node.op
         kind = type(op)
         if kind in _MODULE_KINDS or (kind in _NAMEABLE_KINDS and op.name):
-            module = self
-            for part in self._paths[op.name]:
-                module = module._modules[part]
-            return module(inputs[0])
+            return self._call(self._paths[op.name], inputs[0])
         if kind is P.Act:
             if op.kind == "relu":
                 return F.relu(inputs[0], inplace=node.inplace)
@@ -251,21 +255,10 @@ class ResNet(_Runner):
             self._register_load_state_dict_pre_hook(_canonical_keys, with_module=True)
 
     def _run_block(self, block: P.Part, x):
-        module = self
-        for part in self._blocks[block.name]:
-            module = module._modules[part]
-        return module(x)
+        return self._call(self._blocks[block.name], x)
 
     def _run_stage(self, stage: P.Stage, x):
-        before, path = self._stages.get(stage.name, (stage.blocks, None))
-        for block in before:
-            x = self._run_block(block, x)
-        if path is None:
-            return x
-        module = self
-        for part in path:
-            module = module._modules[part]
-        return module(x)
+        return run_stage_via_container(stage, x, self._stages.get(stage.name), self._run_block, self._call)
 
     def forward(self, x):
         return run_plan(self.plan, x, self._run_node, run_block=self._run_block, run_stage=self._run_stage)

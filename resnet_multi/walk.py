@@ -90,3 +90,14 @@ def stage_container(stage: Stage, name_of: Callable[[str], str] = str) -> tuple[
     while i > 0 and name_of(stage.blocks[i - 1].name).rpartition(".")[0] == container:
         i -= 1
     return (i, container) if i < len(stage.blocks) else None
+
+
+def run_stage_via_container(stage: Stage, x: Any, split: tuple[tuple[Part, ...], Any] | None,
+                            run_block: Callable, call: Callable) -> Any:
+    """Run one stage the way its reference model does: ``split`` is ``(blocks before the
+    container, container path)`` (from ``stage_container``), each block before it by
+    ``run_block(block, x)``, then the container by ``call(path, x)``; with no split, every block."""
+    before, path = split if split is not None else (stage.blocks, None)
+    for block in before:
+        x = run_block(block, x)
+    return x if path is None else call(path, x)
