@@ -637,7 +637,8 @@ def _block(b: _Builder, name: str, in_c: int, channels: int, stride: int, dilati
         elif kind == "conv":
             shortcut = (b.conv(f"{ds}.0", in_c, out_c, 1, stride),)
         else:  # avgpool_conv_bn (ResNet-D); timm: no pool when stride is 1
-            pool = (AvgPool(2, stride, 0, ceil_mode=True, count_include_pad=False, name=f"{ds}.0"),) if stride > 1 else ()
+            pool = ((AvgPool(2, stride, 0, ceil_mode=True, count_include_pad=False, name=f"{ds}.0"),)
+                    if stride > 1 else ())
             shortcut = pool + (b.conv(f"{ds}.1", in_c, out_c, 1), b.bn(f"{ds}.2", out_c))
     out = g.add(Add(), out, g.chain(shortcut))
     out = g.add(relu, out)

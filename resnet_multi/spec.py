@@ -96,10 +96,11 @@ class BlockSpec:
 
     A ``dense`` block (DenseNet) reads ``growth_rate`` (the channels each layer adds; required),
     ``bn_size`` (the 1x1 bottleneck has ``bn_size * growth_rate`` channels; 0: no bottleneck, a
-    layer is BN-ReLU-Conv3x3 as in d2l; default 4) and ``compression`` (a transition keeps
+    layer is BN-ReLU-Conv3x3 as in d2l; default 4), ``compression`` (a transition keeps
     ``floor(channels * compression)`` channels; default 0.5) and ``drop_rate`` (in train mode,
     dropout on each layer's new features before they are concatenated, torchvision's
-    ``drop_rate``; default 0). Other kinds leave them unset. A ``ghost`` block (GhostNet) is set per block in ``stages[i].blocks``.
+    ``drop_rate``; default 0). Other kinds leave them unset. A ``ghost`` block (GhostNet) is set
+    per block in ``stages[i].blocks``.
     """
 
     kind: str = "basic"

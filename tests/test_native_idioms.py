@@ -1,7 +1,8 @@
 """A model we return behaves like the framework's own model under what people do with one:
 module surgery, SyncBatchNorm conversion, torch.fx, torch.compile, torch.export, saving and loading
 (torch.save of the whole model, paddle.save + set_state_dict, paddle.jit.save, orbax), copies,
-paddle.jit.to_static, nnx.jit differentiation, jit over a sharded batch, float64 builds, and the spec's BatchNorm running-variance estimator in train mode.
+paddle.jit.to_static, nnx.jit differentiation, jit over a sharded batch, float64 builds, and the
+spec's BatchNorm running-variance estimator in train mode.
 
 Surgery tests do the same surgery on torchvision's / paddle.vision's own model holding the same
 weights and require identical outputs: "takes effect" means "takes the same effect".
