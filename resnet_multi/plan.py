@@ -330,6 +330,25 @@ class Plan:
             names.extend(tap for _, tap in part.taps)
         return tuple(names)
 
+    @property
+    def first_conv(self) -> str:
+        """The module name of the stem's first convolution (the one that reads the input image;
+        timm's pretrained cfgs call it ``first_conv``)."""
+        return next(op.name for op in self.stem.ops if isinstance(op, Conv))
+
+    @property
+    def classifier(self) -> str | None:
+        """The module name of the head's classifier (its last Linear), or None without a head."""
+        if self.head is None:
+            return None
+        linears = [op.name for op in self.head.ops if isinstance(op, Linear)]
+        return linears[-1] if linears else None
+
+    @property
+    def buffers(self) -> tuple[str, ...]:
+        """The names in ``params`` that are buffers (running statistics), not trainable parameters."""
+        return tuple(name for name, info in self.params.items() if info.is_buffer)
+
     def native_names(self, scheme: str) -> dict[str, str]:
         """``{canonical parameter name: its name in naming scheme}`` for the parameters whose
         module ``aliases[scheme]`` renames (leaves, e.g. ``.weight``, are kept)."""
@@ -363,6 +382,8 @@ class Plan:
             return tuple(self.stages[i].name for i in self.out_indices)
         if self.neck is not None:
             return (self.neck.taps[-1][1],)
+        if not self.stages:  # a stem-only plan (the op contract tests run one op this way)
+            return (self.stem.taps[-1][1],)
         return (self.stages[-1].name,)
 
     def shapes(self, input_shape: tuple[int, int, int, int]) -> dict[str, tuple[int, ...]]:
