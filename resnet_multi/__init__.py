@@ -4,6 +4,7 @@ Importing this package imports no deep learning framework; a backend's framework
 the first time that backend is used.
 """
 
+from . import families  # noqa: F401  (registers every block kind before any spec is made)
 from .api import build, export_weights, forward, import_weights, optimize_for_inference, plan_of
 from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file
 from .export import export

@@ -1,9 +1,14 @@
 """The framework-neutral ResNet description: frozen dataclasses, validation, dict/JSON/YAML.
 
 A spec says *what* the network is (block kind, depths, channels, strides, stem, shortcut, head,
-numerics); `plan.py` turns it into explicit layers. Validation lives in one place,
-`validate_spec`, and every error names the field path and the bad value, e.g.
+numerics); the block kind's family (``resnet_multi.families``) turns it into an explicit plan.
+``validate_spec`` checks the common fields and hands the kind's own settings to its family's
+validation; every error names the field path and the bad value, e.g.
 ``stages[2].stride: must be >= 1, got 0``.
+
+The dataclasses are the spec file format (every safetensors file embeds one as JSON), so
+``BlockSpec`` and ``StageSpec`` keep every family's fields; which family reads which field is
+declared by the family (``BlockFamily``), and a field its kind does not read must keep its default.
 
 BatchNorm momentum follows PyTorch's convention: the weight of the NEW batch statistic
 (0.1 by default). Backends translate (Paddle and Flax take 1 - momentum).
@@ -18,27 +23,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SPEC_FORMAT_VERSION = 1
 
-BLOCK_KINDS = ("basic", "bottleneck", "basic_1x1", "dense", "ghost")
-"""basic: 3x3-3x3. bottleneck: 1x1-3x3-1x1 with expansion. basic_1x1: 1x1-3x3 (PaddleOCR ResNet45).
-dense: DenseNet layers (BN-ReLU-[Conv1x1-BN-ReLU]-Conv3x3, outputs concatenated), stages joined by
-transitions (torchvision DenseNet, d2l). ghost: GhostNet bottlenecks (timm), set per block."""
-RESIDUAL_KINDS = ("basic", "bottleneck", "basic_1x1")
-"""The ResNet block kinds: ``relu(main(x) [* se] + shortcut(x))``, stages of ``depth`` x ``channels``."""
 DEFAULT_EXPANSION = {"basic": 1, "bottleneck": 4, "basic_1x1": 1}
+"""``block.expansion`` when unset, by residual kind (output channels = ``channels * expansion``)."""
 DEFAULT_BN_SIZE = 4
 """DenseNet's bottleneck: the 1x1 conv of a dense layer has ``bn_size * growth_rate`` outputs."""
 DEFAULT_COMPRESSION = 0.5
 """DenseNet's transitions keep ``floor(channels * compression)`` channels (torchvision: ``c // 2``)."""
-STRIDE_POSITIONS = ("3x3", "1x1")
-SHORTCUT_KINDS = ("conv_bn", "avgpool_conv_bn", "conv")
-"""conv_bn: 1x1 conv (stride) + BN. avgpool_conv_bn: AvgPool 2x2 (ceil_mode, padding not counted)
-then 1x1 conv + BN (ResNet-D). conv: a 1x1 conv (stride) with no BN (d2l)."""
-SHORTCUT_WHEN = ("auto", "always")
-"""auto: project when the stride or channel count changes. always: every stage's first block."""
 CONV_INITS = ("kaiming_normal_fan_out", "kaiming_normal_fan_in", "torch_default")
 LINEAR_BIAS_INITS = ("torch_default", "zeros")
 """torch_default: uniform in +-1/sqrt(fan_in), as nn.Linear. zeros: torchvision's DenseNet."""
@@ -86,7 +80,7 @@ class StemSpec:
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """The residual block used by every stage.
+    """The block used by every stage; ``kind`` is one of ``block_kinds()`` (a registered family).
 
     ``groups`` and ``width_per_group`` are ResNeXt's cardinality and bottleneck width
     (the 3x3's width is ``int(channels * width_per_group / 64) * groups``); they apply to
@@ -281,199 +275,204 @@ def _freeze_lists(obj, *names: str) -> None:
             object.__setattr__(obj, name, tuple(value))
 
 
-def _check(ok: bool, path: str, message: str, value: Any) -> None:
+def check(ok: bool, path: str, message: str, value: Any) -> None:
+    """Raise SpecError ``"<path>: <message>, got <value>"`` unless ``ok``: the one form of every
+    spec error, used by the families' validation too."""
     if not ok:
         raise SpecError(f"{path}: {message}, got {value!r}")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _positive_int(v: Any, path: str, minimum: int = 1) -> None:
-    _check(_is_int(v), path, "must be an integer", v)
-    _check(v >= minimum, path, f"must be >= {minimum}", v)
+def check_positive_int(v: Any, path: str, minimum: int = 1) -> None:
+    check(is_int(v), path, "must be an integer", v)
+    check(v >= minimum, path, f"must be >= {minimum}", v)
 
 
-def _one_of(v: Any, choices: tuple[str, ...], path: str) -> None:
-    _check(v in choices, path, f"must be one of {', '.join(repr(c) for c in choices)}", v)
+def check_one_of(v: Any, choices: tuple[str, ...], path: str) -> None:
+    check(v in choices, path, f"must be one of {', '.join(repr(c) for c in choices)}", v)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _validate_stage(spec: ResNetSpec, i: int, stage: StageSpec) -> None:
-    """One stage, by block kind (see StageSpec)."""
-    p = f"stages[{i}]"
+# --------------------------------------------------------------------------- block families
+
+
+@dataclass(frozen=True)
+class BlockFamily:
+    """A block family as it registers itself (``resnet_multi.families``): the block kinds it
+    builds, which spec settings it reads, its validation of them, and its plan builder.
+
+    A setting the family does not read must keep its default: ``block_fields`` (of BlockSpec),
+    ``stage_fields`` (of StageSpec) and ``spec_fields`` (the optional spec features of
+    ``OPTIONAL_SPEC_FEATURES``) list what it reads. ``validate(spec)`` checks what it reads and
+    raises SpecError; ``build(param_builder) -> (stem, stages, neck, head)`` makes its plan parts.
+    """
+
+    name: str
+    kinds: tuple[str, ...]
+    block_fields: tuple[str, ...]
+    stage_fields: tuple[str, ...]
+    spec_fields: tuple[str, ...]
+    validate: Callable[["ResNetSpec"], None]
+    build: Callable[[Any], tuple]
+
+
+_BLOCK_FAMILIES: dict[str, BlockFamily] = {}
+
+
+def register_block_family(family: BlockFamily) -> BlockFamily:
+    """Make ``family``'s kinds valid ``block.kind`` values (each family module does this once)."""
+    for kind in family.kinds:
+        if kind in _BLOCK_FAMILIES:
+            raise ValueError(f"block kind {kind!r} is registered twice ({_BLOCK_FAMILIES[kind].name}, {family.name})")
+        _BLOCK_FAMILIES[kind] = family
+    return family
+
+
+def block_kinds() -> tuple[str, ...]:
+    """Every registered ``block.kind``, in registration order."""
+    return tuple(_BLOCK_FAMILIES)
+
+
+def block_family(kind: str) -> BlockFamily:
+    """The family that builds block ``kind`` (raises SpecError for an unknown kind)."""
+    check_one_of(kind, block_kinds(), "block.kind")
+    return _BLOCK_FAMILIES[kind]
+
+
+def __getattr__(name: str):
+    """``BLOCK_KINDS`` and ``RESIDUAL_KINDS``, as before the registry: views of it."""
+    if name == "BLOCK_KINDS":
+        return block_kinds()
+    if name == "RESIDUAL_KINDS":
+        return block_family("basic").kinds
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+OPTIONAL_SPEC_FEATURES: dict[str, tuple[Callable[["ResNetSpec"], bool], str]] = {
+    "shortcut": (lambda spec: spec.shortcut == ShortcutSpec(), "is fixed by a {kind!r} block; leave it out"),
+    "stem.widths": (lambda spec: len(spec.stem.widths) == 1,
+                    "must be one width for a {kind!r} network (one stem conv)"),
+    "init.zero_init_last_bn": (lambda spec: spec.init.zero_init_last_bn is False,
+                               "must be false for a {kind!r} network (it has no residual's last BN to zero)"),
+}
+"""Spec settings beyond the block and stages that only some families read: path -> (the spec
+leaves it at its default, the error when a family that does not read it is given another value)."""
+
+
+def _unread_message(kind: str, value_default: Any, readers: tuple[str, ...], plural: bool) -> str:
+    """Why a setting that block ``kind`` does not read must keep its default."""
+    blocks = "blocks" if plural else "block"
+    article = "" if plural else "a "
+    if value_default is not None:
+        default = str(value_default).lower() if isinstance(value_default, bool) else repr(value_default)
+        return f"must be {default} for {article}{kind!r} {blocks}"
+    if len(readers) == 1:
+        return f"is only for {readers[0]!r} blocks, not {kind!r}; leave it out"
+    return f"is not used by {article}{kind!r} {blocks}; leave it out"
+
+
+def _check_unread_settings(spec: "ResNetSpec", family: BlockFamily) -> None:
+    """Every setting ``family`` does not read is left at its default (so nothing is silently ignored)."""
     kind = spec.block.kind
-    _check(isinstance(stage, StageSpec), p, "must be a stage spec", stage)
-    _positive_int(stage.stride, f"{p}.stride")
-    _check(isinstance(stage.dilate, bool), f"{p}.dilate", "must be true or false", stage.dilate)
-    if kind == "ghost":
-        for name in ("depth", "channels"):
-            _check(getattr(stage, name) is None, f"{p}.{name}",
-                   "is not used by 'ghost' blocks (set per block in blocks[j]); leave it out", getattr(stage, name))
-        _check(stage.stride == 1, f"{p}.stride", "must be 1 for 'ghost' blocks: set it per block (blocks[j].stride)",
-               stage.stride)
-        _check(stage.dilate is False, f"{p}.dilate", "must be false for 'ghost' blocks (no dilation)", stage.dilate)
-        _check(isinstance(stage.blocks, tuple) and len(stage.blocks) >= 1, f"{p}.blocks",
-               "must be a non-empty list of per-block settings for 'ghost' blocks", stage.blocks)
-        for j, settings in enumerate(stage.blocks):
-            q = f"{p}.blocks[{j}]"
-            _check(isinstance(settings, BlockSettings), q, "must be block settings", settings)
-            _positive_int(settings.channels, f"{q}.channels")
-            _positive_int(settings.mid_channels, f"{q}.mid_channels")
-            _positive_int(settings.kernel_size, f"{q}.kernel_size")
-            _check(settings.kernel_size % 2 == 1, f"{q}.kernel_size", "must be odd (symmetric padding)",
-                   settings.kernel_size)
-            _positive_int(settings.stride, f"{q}.stride")
-            _check(_is_number(settings.se_ratio) and 0.0 <= settings.se_ratio <= 1.0, f"{q}.se_ratio",
-                   "must be a number in [0, 1]", settings.se_ratio)
-        return
-    _check(stage.blocks is None, f"{p}.blocks", f"per-block settings are for 'ghost' blocks, not {kind!r}",
-           stage.blocks)
-    _check(stage.depth is not None, f"{p}.depth", f"is required for {kind!r} blocks", stage.depth)
-    _positive_int(stage.depth, f"{p}.depth")
-    if kind == "dense":
-        _check(stage.channels is None, f"{p}.channels",
-               "is not used by 'dense' blocks (block.growth_rate sets the width); leave it out", stage.channels)
-        _check(stage.dilate is False, f"{p}.dilate", "must be false for 'dense' blocks (no dilation)", stage.dilate)
-        if i == 0:
-            _check(stage.stride == 1, f"{p}.stride",
-                   "must be 1 for the first 'dense' stage (strides are the transitions' pools between stages)",
-                   stage.stride)
-        return
-    _check(stage.channels is not None, f"{p}.channels", f"is required for {kind!r} blocks", stage.channels)
-    _positive_int(stage.channels, f"{p}.channels")
-    block = spec.block
-    if kind == "bottleneck":
-        width = int(stage.channels * block.width_per_group / 64) * block.groups
-        _check(width >= block.groups, f"{p}.channels",
-               f"gives a bottleneck width of {width}, fewer than block.groups={block.groups}", stage.channels)
+
+    def readers(attribute: str, name: str) -> tuple[str, ...]:
+        return tuple(k for k, f in _BLOCK_FAMILIES.items() if name in getattr(f, attribute))
+
+    for f in dataclasses.fields(BlockSpec):
+        value = getattr(spec.block, f.name)
+        if f.name != "kind" and f.name not in family.block_fields and value != f.default:
+            check(False, f"block.{f.name}", _unread_message(kind, f.default, readers("block_fields", f.name), False),
+                  value)
+    for i, stage in enumerate(spec.stages):
+        for f in dataclasses.fields(StageSpec):
+            value = getattr(stage, f.name)
+            if f.name not in family.stage_fields and value != f.default:
+                check(False, f"stages[{i}].{f.name}",
+                      _unread_message(kind, f.default, readers("stage_fields", f.name), True), value)
+    for path, (is_default, message) in OPTIONAL_SPEC_FEATURES.items():
+        if path not in family.spec_fields and not is_default(spec):
+            value = spec
+            for part in path.split("."):
+                value = getattr(value, part)
+            check(False, path, message.format(kind=kind), value)
+
+
+def _check_stage(i: int, stage: StageSpec) -> None:
+    """What every stage must be, whatever the family."""
+    p = f"stages[{i}]"
+    check(isinstance(stage, StageSpec), p, "must be a stage spec", stage)
+    check_positive_int(stage.stride, f"{p}.stride")
+    check(isinstance(stage.dilate, bool), f"{p}.dilate", "must be true or false", stage.dilate)
 
 
 def validate_spec(spec: ResNetSpec) -> None:
-    """Raise SpecError naming the first invalid field; the only place specs are validated."""
-    _check(isinstance(spec.name, str) and spec.name != "", "name", "must be a non-empty string", spec.name)
-    _positive_int(spec.in_channels, "in_channels")
-    _check(isinstance(spec.conv_bias, bool), "conv_bias", "must be true or false", spec.conv_bias)
+    """Raise SpecError naming the first invalid field: the common fields here, the block kind's
+    own settings in its family's ``validate`` (``resnet_multi.families``)."""
+    check(isinstance(spec.name, str) and spec.name != "", "name", "must be a non-empty string", spec.name)
+    check_positive_int(spec.in_channels, "in_channels")
+    check(isinstance(spec.conv_bias, bool), "conv_bias", "must be true or false", spec.conv_bias)
 
     stem = spec.stem
-    _check(isinstance(stem, StemSpec), "stem", "must be a stem spec", stem)
-    _check(isinstance(stem.widths, tuple) and len(stem.widths) >= 1, "stem.widths",
-           "must be a non-empty list of channel counts", stem.widths)
+    check(isinstance(stem, StemSpec), "stem", "must be a stem spec", stem)
+    check(isinstance(stem.widths, tuple) and len(stem.widths) >= 1, "stem.widths",
+          "must be a non-empty list of channel counts", stem.widths)
     for i, w in enumerate(stem.widths):
-        _positive_int(w, f"stem.widths[{i}]")
-    _positive_int(stem.kernel_size, "stem.kernel_size")
-    _check(stem.kernel_size % 2 == 1, "stem.kernel_size", "must be odd (symmetric padding)", stem.kernel_size)
-    _positive_int(stem.stride, "stem.stride")
-    _check(isinstance(stem.pool, bool), "stem.pool", "must be true or false", stem.pool)
+        check_positive_int(w, f"stem.widths[{i}]")
+    check_positive_int(stem.kernel_size, "stem.kernel_size")
+    check(stem.kernel_size % 2 == 1, "stem.kernel_size", "must be odd (symmetric padding)", stem.kernel_size)
+    check_positive_int(stem.stride, "stem.stride")
+    check(isinstance(stem.pool, bool), "stem.pool", "must be true or false", stem.pool)
 
-    block = spec.block
-    _check(isinstance(block, BlockSpec), "block", "must be a block spec", block)
-    _one_of(block.kind, BLOCK_KINDS, "block.kind")
-    kind = block.kind
-    if block.expansion is not None:
-        _positive_int(block.expansion, "block.expansion")
-        _check(kind in RESIDUAL_KINDS, "block.expansion", f"is not used by a {kind!r} block; leave it out",
-               block.expansion)
-    _one_of(block.stride_on, STRIDE_POSITIONS, "block.stride_on")
-    _positive_int(block.groups, "block.groups")
-    _positive_int(block.width_per_group, "block.width_per_group")
-    if kind != "bottleneck":
-        _check(block.groups == 1, "block.groups", f"must be 1 for a {kind!r} block", block.groups)
-        _check(block.width_per_group == 64, "block.width_per_group",
-               f"must be 64 for a {kind!r} block", block.width_per_group)
-        _check(block.stride_on == "3x3", "block.stride_on",
-               f"must be '3x3' for a {kind!r} block", block.stride_on)
-    _check(_is_number(block.se_ratio) and 0.0 <= block.se_ratio <= 1.0, "block.se_ratio",
-           "must be a number in [0, 1]", block.se_ratio)
-    if kind == "dense":
-        _check(block.se_ratio == 0, "block.se_ratio", "must be 0 for a 'dense' block (no squeeze-excite)",
-               block.se_ratio)
-        _check(block.growth_rate is not None, "block.growth_rate", "is required for a 'dense' block",
-               block.growth_rate)
-        _positive_int(block.growth_rate, "block.growth_rate")
-        if block.bn_size is not None:
-            _positive_int(block.bn_size, "block.bn_size", minimum=0)
-        if block.compression is not None:
-            _check(_is_number(block.compression) and 0.0 < block.compression <= 1.0, "block.compression",
-                   "must be a number in (0, 1]", block.compression)
-        if block.drop_rate is not None:
-            _check(_is_number(block.drop_rate) and 0.0 <= block.drop_rate < 1.0, "block.drop_rate",
-                   "must be a number in [0, 1)", block.drop_rate)
-    else:
-        for field_name in ("growth_rate", "bn_size", "compression", "drop_rate"):
-            value = getattr(block, field_name)
-            _check(value is None, f"block.{field_name}", f"is only for 'dense' blocks, not {kind!r}; leave it out",
-                   value)
-    if kind == "ghost":
-        _check(block.se_ratio == 0, "block.se_ratio",
-               "must be 0 for 'ghost' blocks: set it per block (stages[i].blocks[j].se_ratio)", block.se_ratio)
-
-    _check(isinstance(spec.stages, tuple) and len(spec.stages) >= 1, "stages",
-           "must be a non-empty list of stages", spec.stages)
+    check(isinstance(spec.block, BlockSpec), "block", "must be a block spec", spec.block)
+    family = block_family(spec.block.kind)
+    check(isinstance(spec.stages, tuple) and len(spec.stages) >= 1, "stages",
+          "must be a non-empty list of stages", spec.stages)
     for i, stage in enumerate(spec.stages):
-        _validate_stage(spec, i, stage)
-
-    if kind not in RESIDUAL_KINDS:
-        _check(len(stem.widths) == 1, "stem.widths", f"must be one width for a {kind!r} network (one stem conv)",
-               stem.widths)
-    if kind == "dense":
-        channels = stem.widths[0]
-        for i, stage in enumerate(spec.stages):
-            if i > 0:
-                channels = block.transition_channels(channels)
-                _check(channels >= 1, "block.compression", f"leaves no channels in the transition to stages[{i}]",
-                       block.compression)
-            channels += stage.depth * block.growth_rate
-
-    shortcut = spec.shortcut
-    _check(isinstance(shortcut, ShortcutSpec), "shortcut", "must be a shortcut spec", shortcut)
-    _one_of(shortcut.kind, SHORTCUT_KINDS, "shortcut.kind")
-    _one_of(shortcut.when, SHORTCUT_WHEN, "shortcut.when")
-    if kind not in RESIDUAL_KINDS:
-        _check(shortcut == ShortcutSpec(), "shortcut",
-               f"is fixed by a {kind!r} block (dense: concatenation; ghost: timm's); leave it out", shortcut)
+        _check_stage(i, stage)
+    check(isinstance(spec.shortcut, ShortcutSpec), "shortcut", "must be a shortcut spec", spec.shortcut)
+    _check_unread_settings(spec, family)
+    family.validate(spec)
 
     if spec.head is not None:
-        _check(isinstance(spec.head, HeadSpec), "head", "must be a head spec or null", spec.head)
-        _positive_int(spec.head.num_classes, "head.num_classes")
-        _check(isinstance(spec.head.dropout, (int, float)) and 0.0 <= spec.head.dropout < 1.0,
-               "head.dropout", "must be a number in [0, 1)", spec.head.dropout)
+        check(isinstance(spec.head, HeadSpec), "head", "must be a head spec or null", spec.head)
+        check_positive_int(spec.head.num_classes, "head.num_classes")
+        check(isinstance(spec.head.dropout, (int, float)) and 0.0 <= spec.head.dropout < 1.0,
+              "head.dropout", "must be a number in [0, 1)", spec.head.dropout)
         if spec.head.hidden_channels is not None:
-            _positive_int(spec.head.hidden_channels, "head.hidden_channels")
+            check_positive_int(spec.head.hidden_channels, "head.hidden_channels")
 
     if spec.out_indices is not None:
-        _check(isinstance(spec.out_indices, tuple) and len(spec.out_indices) >= 1, "out_indices",
-               "must be a non-empty list of stage indices or null", spec.out_indices)
-        _check(spec.head is None, "out_indices", "needs head: null (a feature pyramid has no head)",
-               spec.out_indices)
+        check(isinstance(spec.out_indices, tuple) and len(spec.out_indices) >= 1, "out_indices",
+              "must be a non-empty list of stage indices or null", spec.out_indices)
+        check(spec.head is None, "out_indices", "needs head: null (a feature pyramid has no head)",
+              spec.out_indices)
         for i, idx in enumerate(spec.out_indices):
-            _check(_is_int(idx) and 0 <= idx < len(spec.stages), f"out_indices[{i}]",
-                   f"must be a stage index in 0..{len(spec.stages) - 1}", idx)
-        _check(list(spec.out_indices) == sorted(set(spec.out_indices)), "out_indices",
-               "must be strictly increasing", spec.out_indices)
+            check(is_int(idx) and 0 <= idx < len(spec.stages), f"out_indices[{i}]",
+                  f"must be a stage index in 0..{len(spec.stages) - 1}", idx)
+        check(list(spec.out_indices) == sorted(set(spec.out_indices)), "out_indices",
+              "must be strictly increasing", spec.out_indices)
 
     norm = spec.norm
-    _check(isinstance(norm, NormSpec), "norm", "must be a norm spec", norm)
-    _check(isinstance(norm.eps, (int, float)) and not isinstance(norm.eps, bool) and norm.eps > 0,
-           "norm.eps", "must be a positive number", norm.eps)
-    _check(isinstance(norm.momentum, (int, float)) and not isinstance(norm.momentum, bool)
-           and 0.0 <= norm.momentum <= 1.0, "norm.momentum",
-           "must be a number in [0, 1] (PyTorch convention: weight of the new statistic)", norm.momentum)
-    _one_of(norm.running_var, RUNNING_VAR_ESTIMATORS, "norm.running_var")
+    check(isinstance(norm, NormSpec), "norm", "must be a norm spec", norm)
+    check(isinstance(norm.eps, (int, float)) and not isinstance(norm.eps, bool) and norm.eps > 0,
+          "norm.eps", "must be a positive number", norm.eps)
+    check(isinstance(norm.momentum, (int, float)) and not isinstance(norm.momentum, bool)
+          and 0.0 <= norm.momentum <= 1.0, "norm.momentum",
+          "must be a number in [0, 1] (PyTorch convention: weight of the new statistic)", norm.momentum)
+    check_one_of(norm.running_var, RUNNING_VAR_ESTIMATORS, "norm.running_var")
 
     init = spec.init
-    _check(isinstance(init, InitSpec), "init", "must be an init spec", init)
-    _one_of(init.conv, CONV_INITS, "init.conv")
-    _one_of(init.linear_bias, LINEAR_BIAS_INITS, "init.linear_bias")
-    _check(isinstance(init.zero_init_last_bn, bool), "init.zero_init_last_bn", "must be true or false",
-           init.zero_init_last_bn)
-    if kind not in RESIDUAL_KINDS:
-        _check(init.zero_init_last_bn is False, "init.zero_init_last_bn",
-               f"must be false for a {kind!r} network (it has no residual's last BN to zero)", init.zero_init_last_bn)
+    check(isinstance(init, InitSpec), "init", "must be an init spec", init)
+    check_one_of(init.conv, CONV_INITS, "init.conv")
+    check_one_of(init.linear_bias, LINEAR_BIAS_INITS, "init.linear_bias")
+    check(isinstance(init.zero_init_last_bn, bool), "init.zero_init_last_bn", "must be true or false",
+          init.zero_init_last_bn)
 
 
 # --------------------------------------------------------------------------- dict round trip
@@ -523,7 +522,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
             raise SpecError(f"{path}: expected a list, got {value!r}")
         item = args[0]
         return tuple(_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if hint is float and _is_int(value):
+    if hint is float and is_int(value):
         return float(value)
     return value  # scalar types are checked by validate_spec, with the field path
 

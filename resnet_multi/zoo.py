@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import replace
 
+from . import families  # noqa: F401  (registers the block kinds the presets use)
 from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, StageSpec,
                    StemSpec, make_divisible)
 

@@ -288,7 +288,7 @@ BAD_FAMILY_SPECS = [
     (_ghost(**{"block.drop_rate": 0.2}), "block.drop_rate: is only for 'dense' blocks, not 'ghost'"),
     (_dense(**{"init.linear_bias": "ones"}), "init.linear_bias: must be one of"),
     ({**rm.get_spec("resnet18").to_dict(), "stages": [{"depth": 1, "channels": 8, "blocks": []}]},
-     "stages[0].blocks: per-block settings are for 'ghost' blocks, not 'basic'"),
+     "stages[0].blocks: is only for 'ghost' blocks, not 'basic'"),
 ]
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import resnet_multi as rm
 from conftest import BACKENDS, ODD_HW, PRESETS
 from resnet_multi.parity import check_models
-from resnet_multi.spec import RESIDUAL_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
+from resnet_multi.families.residual import KINDS as RESIDUAL_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
 from resnet_multi.weights import random_weights
 
 

@@ -1,0 +1,37 @@
+"""Block families: one module each, holding the spec settings it reads (with their validation)
+and its plan builder, registered by block kind (``spec.register_block_family``):
+
+- ``residual``: basic, bottleneck, basic_1x1 (torchvision, timm, PaddleOCR, d2l ResNets);
+- ``dense``: DenseNet (torchvision, paddle.vision, d2l);
+- ``ghost``: GhostNet (timm).
+
+``layers`` holds what they share (the parameter-table builder, stem, squeeze-excite, head).
+Nothing here is framework code, and no consumer of the plan (backends, oracle, folding, taps,
+summary) knows which family it walks.
+"""
+
+from __future__ import annotations
+
+from ..ir import Plan
+from ..spec import ResNetSpec, block_family
+# each registers its block kinds; this order is the order `block.kind` errors list them in
+from . import residual  # noqa: I001,F401
+from . import dense, ghost  # noqa: F401
+from .layers import ParamBuilder
+
+
+def make_plan(spec: ResNetSpec) -> Plan:
+    """Expand ``spec`` into an explicit Plan (parts of ops + canonical parameter table), with the
+    builder of its block kind's family.
+
+    Args:
+        spec: a validated ResNetSpec.
+    Returns:
+        The Plan; ``plan.params`` lists every canonical parameter and buffer in module order.
+    Example:
+        >>> p = make_plan(rm.get_spec("resnet50")); p.params["fc.weight"].shape
+        (1000, 2048)
+    """
+    builder = ParamBuilder(spec)
+    stem, stages, neck, head = block_family(spec.block.kind).build(builder)
+    return Plan(spec, stem, stages, head, spec.out_indices, builder.params, neck, builder.aliases)

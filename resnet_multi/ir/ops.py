@@ -1,0 +1,221 @@
+"""The IR's ops: plain frozen dataclasses, each with its shape rule (``out_shape``) and its
+multiply-accumulate count (``macs``). The only framework-neutral description of what an op
+computes; every backend maps each op type to one primitive (its ``ops`` table), and the numpy
+oracle (``resnet_multi.reference``) to one numpy function.
+
+Ops with a ``name`` are modules: the name is their canonical module path (``layer3.4.conv2``),
+their parameters are ``<name>.weight`` etc. in ``Plan.params``, and backends register them under
+that path, so a model's state_dict names are canonical:
+
+- ``Conv``       2-D convolution, symmetric ``padding`` (never 'SAME').
+- ``BatchNorm``  eval: (x - running_mean) / sqrt(running_var + eps) * weight + bias.
+- ``Linear``     (out, in) weight and a bias.
+- ``Dropout``    a module without parameters (it has a train mode).
+- ``Act``        relu | sigmoid | hard_sigmoid (``relu6(x + 3) / 6``, timm's).
+- ``MaxPool``    padding counts as -inf.  ``AvgPool``: ``ceil_mode``/``count_include_pad`` spelled out.
+- ``GlobalAvgPool``  mean over H, W; ``flatten`` gives (N, C), else (N, C, 1, 1).
+- ``Flatten``, ``Add`` (sum of its inputs), ``Mul`` (product, broadcasting a gate),
+  ``Concat`` (along channels), ``Slice`` (channels ``start:stop``).
+
+``Act``, ``MaxPool``, ``AvgPool`` and ``GlobalAvgPool`` may carry a ``name`` too: the path of the
+reference model's own parameterless module for them (torchvision's ``relu``, ``maxpool``,
+``avgpool``, ``layer1.0.relu``). The torch and Paddle backends register a module there and call
+it, so ``model.maxpool = nn.Identity()`` or a hook on ``model.relu`` acts as on the reference
+model; ops sharing a name share one module, as torchvision's blocks reuse ``self.relu``. For
+every other consumer they stay functions, and they are not in ``Part.modules``.
+
+Shapes are NCHW, or (N, C) after flattening, whatever layout a backend computes in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Shape = tuple[int, ...]
+
+
+class Op:
+    """Base of every op: by default the output has the first input's shape and costs no MACs."""
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return shapes[0]
+
+    def macs(self, in_shape: Shape, out_shape: Shape) -> int:
+        """Multiply-accumulates for one batch (convs and linears; BN is folded away)."""
+        return 0
+
+
+def _spatial(op, shape: Shape, channels: int) -> Shape:
+    n, _, h, w = shape
+    return (n, channels, op.out_size(h), op.out_size(w))
+
+
+@dataclass(frozen=True)
+class Conv(Op):
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+    bias: bool = False
+
+    def out_size(self, size: int) -> int:
+        return (size + 2 * self.padding - self.dilation * (self.kernel_size - 1) - 1) // self.stride + 1
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return _spatial(self, shapes[0], self.out_channels)
+
+    def macs(self, in_shape: Shape, out_shape: Shape) -> int:
+        n, c_out, h, w = out_shape
+        return n * h * w * c_out * (self.in_channels // self.groups) * self.kernel_size ** 2
+
+
+@dataclass(frozen=True)
+class BatchNorm(Op):
+    name: str
+    channels: int
+    eps: float
+    momentum: float  # PyTorch convention: weight of the new batch statistic
+    running_var: str = "unbiased"  # train-mode estimator stored in running_var (spec.norm.running_var)
+
+
+@dataclass(frozen=True)
+class Linear(Op):
+    name: str
+    in_features: int
+    out_features: int
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return (shapes[0][0], self.out_features)
+
+    def macs(self, in_shape: Shape, out_shape: Shape) -> int:
+        return in_shape[0] * self.in_features * self.out_features
+
+
+@dataclass(frozen=True)
+class Dropout(Op):
+    name: str
+    rate: float
+
+
+ACTIVATIONS = ("relu", "sigmoid", "hard_sigmoid")
+
+
+@dataclass(frozen=True)
+class Act(Op):
+    kind: str = "relu"
+    name: str = ""  # the reference model's module for it, if it has one (see the module docstring)
+
+
+def ReLU(name: str = "") -> Act:  # noqa: N802 (reads as the op it makes)
+    return Act("relu", name)
+
+
+@dataclass(frozen=True)
+class MaxPool(Op):
+    kernel_size: int
+    stride: int
+    padding: int
+    name: str = ""
+
+    def out_size(self, size: int) -> int:
+        return (size + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return _spatial(self, shapes[0], shapes[0][1])
+
+
+@dataclass(frozen=True)
+class AvgPool(Op):
+    kernel_size: int
+    stride: int
+    padding: int = 0
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    name: str = ""
+
+    def out_size(self, size: int) -> int:
+        span = size + 2 * self.padding - self.kernel_size
+        if not self.ceil_mode:
+            return span // self.stride + 1
+        out = -(-span // self.stride) + 1
+        # As PyTorch and Paddle: the last window must start inside the input or left padding.
+        if (out - 1) * self.stride >= size + self.padding:
+            out -= 1
+        return out
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return _spatial(self, shapes[0], shapes[0][1])
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool(Op):
+    flatten: bool = True
+    name: str = ""  # named (a module): flatten must be False, as nn.AdaptiveAvgPool2d(1)
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        shape = shapes[0]
+        return shape[:2] if self.flatten else (*shape[:2], 1, 1)
+
+
+@dataclass(frozen=True)
+class Flatten(Op):
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return (shapes[0][0], math.prod(shapes[0][1:]))
+
+
+@dataclass(frozen=True)
+class Add(Op):
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return max(shapes, key=math.prod)
+
+
+@dataclass(frozen=True)
+class Mul(Op):
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return max(shapes, key=math.prod)  # broadcasts a (N, C, 1, 1) gate
+
+
+@dataclass(frozen=True)
+class Concat(Op):
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return (shapes[0][0], sum(s[1] for s in shapes), *shapes[0][2:])
+
+
+@dataclass(frozen=True)
+class Slice(Op):
+    start: int
+    stop: int
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return (shapes[0][0], self.stop - self.start, *shapes[0][2:])
+
+
+OPS = (Conv, BatchNorm, Linear, Dropout, Act, MaxPool, AvgPool, GlobalAvgPool, Flatten, Add, Mul, Concat, Slice)
+"""Every op type of the IR. Each backend's op table and the oracle's cover exactly these (a
+contract test checks it), so an op added here without a primitive everywhere fails the tests."""
+MODULE_OPS = (Conv, BatchNorm, Linear, Dropout)
+"""Ops that are modules of the model (registered under ``op.name``); all others are functions."""
+NAMEABLE_OPS = (Act, MaxPool, AvgPool, GlobalAvgPool)
+"""Parameterless ops that may name the reference model's module for them (``op.name``)."""
+BROADCASTING_OPS = (Add, Mul)
+"""Ops of several inputs whose shapes must agree up to a (N, C, 1, 1) gate."""
+
+
+def module_name(op) -> str:
+    """The module path of a named parameterless op (NAMEABLE_OPS), else ""."""
+    return op.name if isinstance(op, NAMEABLE_OPS) else ""
+
+
+def op_output(op: Op, *shapes: Shape) -> Shape:
+    """The output shape of ``op`` applied to inputs of ``shapes``."""
+    return op.out_shape(*shapes)
+
+
+def op_macs(op: Op, in_shape: Shape, out_shape: Shape) -> int:
+    """Multiply-accumulates of one op for one batch."""
+    return op.macs(in_shape, out_shape)
