@@ -13,11 +13,12 @@ summary) knows which family it walks.
 from __future__ import annotations
 
 from ..ir import Plan
-from ..spec import ResNetSpec, block_family
-# each registers its block kinds; this order is the order `block.kind` errors list them in
-from . import residual  # noqa: I001,F401
-from . import dense, ghost  # noqa: F401
+from ..spec import ResNetSpec, block_family, register_block_family
+from . import dense, ghost, residual
 from .layers import ParamBuilder
+
+FAMILIES = tuple(register_block_family(module.FAMILY) for module in (residual, dense, ghost))
+"""Every block family, registered in this order (the order ``block.kind`` errors list the kinds in)."""
 
 
 def make_plan(spec: ResNetSpec) -> Plan:

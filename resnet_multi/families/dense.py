@@ -11,7 +11,7 @@ same tensors go by are declared as data, per plan (``Plan.aliases``): torchvisio
 from __future__ import annotations
 
 from ..ir import INPUT, Act, AvgPool, Concat, Dropout, GraphBuilder, Stage
-from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, is_number, register_block_family
+from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, is_number
 from .layers import ParamBuilder, classifier_head, single_conv_stem
 
 KINDS = ("dense",)
@@ -151,6 +151,6 @@ def build(b: ParamBuilder):
     return stem, tuple(stages), neck, head
 
 
-FAMILY = register_block_family(BlockFamily(
+FAMILY = BlockFamily(
     name="dense", kinds=KINDS, block_fields=("growth_rate", "bn_size", "compression", "drop_rate", "se_ratio"),
-    stage_fields=("depth", "stride"), spec_fields=(), validate=validate, build=build))
+    stage_fields=("depth", "stride"), spec_fields=(), validate=validate, build=build)

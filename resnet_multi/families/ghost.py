@@ -105,6 +105,6 @@ def build(b: ParamBuilder):
     return stem, tuple(stages), neck, head
 
 
-FAMILY = register_block_family(BlockFamily(
+FAMILY = BlockFamily(
     name="ghost", kinds=KINDS, block_fields=("se_ratio",), stage_fields=("blocks", "stride"), spec_fields=(),
-    validate=validate, build=build))
+    validate=validate, build=build)
