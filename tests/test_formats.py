@@ -303,6 +303,36 @@ def test_lazy_maps_are_fetched_as_the_file_is_written(tmp_path):
     assert fetched == [["a", "b"], ["x"], ["y"]]
 
 
+def test_msgpack_codec_holds_one_array_at_a_time(tmp_path):
+    """Writing needs about one array's encoding beyond the tree; reading the arrays plus that (not
+    the file's bytes beside them, as reading the file and calling msgpack_restore would). tracemalloc
+    sees numpy's buffers and msgpack's bytes; the slack covers the 1 MiB read buffer and small objects."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    tree = {"layer1": {str(i): {"conv1": {"kernel": rng.standard_normal((3, 3, 64, 64), dtype=np.float32)},
+                                "bn1": {"scale": rng.standard_normal(64, dtype=np.float32)}} for i in range(120)}}
+    payload = sum(array.nbytes for array in msgpack_stream.flatten(tree).values())  # 17.7 MB, largest 147 kB
+    slack = 4 * 2**20
+    path = tmp_path / "w.msgpack"
+
+    def peak_extra(call):
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        result = call()
+        return tracemalloc.get_traced_memory()[1] - before, result
+
+    tracemalloc.start()
+    try:
+        write_peak, _ = peak_extra(lambda: msgpack_stream.write(path, tree))
+        read_peak, flat = peak_extra(lambda: msgpack_stream.read(path))
+    finally:
+        tracemalloc.stop()
+    assert write_peak <= slack, f"write: {write_peak / 1e6:.1f} MB above the tree ({payload / 1e6:.1f} MB)"
+    assert read_peak <= payload + slack, f"read: {read_peak / 1e6:.1f} MB for {payload / 1e6:.1f} MB"
+    assert len(flat) == 240
+
+
 # --------------------------------------------------------------------------- safety
 
 

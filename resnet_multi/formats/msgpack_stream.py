@@ -106,7 +106,8 @@ def pop_leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def _dtype(name: bytes):
-    """The dtype Flax's reader makes of a stored dtype name: numpy's, or ml_dtypes' bfloat16 (``jnp.bfloat16`` is it)."""
+    """The dtype Flax's reader makes of a stored dtype name: numpy's, or ml_dtypes' bfloat16
+    (``jnp.bfloat16`` is it)."""
     if name == b"bfloat16":
         import ml_dtypes  # only now: needed for bfloat16 files alone
 
