@@ -132,7 +132,8 @@ def test_the_command_line_help_states_the_tolerance_table(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
     rtols = ", ".join(f"{short_number(rtol)} {dtype}" for dtype, (rtol, _) in BOUNDS.items())
     atols = ", ".join(f"{short_number(atol)} {dtype}" for dtype, (_, atol) in BOUNDS.items())
-    assert f"(default by --dtype: {rtols}); with --train per tensor (default {short_number(TRAINING_RTOL)} in float64" in text
+    training = short_number(TRAINING_RTOL)
+    assert f"(default by --dtype: {rtols}); with --train per tensor (default {training} in float64" in text
     assert f"(default by --dtype: {atols})" in text
     assert rtols == "1e-5 float32, 1e-10 float64, 3e-2 bfloat16" and short_number(2.5e-3) == "2.5e-3"
 
