@@ -15,6 +15,9 @@ import dataclasses
 import math
 from typing import Callable, Iterable
 
+NUMPY = "numpy"
+"""The name the float64 numpy oracle goes by in reports, beside the backends' names."""
+
 
 def json_number(value: float):
     """JSON has no inf/nan: they become null (the record's ``note`` or ``ok`` says why)."""

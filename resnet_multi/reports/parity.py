@@ -6,9 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .base import Record, Report, json_number
+from .base import NUMPY, Record, Report, json_number
 
-NUMPY = "numpy"
 """The name of the float64 numpy oracle, as a reference or as one more row in the report."""
 
 

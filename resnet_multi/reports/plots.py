@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from . import canvas
+from .base import NUMPY
 from .base import worst as worst_record
-from .parity import NUMPY
 
 # --------------------------------------------------------------------------- parity
 

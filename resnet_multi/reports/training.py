@@ -6,13 +6,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 from .base import Record, Report, json_number
 from .tolerances import FLOOR
-
-if TYPE_CHECKING:  # the optimizer descriptions live with the check (resnet_multi.training)
-    from ..training import OptimizerSpec
 
 PHASES = ("running_stats", "loss", "gradient", "update")
 """The phases of one step in execution order: the forward pass updates BatchNorm's running
@@ -78,7 +75,7 @@ class TrainingReport(Report):
     spec_name: str
     input_shape: tuple[int, ...]
     dtype: str
-    optimizer: OptimizerSpec
+    optimizer: Any  # the training.SGD / training.AdamW description the run used
     reference: str
     backends: tuple[str, ...]
     steps: int
