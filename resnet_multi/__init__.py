@@ -4,6 +4,7 @@ Importing this package imports no deep learning framework; a backend's framework
 the first time that backend is used.
 """
 
+from .adopt import Adoption, adopt
 from .api import build, export_weights, forward, import_weights, optimize_for_inference, plan_of
 from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file
 from .export import export
@@ -21,7 +22,7 @@ from .zoo import get_spec, list_specs
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
+    "Adoption", "adopt", "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
     "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "TrainingReport",
     "WeightsError", "available_backends", "backend_names", "build", "check_parity", "check_training", "convert", "diagram",
     "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "list_specs",
