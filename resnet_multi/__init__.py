@@ -22,7 +22,8 @@ from .zoo import get_spec, list_specs
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adoption", "adopt", "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
+    "Adoption", "adopt",
+    "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
     "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "TrainingReport",
     "WeightsError", "available_backends", "backend_names", "build", "check_parity", "check_training", "convert", "diagram",
     "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "list_specs",

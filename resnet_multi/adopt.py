@@ -123,7 +123,7 @@ class Adoption:
 
     def table(self) -> str:
         """The pairing as a table: their position, name and shape next to the canonical name and role."""
-        rows = [("#", "theirs", "shape", "canonical", "role", "transpose")]
+        rows = [("#", "theirs", "canonical shape", "canonical", "role", "transpose")]
         for name, a in self.names.items():
             position, shape = self._order.get(name, ("", ()))
             rows.append((str(position), name, "x".join(map(str, shape)), a.canonical, a.role, a.transpose or ""))
@@ -563,7 +563,82 @@ class _PaddleLive:
         return np.array(value.numpy())
 
 
-_LIVE = {"torch": _TorchLive, "paddle": _PaddleLive}
+class _FlaxLive:
+    """A live Flax ``nnx.Module`` (NHWC): its layers, and call hooks made as ``nnx.capture`` makes its
+    own: each module class's ``__call__`` is wrapped for the one forward and restored after it."""
+
+    LAYOUT = "flax"
+    _hooks: dict[int, list] = {}
+
+    @staticmethod
+    def holders(model):
+        from flax import nnx
+
+        for path, module in nnx.iter_modules(model):
+            state = {leaf: v.get_value() for leaf, v in vars(module).items() if isinstance(v, nnx.Variable)}
+            if state:
+                yield ".".join(map(str, path)), module, {leaf: np.array(v) for leaf, v in state.items()}  # writable
+
+    @staticmethod
+    def modules(model):
+        from flax import nnx
+
+        return {".".join(map(str, path)): module for path, module in nnx.iter_modules(model)}
+
+    class _Handle:
+        def __init__(self, module, fn):
+            self.key, self.fn = id(module), fn
+            _FlaxLive._hooks.setdefault(self.key, []).append(fn)
+
+        def remove(self):
+            _FlaxLive._hooks[self.key].remove(self.fn)
+
+    @staticmethod
+    def hook(module, fn):
+        return _FlaxLive._Handle(module, fn)
+
+    @staticmethod
+    def run(model, x: np.ndarray):
+        import jax.numpy as jnp
+        from flax import nnx
+
+        modules = [m for _, m in nnx.iter_modules(model)]
+        modes = [(m, {a: getattr(m, a) for a in ("use_running_average", "deterministic") if hasattr(m, a)})
+                 for m in modules]
+        patched = {}
+        callable_classes = {type(m) for m in modules
+                            if any("__call__" in k.__dict__ for k in type(m).__mro__ if k is not object)}
+        for cls in callable_classes:
+            patched[cls] = cls.__dict__.get("__call__")
+            original = cls.__call__
+
+            def call(self, *args, __original=original, **kwargs):
+                output = __original(self, *args, **kwargs)
+                for fn in list(_FlaxLive._hooks.get(id(self), ())):
+                    fn(args, output)
+                return output
+
+            cls.__call__ = call
+        model.eval()
+        try:
+            return model(jnp.asarray(np.ascontiguousarray(x, dtype=np.float32).transpose(0, 2, 3, 1)))
+        finally:
+            for cls, own in patched.items():
+                if own is None:
+                    del cls.__call__
+                else:
+                    cls.__call__ = own
+            for m, attrs in modes:
+                for a, value in attrs.items():
+                    setattr(m, a, value)
+
+    @staticmethod
+    def array(value) -> np.ndarray:
+        array = np.array(value)
+        return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array  # NHWC -> NCHW
+
+
+_LIVE = {"torch": _TorchLive, "paddle": _PaddleLive, "flax": _FlaxLive}
 
 
 def _record(live, model, x: np.ndarray, source: str) -> list[_Layer]:
@@ -718,10 +793,11 @@ def adopt(source, spec, *, example_input=None) -> Adoption:
     Args:
         source: a state_dict (flat or nested, e.g. ``{'model': {'backbone.conv1.weight': ...}}``,
             of numpy arrays or torch/Paddle tensors), a checkpoint file (.pth/.pt, .pdparams), or a
-            live torch ``nn.Module`` or Paddle ``nn.Layer``.
+            live torch ``nn.Module``, Paddle ``nn.Layer`` or Flax ``nnx.Module``.
         spec: a ResNetSpec, preset name or spec file that describes their architecture.
-        example_input: with a live model, the NCHW input of the forward that records the order its
-            layers run in and of the proof (default: standard normal, 1 x C x 33 x 47, seed 0).
+        example_input: with a live model, the NCHW input (a Flax model is given it as NHWC) of the
+            forward that records the order its layers run in, and of the proof (default: standard
+            normal, 1 x C x 33 x 47, seed 0).
     Returns:
         Adoption: ``weights`` (canonical), ``names`` (their name -> canonical name, role, transpose),
         ``report`` (live: a ParityReport of their model against ours, ``.ok`` or
@@ -764,7 +840,7 @@ def adopt(source, spec, *, example_input=None) -> Adoption:
         label = "their state_dict"
         theirs = _layers_of_dict(source, label)
     else:
-        raise TypeError(f"adopt: source must be a state_dict, a checkpoint file or a live torch/Paddle model, "
+        raise TypeError(f"adopt: source must be a state_dict, a checkpoint file or a live torch/Paddle/Flax model, "
                         f"got {type(source).__module__}.{type(source).__name__}")
     assumptions: list[str] = []
     pairing = _pair(plan, theirs, label, assumptions)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import resnet_multi as rm
-from resnet_multi.adopt import AdoptError
+from resnet_multi.adopt import AdoptedName, AdoptError
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
@@ -311,13 +311,61 @@ def test_paddle_d2l_resnet18_live_and_from_its_file(tmp_path):
         p.set_value(values.astype("float32"))
     adoption = rm.adopt(net, "d2l_resnet18", example_input=X1)
     assert adoption.report.ok and adoption.report.backends == ("paddle",), adoption.report
-    assert adoption.names["7.weight"] == rm.adopt.__globals__["AdoptedName"]("fc.weight", "linear_weight",
-                                                                            "(in, out) -> (out, in)")
+    assert adoption.names["7.weight"] == AdoptedName("fc.weight", "linear_weight", "(in, out) -> (out, in)")
     paddle.save(net.state_dict(), str(tmp_path / "net.pdparams"))
     from_file = rm.adopt(tmp_path / "net.pdparams", "d2l_resnet18")
     for name, value in adoption.weights.items():
         assert np.array_equal(from_file.weights[name], value), name
     assert adoption.check(("torch",)).ok
+
+
+def test_a_flax_nnx_model_live():
+    jax, nnx = pytest.importorskip("jax"), pytest.importorskip("flax.nnx")
+
+    class Block(nnx.Module):
+        def __init__(self, cin, cout, stride, rngs):
+            self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs)
+            self.bn1 = nnx.BatchNorm(cout, rngs=rngs)
+            self.conv2 = nnx.Conv(cout, cout, (3, 3), padding=1, use_bias=False, rngs=rngs)
+            self.bn2 = nnx.BatchNorm(cout, rngs=rngs)
+            self.down = nnx.data(None)
+            if stride != 1 or cin != cout:
+                self.down = nnx.Sequential(nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs),
+                                           nnx.BatchNorm(cout, rngs=rngs))
+
+        def __call__(self, x):
+            y = self.bn2(self.conv2(nnx.relu(self.bn1(self.conv1(x)))))
+            return nnx.relu(y + (x if self.down is None else self.down(x)))
+
+    class Net(nnx.Module):  # NHWC, as Flax models are
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(32, 10, rngs=rngs)  # declared first: the execution order decides
+            self.stem = nnx.Conv(3, 16, (7, 7), strides=2, padding=3, use_bias=False, rngs=rngs)
+            self.stem_bn = nnx.BatchNorm(16, rngs=rngs)
+            self.blocks = nnx.List([Block(16, 16, 1, rngs), Block(16, 32, 2, rngs)])
+
+        def __call__(self, x):
+            x = nnx.relu(self.stem_bn(self.stem(x)))
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            for block in self.blocks:
+                x = block(x)
+            return self.fc(x.mean(axis=(1, 2)))
+
+    net = Net(nnx.Rngs(0))
+    rng = np.random.default_rng(3)
+
+    def random(path, v):
+        is_var = any(str(getattr(k, "key", k)) == "var" for k in path)
+        return (rng.random(v.shape) + 0.5 if is_var else rng.standard_normal(v.shape) * 0.2).astype(np.float32)
+
+    nnx.update(net, jax.tree_util.tree_map_with_path(random, nnx.state(net)))
+    stages = [{"depth": 1, "channels": 16}, {"depth": 1, "channels": 32, "stride": 2}]
+    spec = rm.ResNetSpec.from_dict({"name": "small_r18", "block": {"kind": "basic"}, **SMALL, "stages": stages})
+    adoption = rm.adopt(net, spec, example_input=X3)
+    assert adoption.report.ok and "layer2.0" in adoption.report.taps, str(adoption.report)
+    assert adoption.names["stem.kernel"] == AdoptedName("conv1.weight", "conv_weight", "HWIO -> OIHW")
+    assert not net.stem_bn.use_running_average  # their model's mode is left as it was
+    assert adoption.check(("torch", "paddle")).ok
 
 
 # --------------------------------------------------------------------------- caught, and named
