@@ -476,12 +476,19 @@ def _adopted(plan, theirs: list[_Layer], pairing: Mapping[int, _PlanLayer], sour
 # --------------------------------------------------------------------------- live models
 
 
+_MODEL_ROOTS = {"torch": "torch.nn.", "paddle": "paddle.nn.", "flax": "flax.nnx."}
+"""Backend name -> the package its framework's model classes live in."""
+
+
 def _framework_of(model) -> str | None:
-    """Which framework's model ``model`` is, from its class hierarchy (no framework is imported)."""
-    roots = {"torch": "torch.nn.", "paddle": "paddle.nn.", "flax": "flax.nnx."}
+    """The backend (``registry.backend_names()``) whose framework ``model`` is a model of, from its
+    class hierarchy; None for anything else. No framework is imported to tell."""
+    from .registry import backend_names
+
     for cls in type(model).__mro__:
-        for name, root in roots.items():
-            if cls.__module__.startswith(root) and name in _LIVE:
+        for name in backend_names():
+            root = _MODEL_ROOTS.get(name)
+            if root and cls.__module__.startswith(root) and name in _LIVE:
                 return name
     return None
 

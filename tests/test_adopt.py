@@ -316,7 +316,7 @@ def test_paddle_d2l_resnet18_live_and_from_its_file(tmp_path):
     from_file = rm.adopt(tmp_path / "net.pdparams", "d2l_resnet18")
     for name, value in adoption.weights.items():
         assert np.array_equal(from_file.weights[name], value), name
-    assert adoption.check(("torch",)).ok
+    assert adoption.check(("torch", "flax")).ok
 
 
 def test_a_flax_nnx_model_live():
@@ -411,6 +411,14 @@ def test_where_the_structures_part_ways_is_shown_with_both_names_and_shapes():
         rm.adopt(randomize(d2l_resnet18()).state_dict(), spec)
 
 
+def test_files_without_registration_order_and_inputs_without_a_model_are_refused(tmp_path):
+    rm.save_weights(tmp_path / "w.safetensors", rm.export_weights(rm.build("d2l_resnet18")), spec="d2l_resnet18")
+    with pytest.raises(AdoptError, match=r"w\.safetensors: .*sorted.*adopt the live model"):
+        rm.adopt(tmp_path / "w.safetensors", "d2l_resnet18")
+    with pytest.raises(ValueError, match="example_input needs a live model"):
+        rm.adopt(randomize(d2l_resnet18()).state_dict(), "d2l_resnet18", example_input=X1)
+
+
 def test_cli_adopt_writes_the_weights_and_the_map(tmp_path, capsys):
     from resnet_multi.cli import main
 
@@ -424,3 +432,7 @@ def test_cli_adopt_writes_the_weights_and_the_map(tmp_path, capsys):
     weights, spec = rm.load_weights(out)
     assert spec.name == "d2l_resnet18" and len(weights) == len(rm.make_plan(spec).params)
     assert main(["adopt", str(tmp_path / "their.pth"), "--spec", "resnet18", "-o", str(tmp_path / "x.pth")]) == 1
+    assert "part ways in stem" in capsys.readouterr().err and not (tmp_path / "x.pth").exists()
+    with pytest.raises(SystemExit) as exit_code:
+        main(["adopt", "--help"])
+    assert exit_code.value.code == 0 and "--map" in capsys.readouterr().out
