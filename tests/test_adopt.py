@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
 X1 = np.random.default_rng(0).standard_normal((2, 1, 33, 47)).astype(np.float32)
+X3 = np.random.default_rng(1).standard_normal((2, 3, 33, 47)).astype(np.float32)
 
 
 def randomize(model, seed=0):
@@ -173,6 +174,58 @@ def small_net(block):
                          nn.Flatten(), nn.Linear(128, 10))
 
 
+# --------------------------------------------------------------------------- seed 002: ResidualLayer
+
+
+class ResidualLayer(nn.Module):  # the relu module declared between the layers, and called twice
+    def __init__(self, in_channels, out_channels, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = downsample
+
+    def forward(self, x):
+        residual = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample:
+            residual = self.downsample(x)
+        out += residual
+        return self.relu(out)
+
+
+class LayerNet(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.in_channels = 16
+        self.conv = nn.Conv2d(3, 16, 7, 2, 3, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu, self.pool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self.make_layer(16, 1)
+        self.layer2 = self.make_layer(32, 2)
+        self.fc = nn.Linear(32, num_classes)
+
+    def make_layer(self, out_channels, stride):
+        downsample = None
+        if stride != 1 or self.in_channels != out_channels:
+            downsample = nn.Sequential(nn.Conv2d(self.in_channels, out_channels, 1, stride, bias=False),
+                                       nn.BatchNorm2d(out_channels))
+        layers = [ResidualLayer(self.in_channels, out_channels, stride, downsample),
+                  ResidualLayer(out_channels, out_channels)]
+        self.in_channels = out_channels
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.bn(self.conv(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+BASIC_SMALL = rm.ResNetSpec.from_dict({"name": "small_r18", "block": {"kind": "basic"}, **SMALL})
+
 # --------------------------------------------------------------------------- d2l.ai 8.7 DenseNet, as printed
 
 
@@ -221,13 +274,13 @@ DENSENET = dataclasses.replace(
     block=dataclasses.replace(rm.get_spec("d2l_densenet").block, growth_rate=8),
     stages=(rm.StageSpec(depth=2, stride=1), rm.StageSpec(depth=2, stride=2)))
 
-X3 = np.random.default_rng(1).standard_normal((2, 3, 33, 47)).astype(np.float32)
 CASES = {  # name: (their model, spec, input)
     "d2l_resnet18": (d2l_resnet18, "d2l_resnet18", X1),
     "resnet18_2d": (ResNet18_2D, RESNET18_2D, X1),
     "bottleneck_shortcut_first": (lambda: small_net("bottleneck"), BOTTLENECK, X3),
     "resnext_bn_first": (lambda: small_net("resnext"), RESNEXT, X3),
     "d2l_densenet": (d2l_densenet, DENSENET, X1),
+    "residual_layer": (LayerNet, BASIC_SMALL, X3),
 }
 
 
@@ -359,8 +412,7 @@ def test_a_flax_nnx_model_live():
         return (rng.random(v.shape) + 0.5 if is_var else rng.standard_normal(v.shape) * 0.2).astype(np.float32)
 
     nnx.update(net, jax.tree_util.tree_map_with_path(random, nnx.state(net)))
-    stages = [{"depth": 1, "channels": 16}, {"depth": 1, "channels": 32, "stride": 2}]
-    spec = rm.ResNetSpec.from_dict({"name": "small_r18", "block": {"kind": "basic"}, **SMALL, "stages": stages})
+    spec = dataclasses.replace(BASIC_SMALL, stages=tuple(dataclasses.replace(s, depth=1) for s in BASIC_SMALL.stages))
     adoption = rm.adopt(net, spec, example_input=X3)
     assert adoption.report.ok and "layer2.0" in adoption.report.taps, str(adoption.report)
     assert adoption.names["stem.kernel"] == AdoptedName("conv1.weight", "conv_weight", "HWIO -> OIHW")
