@@ -18,10 +18,13 @@ component (``weight``, ``bias``, ``running_mean`` ...), which says its role in i
    pair the same way. With a live model, what flowed where must agree too: two layers that read
    one tensor read one value in the plan, and a layer fed by another is fed by it in the plan.
 4. Refuse to guess: where their structure and the plan part ways the error shows the first such
-   place, their name, shape and position next to the plan's. Where shapes alone allow several
-   pairings (a bottleneck's last conv and its projection can have one shape), the source's order
-   is read as the plan's (main path, then shortcut) only if that is one of them; else it refuses.
-   A running variance with negative values (a swapped mean and variance) is refused, naming it.
+   place, their name, shape and position next to the plan's. Where shapes (and a live model's
+   data flow) allow several pairings (a bottleneck's last conv and its projection can have one
+   shape), their module tree decides if it can (the pairing that keeps each container's layers
+   on one branch, as a ``downsample`` Sequential), else the source's order is read as the plan's
+   (main path, then shortcut) if that is one of them; else it refuses. Such a decision is listed
+   in the report's ``assumptions``. A running variance with negative values (a swapped mean and
+   variance) is refused, naming it.
 5. Proof: with a live model, theirs and ours (built from the adopted weights, same framework)
    run on the same input in eval mode, and every tap their structure exposes is compared (a
    module holding exactly a block's layers gives that block's output; the model's output gives
@@ -418,15 +421,31 @@ def _pair_part(plan, part, theirs: list[_Layer], source: str, assumptions: list[
                          "what their layers read and feed differs from the plan's wiring there")
     if len(agreeing) == 1:
         return agreeing[0]
-    in_order = [c for c in agreeing
-                if all(sorted(ts, key=lambda t: c[id(t)].order) == ts for ts, _ in per_kind)]
-    if in_order:  # shapes cannot tell: their order is read as the plan's, the one reading that fits
-        chosen = in_order[0]
+
+    def differing(chosen) -> str:
         other = next(c for c in agreeing if c is not chosen)
-        differ = [t for t in theirs if chosen[id(t)].name != other[id(t)].name]
-        assumptions.append(f"{part.name}: shapes alone also fit {', '.join(t.name for t in differ)} another way; "
+        return ", ".join(t.name for t in theirs if chosen[id(t)].name != other[id(t)].name)
+
+    # their module tree: a container whose layers all go to one branch (a ``downsample`` Sequential) is
+    # likelier than one split between branches; keep the pairings that split their containers least
+    def splits(c) -> int:
+        branches: dict[str, set] = {}
+        for t in theirs:
+            branches.setdefault(t.name.rpartition(".")[0], set()).add(c[id(t)].branch)
+        return sum(len(b) for b in branches.values())
+
+    fewest = min(map(splits, agreeing))
+    tidy = [c for c in agreeing if splits(c) == fewest]
+    if len(tidy) == 1:
+        assumptions.append(f"{part.name}: shapes alone also fit {differing(tidy[0])} another way; "
+                           "their module tree decided (each container's layers on one branch)")
+        return tidy[0]
+    in_order = [c for c in tidy if all(sorted(ts, key=lambda t: c[id(t)].order) == ts for ts, _ in per_kind)]
+    if in_order:  # neither tells: their order is read as the plan's, the one reading that fits
+        assumptions.append(f"{part.name}: shapes alone also fit {differing(in_order[0])} another way; "
                            "read in the plan's order (main path, then shortcut)")
-        return chosen
+        return in_order[0]
+    agreeing = tidy
     a, b = agreeing[0], agreeing[1]
     differ = next(t for t in theirs if a[id(t)].name != b[id(t)].name)
     raise AdoptError(f"{source}: {part.name}: {differ.describe()} fits both {a[id(differ)].describe()} and "

@@ -313,6 +313,24 @@ def test_the_order_decides_only_where_shapes_cannot():
     assert any(a.startswith("layer1.0:") for a in from_dict.report.assumptions)
 
 
+def test_the_module_tree_decides_where_shapes_and_order_would_not():
+    block = Bottleneck(16, 16, 1)  # conv3 and the projection: both (64, 16, 1, 1)
+    conv3, bn3 = block.conv3, block.bn3
+    del block.conv3, block.bn3
+    block.conv3, block.bn3 = conv3, bn3  # now registered after the projection
+    net = randomize(nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1), block, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(64, 10)))
+    assert [name for name, _ in block.named_children()][-3:] == ["downsample", "conv3", "bn3"]
+    spec = dataclasses.replace(BOTTLENECK, stages=(dataclasses.replace(BOTTLENECK.stages[0], depth=1),))
+    from_file = rm.adopt(net.state_dict(), spec)
+    assert from_file.names["4.downsample.0.weight"].canonical == "layer1.0.downsample.0.weight"
+    assert from_file.names["4.conv3.weight"].canonical == "layer1.0.conv3.weight"
+    assert any("module tree decided" in a for a in from_file.report.assumptions), from_file.report.assumptions
+    live = rm.adopt(net, spec, example_input=X3)
+    assert live.report.ok and live.weights.keys() == from_file.weights.keys()
+
+
 def test_a_wrapped_checkpoint_saved_in_any_format_reads_back_without_a_map(tmp_path):
     theirs = randomize(ResNet18_2D())
     wrapped = {"model": {"backbone." + name: t for name, t in theirs.state_dict().items()}}
