@@ -41,7 +41,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ._lazy import np
 from . import plan as P
@@ -212,16 +212,17 @@ def _canonical_leaf(leaf: str, array: np.ndarray, layout: str) -> tuple[str, np.
 
 
 def _layers_of_state(state: Mapping[str, np.ndarray], source: str, layout: str,
-                     transposed: Callable[[str, np.ndarray], str | None] = lambda n, a: None) -> list[_Layer]:
-    """Layers of a flat state_dict, in the order each module path first appears."""
+                     canonical_layout: bool = False) -> list[_Layer]:
+    """Layers of a flat state_dict, in the order each module path first appears. ``canonical_layout``:
+    the arrays are already in canonical layout (a reader transposed them), only the names are the layout's."""
     grouped: dict[str, dict] = {}
     for name, value in state.items():
         path, _, leaf = name.rpartition(".")
         if leaf in _SKIPPED_LEAVES:
             continue
         array = np.asarray(value)
-        canonical_leaf, array, transpose = _canonical_leaf(leaf, array, layout)
-        grouped.setdefault(path, {})[canonical_leaf] = (name, array, transpose or transposed(name, array))
+        canonical_leaf, converted, transpose = _canonical_leaf(leaf, array, layout)
+        grouped.setdefault(path, {})[canonical_leaf] = (name, array if canonical_layout else converted, transpose)
     layers = [_layer(path, leaves, source) for path, leaves in grouped.items()]
     for i, layer in enumerate(layers):
         layer.position = i
@@ -274,10 +275,15 @@ def _layers_of_file(path: Path) -> list[_Layer]:
     if suffix in _UNORDERED:
         raise AdoptError(f"{path}: {_UNORDERED[suffix]}, not in the order the model registered them, and adopt "
                          "pairs by that order; adopt the live model, or a .pth/.pdparams state_dict")
-    weights, _ = read_canonical(path)  # names as the file has them; Paddle's renamed and its Linear transposed
-    paddle = format_of_suffix(path) == "paddle"
-    note = (lambda name, array: "(in, out) -> (out, in)" if array.ndim == 2 and name.endswith(".weight") else None)
-    return _layers_of_state(weights, str(path), "torch", note if paddle else (lambda n, a: None))
+    weights, _ = read_canonical(path)  # names as the file has them, but Paddle's renamed and its Linear transposed
+    if format_of_suffix(path) != "paddle":
+        return _layers_of_state(weights, str(path), "torch")
+    paddle_leaf = {canonical: leaf for leaf, canonical in _PADDLE_LEAVES.items()}
+    their_names = {}
+    for name, array in weights.items():  # the names the file holds, for the map
+        path_, _, leaf = name.rpartition(".")
+        their_names[f"{path_}.{paddle_leaf.get(leaf, leaf)}" if path_ else paddle_leaf.get(leaf, leaf)] = array
+    return _layers_of_state(their_names, str(path), "paddle", canonical_layout=True)
 
 
 # --------------------------------------------------------------------------- the plan's layers

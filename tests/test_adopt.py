@@ -385,6 +385,8 @@ def test_paddle_d2l_resnet18_live_and_from_its_file(tmp_path):
     assert adoption.names["7.weight"] == AdoptedName("fc.weight", "linear_weight", "(in, out) -> (out, in)")
     paddle.save(net.state_dict(), str(tmp_path / "net.pdparams"))
     from_file = rm.adopt(tmp_path / "net.pdparams", "d2l_resnet18")
+    assert from_file.names["1.0.bn1._variance"].canonical == "layer1.0.bn1.running_var"  # the file's own names
+    assert from_file.names["7.weight"] == adoption.names["7.weight"]
     for name, value in adoption.weights.items():
         assert np.array_equal(from_file.weights[name], value), name
     assert adoption.check(("torch", "flax")).ok
