@@ -677,6 +677,7 @@ def _record(live, model, x: np.ndarray, source: str) -> list[_Layer]:
     """Their layers in the order they ran on ``x`` (one forward, eval mode), with what each read and wrote."""
     layers: dict[int, _Layer] = {}
     ran: list[_Layer] = []
+    ran_ids: set[int] = set()
     held: list = []  # keeps every recorded tensor alive, so that identities stay unique during the forward
     handles = []
     for path, module, state in live.holders(model):
@@ -690,12 +691,13 @@ def _record(live, model, x: np.ndarray, source: str) -> list[_Layer]:
         layers[id(module)] = layer
 
         def seen(inputs, output, layer=layer):
-            if any(entry is layer for entry in ran):
+            if id(layer) in ran_ids:
                 raise AdoptError(f"{source}: their layer {layer.name} ran more than once in one forward; "
                                  "adopt pairs each layer with one of the plan's")
             layer.reads, layer.writes = (inputs[0] if inputs else None), output
             held.append((layer.reads, output))
             ran.append(layer)
+            ran_ids.add(id(layer))
 
         handles.append(live.hook(module, seen))
     try:
@@ -703,7 +705,7 @@ def _record(live, model, x: np.ndarray, source: str) -> list[_Layer]:
     finally:
         for handle in handles:
             handle.remove()
-    idle = [layer for layer in layers.values() if not any(layer is r for r in ran)]
+    idle = [layer for layer in layers.values() if id(layer) not in ran_ids]
     if idle:
         raise AdoptError(f"{source}: their layer(s) {', '.join(layer.name for layer in idle)} did not run on the "
                          "example input; adopt pairs the layers that run")
