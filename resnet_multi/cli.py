@@ -1,4 +1,4 @@
-"""The ``resnet-multi`` command: list | summary | convert | inspect | parity.
+"""The ``resnet-multi`` command: list | summary | convert | inspect | parity | adopt.
 
 Exit codes: 0 success, 1 a failed check or unreadable/invalid file, 2 bad arguments.
 """
@@ -325,6 +325,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "agreement) or float32 "
                         "(norm-relative noise only: exit 0 unless a tensor is missing or not finite)")
     p.set_defaults(func=_cmd_parity)
+
+    from .adopt import add_adopt_command  # resnet-multi adopt: see resnet_multi/adopt.py
+
+    add_adopt_command(sub)
     return parser
 
 
