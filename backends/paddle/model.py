@@ -128,6 +128,7 @@ def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32
     uncovered = sorted(set(model.state_dict()) - expected)
     if uncovered:  # would stay uninitialised: a Paddle layer grew state the plan does not know
         raise RuntimeError(f"paddle build: state_dict entries without a canonical parameter: {uncovered[:10]}")
+    model.built_dtype = dtype
     import_weights(model, weights)
     model.eval()
     return model
@@ -155,9 +156,11 @@ def import_weights(model: Network, weights: Mapping[str, np.ndarray]) -> None:
 
 
 def _dtype_of(model: Network):
+    """The parameters' dtype; for a model without parameters (a plan of parameterless ops), the
+    dtype it was built in."""
     for param in model.parameters():
         return param.dtype
-    return paddle.float32
+    return getattr(model, "built_dtype", "float32")
 
 
 def forward(model: Network, x_nchw: np.ndarray, *, taps: bool = False) -> dict[str, np.ndarray]:

@@ -124,6 +124,7 @@ def build(plan: P.Plan, weights: Mapping[str, np.ndarray], dtype: str = "float32
     with torch.device("meta"):
         model = Network(plan)
     model = model.to_empty(device="cpu").to(TORCH_DTYPES[dtype])
+    model.built_dtype = dtype
     for name, buf in model.named_buffers():
         if name.endswith("num_batches_tracked"):
             buf.zero_()
@@ -152,9 +153,11 @@ def import_weights(model: Network, weights: Mapping[str, np.ndarray]) -> None:
 
 
 def _dtype_of(model: Network) -> torch.dtype:
+    """The parameters' dtype; for a model without parameters (a plan of parameterless ops), the
+    dtype it was built in."""
     for tensor in model.parameters():
         return tensor.dtype
-    return torch.float32
+    return TORCH_DTYPES[getattr(model, "built_dtype", "float32")]
 
 
 def forward(model: Network, x_nchw: np.ndarray, *, taps: bool = False) -> dict[str, np.ndarray]:
