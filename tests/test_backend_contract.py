@@ -19,7 +19,6 @@ import _wrong_backends as wrong
 import resnet_multi as rm
 from conftest import BACKENDS, odd_input
 from resnet_multi import layout as L
-from resnet_multi import plan as P
 from resnet_multi import registry
 from resnet_multi.backends import _contract
 from resnet_multi.weights import random_weights
@@ -52,7 +51,8 @@ def test_package_satisfies_the_protocol_and_declares_its_hooks_honestly(name):
     optional = {hook for names in _contract.FEATURE_NAMES.values() for hook in names}
     for hook, where in _contract.CONTRACT.items():  # every required name lives where the contract says
         if hook not in optional:
-            assert hasattr(importlib.import_module(f"{package.__name__}.{where}"), hook), f"{name}: {where} lacks {hook}"
+            module = importlib.import_module(f"{package.__name__}.{where}")
+            assert hasattr(module, hook), f"{name}: {where} lacks {hook}"
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -117,8 +117,8 @@ def test_wrong_backend_registers_as_one_row(monkeypatch):
     model = rm.build(spec, name)
     assert registry.backend_of(model) is backend
     x = odd_input(spec)
-    np.testing.assert_allclose(rm.forward(model, x), rm.reference_forward(rm.make_plan(spec), rm.export_weights(model), x)
-                               ["logits"], rtol=1e-5, atol=1e-6)
+    expected = rm.reference_forward(rm.make_plan(spec), rm.export_weights(model), x)["logits"]
+    np.testing.assert_allclose(rm.forward(model, x), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(rm.BackendError, match="no deployment export"):
         rm.export(model, "unused", (1, 3, 33, 47))
 

@@ -18,7 +18,6 @@ import resnet_multi as rm
 from conftest import BACKENDS, PRESETS, assert_close, odd_input
 from resnet_multi import plan as P
 from resnet_multi.inference import fold_batchnorm, is_folded, kept_batchnorms
-from resnet_multi.registry import get_backend
 from resnet_multi.weights import WeightsError, random_weights
 
 

@@ -40,7 +40,8 @@ C, H, W = 4, 11, 13  # odd and non-square
 _X = (P.INPUT,)
 CASES: dict[type, list] = {
     P.Conv: [
-        ("3x3s2p1", [P.Node(P.Conv("c", C, 6, 3, stride=2, padding=1), _X, "out")], {"c.weight": ((6, C, 3, 3), "conv_weight")}),
+        ("3x3s2p1", [P.Node(P.Conv("c", C, 6, 3, stride=2, padding=1), _X, "out")],
+         {"c.weight": ((6, C, 3, 3), "conv_weight")}),
         ("grouped_dilated_bias", [P.Node(P.Conv("c", C, 6, 3, padding=2, dilation=2, groups=2, bias=True), _X, "out")],
          {"c.weight": ((6, 2, 3, 3), "conv_weight"), "c.bias": ((6,), "conv_bias")}),
         ("1x1s2", [P.Node(P.Conv("c", C, 8, 1, stride=2), _X, "out")], {"c.weight": ((8, C, 1, 1), "conv_weight")}),
@@ -73,12 +74,10 @@ CASES: dict[type, list] = {
 
 def _plan(nodes, params) -> P.Plan:
     spec = rm.get_spec("resnet18").replace(in_channels=C)
-    shape = P.op_output(nodes[0].op, (1, C, H, W))
     shapes = {P.INPUT: (1, C, H, W)}
     for node in nodes:
         shapes[node.output] = P.op_output(node.op, *[shapes[name] for name in node.inputs])
     out_channels = shapes["out"][1]
-    del shape
     stem = P.Part("stem", "", C, out_channels, tuple(nodes), "out", taps=(("out", "out"),))
     infos = {name: P.ParamInfo(name, shape, role, ("zeros", 0.0)) for name, (shape, role) in params.items()}
     return P.Plan(spec, stem, (), None, None, infos)

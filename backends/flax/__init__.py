@@ -51,6 +51,8 @@ DTYPES = ("float32", "float64", "bfloat16")
 SUFFIXES = (".msgpack",)
 FEATURES = frozenset({"optimize"})
 
+__all__ = ["NAME", "DTYPES", "SUFFIXES", "FEATURES", "LAYOUT"]  # the rest is lazy (__getattr__)
+
 __getattr__ = lazy_attributes(__name__, FEATURES, {
     "ResNet": "model", "Network": "model", "Block": "model", "optax_transform": "train",
 })

@@ -12,8 +12,8 @@ from .model import Network
 
 class _PointwiseConv(nnx.Conv):
     """A 1x1 convolution (no padding, no groups) computed as a matrix product over channels of the
-    strided input. XLA:CPU runs the product ~25% faster than its convolution for resnet50's 1x1
-    convs (batch 8: 0.86 s -> 0.64 s per call); the outputs equal the convolution's within float32
+    strided input. XLA:CPU runs the product faster than its convolution for resnet50's 1x1
+    convs (benchmarks/RESULTS.md); the outputs equal the convolution's within float32
     rounding (bit-identical for resnet50's shapes, ~1e-7 relative for small ones). The 3x3 and 7x7
     convs stay convolutions (im2col plus a product was slower). Same parameters and names as
     ``nnx.Conv``."""

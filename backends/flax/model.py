@@ -98,7 +98,8 @@ class Block(_Runner):
 
     def __init__(self, block: P.Part, *, rngs: nnx.Rngs, shape_only: bool = False, dtype=jnp.float32):
         self._part = _PlanRef(block)  # static: the frozen plan Part (its nodes drive __call__)
-        _attach(self, {block.local_name(op): OPS[type(op)].module(op, Context(rngs, shape_only, dtype)) for op in block.modules})
+        context = Context(rngs, shape_only, dtype)
+        _attach(self, {block.local_name(op): OPS[type(op)].module(op, context) for op in block.modules})
 
     def _local(self, op) -> str:
         return self._part.plan.local_name(op)

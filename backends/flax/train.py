@@ -29,7 +29,8 @@ def optax_transform(settings) -> optax.GradientTransformation:
     parameter (BatchNorm scales and biases included, as torch and Paddle) and no BatchStat.
     """
     if settings.name == "sgd":
-        tx = optax.sgd(settings.lr, momentum=settings.momentum if settings.momentum > 0 else None, nesterov=settings.nesterov)
+        tx = optax.sgd(settings.lr, momentum=settings.momentum if settings.momentum > 0 else None,
+                       nesterov=settings.nesterov)
         return optax.chain(optax.add_decayed_weights(settings.weight_decay), tx) if settings.weight_decay > 0 else tx
     if settings.name == "adamw":
         return optax.adamw(settings.lr, b1=settings.betas[0], b2=settings.betas[1], eps=settings.eps, eps_root=0.0,

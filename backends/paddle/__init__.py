@@ -16,6 +16,8 @@ DTYPES = ("float32", "float64")
 SUFFIXES = (".pdparams",)
 FEATURES = frozenset({"optimize", "export"})
 
+__all__ = ["NAME", "DTYPES", "SUFFIXES", "FEATURES", "LAYOUT"]  # the rest is lazy (__getattr__)
+
 __getattr__ = lazy_attributes(__name__, FEATURES, {
     "ResNet": "model", "Network": "model", "Block": "model", "InferenceResNet": "fastpath",
     "InferenceNetwork": "fastpath",

@@ -19,8 +19,8 @@ from .model import Network
 class _BiasConv2D(nn.Conv2D):
     """``nn.Conv2D`` whose bias is added as a (C, 1, 1) tensor. Paddle's own adds it reshaped to
     (1, C, 1, 1), and that broadcast is about twice as slow on CPU (Paddle 3.3): with every
-    BatchNorm folded into a conv bias, resnet50 ran 1.26x slower than paddle.vision's model, and
-    1.03x with this. Same parameters and names, same result."""
+    BatchNorm folded into a conv bias, resnet50 ran markedly slower than paddle.vision's model
+    without this, and about as fast with it. Same parameters and names, same result."""
 
     def forward(self, x):
         out = F.conv2d(x, self.weight, None, self._stride, self._padding, self._dilation, self._groups,
@@ -35,11 +35,11 @@ class InferenceNetwork(Network):
 
     Why: Paddle's dynamic-graph CPU convolutions do not use oneDNN, so folding BatchNorm alone
     leaves the dygraph model as slow as paddle.vision's (benchmarks/RESULTS.md); the same
-    program under Paddle Inference is 3-5x faster, within the parity bound of the dygraph model.
+    program under Paddle Inference is several times faster (benchmarks/RESULTS.md), within the parity bound of the dygraph model.
 
     The engine is made on the first call that can use it, from the weights the model holds then
     (``paddle.jit.save`` of this layer to a temporary directory, then a predictor with dynamic
-    batch and image size; a few seconds for resnet50). It holds its own copy of the weights and
+    batch and image size). It holds its own copy of the weights and
     runs on every core this process may use (``os.sched_getaffinity``, not ``OMP_NUM_THREADS``).
     Calls that need the layers themselves run the ordinary dygraph forward: ``taps=True``, train
     mode, an input that wants gradients or is not float32 on the CPU, a parameter that wants

@@ -18,6 +18,8 @@ DTYPES = ("float32", "float64", "bfloat16")
 SUFFIXES = (".pt", ".pth")
 FEATURES = frozenset({"optimize", "export"})
 
+__all__ = ["NAME", "DTYPES", "SUFFIXES", "FEATURES", "LAYOUT"]  # the rest is lazy (__getattr__)
+
 __getattr__ = lazy_attributes(__name__, FEATURES, {
     "ResNet": "model", "Network": "model", "Block": "model",
     "tensor_to_numpy": "io", "numpy_to_tensor": "io",
