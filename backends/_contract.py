@@ -42,12 +42,13 @@ FEATURE_NAMES: dict[str, tuple[str, ...]] = {
 """Optional feature (a backend's ``FEATURES``) -> the contract names it provides."""
 
 
-def lazy_attributes(package: str, features: frozenset, extras: Mapping[str, str] = {}) -> Callable[[str], Any]:
+def lazy_attributes(package: str, features: frozenset, extras: Mapping[str, str] | None = None) -> Callable[[str], Any]:
     """A module ``__getattr__`` for the backend package ``package``: a contract name (or one of the
     package's ``extras``, name -> submodule) is imported from its submodule on first use. An
     optional hook the package's ``features`` do not declare is an AttributeError, never probed."""
     declared = {name for feature in features for name in FEATURE_NAMES[feature]}
     optional = {name for names in FEATURE_NAMES.values() for name in names}
+    extras = dict(extras or {})
 
     def __getattr__(name: str) -> Any:
         where = extras.get(name) or CONTRACT.get(name)

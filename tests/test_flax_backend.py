@@ -91,11 +91,11 @@ def test_odd_size_parity_would_catch_same_padding_and_counted_pool_padding(monke
 
         # Flax's avg_pool (count_include_pad=True) with the ceil_mode overhang padded: every window
         # divided by k*k, so the partial last window of the 9x12 map in layer2's shortcut is too small
-        monkeypatch.setattr(fb, "_window_counts", lambda size, out, op: np.full(out, op.kernel_size, np.float32))
+        monkeypatch.setattr(flax_ops, "_window_counts", lambda size, out, op: np.full(out, op.kernel_size, np.float32))
         assert error(flax_model) > 1e-3
         monkeypatch.undo()
         # Flax's 'SAME' convs: (0, 1) instead of (1, 1) at stride 2 on the even widths (24, 12)
-        monkeypatch.setattr(fb, "_pad2d", lambda padding: "SAME")
+        monkeypatch.setattr(flax_ops, "_pad2d", lambda padding: "SAME")
         assert error(fb.build(plan, weights)) > 1e-3
         monkeypatch.undo()
         # floor instead of ceil_mode: a 4x6 shortcut against a 5x6 main path cannot even be added
