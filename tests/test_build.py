@@ -124,3 +124,10 @@ def test_every_backend_module_satisfies_the_contract(name):
     assert module.NAME == name
     assert "dtype" in inspect.signature(module.build).parameters
     assert "float32" in module.DTYPES and "float64" in module.DTYPES
+
+
+def test_every_backend_has_its_test_idioms():
+    """tests/conftest.py's framework idioms cover exactly the registry's backends."""
+    from conftest import IDIOMS
+
+    assert sorted(IDIOMS) == sorted(BACKENDS)
