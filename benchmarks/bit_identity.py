@@ -5,8 +5,8 @@
 
 ``dump`` records, for every preset x backend x model dtype (torch float32/float64/bfloat16, paddle
 float32/float64, flax float32/float64/bfloat16) at a small odd input (1 x C x 33 x 47), the sha256
-of every tap, of every exported weight, of every written file's bytes (.safetensors, .pt, .pth,
-.pdparams, .msgpack) and of what reading each file back gives, the summary text, the numpy
+of every tap, of every exported weight, of every written file's bytes (.safetensors, .pt,
+.pdparams, .msgpack), of what reading each file back gives and of a model importing it, the summary text, the numpy
 oracle's taps, the inference fast path's taps and weights, and a few float64 (and one float32)
 ``check_training`` reports (losses and every compared tensor's error, bit for bit). It uses only
 the public API (``rm.build``, ``rm.forward``, ``rm.export_weights``, ``rm.import_weights``,
@@ -47,7 +47,7 @@ MODEL_DTYPES = {  # backend -> the model dtypes it builds
     "flax": ("float32", "float64", "bfloat16"),
 }
 NATIVE_SUFFIX = {"torch": ".pt", "paddle": ".pdparams", "flax": ".msgpack"}
-FILE_SUFFIXES = (".pt", ".pth", ".pdparams", ".msgpack")  # every native checkpoint suffix
+FILE_SUFFIXES = (".pt", ".pdparams", ".msgpack")  # a suffix per native format (.pth is .pt's writer)
 HEIGHT, WIDTH = 33, 47  # odd, so that every stride-2 op sees an odd size somewhere
 TRAINING = (  # (preset, dtype): small models, two steps, every backend
     ("d2l_resnet18", "float64"), ("d2l_densenet", "float64"), ("ghostnet_050", "float64"),
@@ -227,25 +227,22 @@ def dump_preset(preset: str, out: Path) -> None:
                                       lambda: rm.reference_forward(plan, weights, x, taps=True, precision=dtype))
                         if ref is not FAILED:
                             rec.tensors("reference", dtype, "taps", ref)
-                # seed 1's weights, written in every format once per dtype, then imported from each
-                # backend's own file and from the neutral one
-                other = rec.run(backend, dtype, "build_seed1",
-                                lambda: rm.export_weights(rm.build(spec, backend=backend, dtype=dtype, seed=1)))
-                if other is not FAILED:
-                    rec.put(backend, dtype, "export_seed1", digest(other))
-                    if i == 0:
+                # seed 1's weights, from the first backend of this dtype, are written in every
+                # format; each backend imports them from its own native file
+                if i == 0:
+                    other = rec.run(backend, dtype, "build_seed1",
+                                    lambda: rm.export_weights(rm.build(spec, backend=backend, dtype=dtype, seed=1)))
+                    if other is not FAILED:
+                        rec.put(backend, dtype, "export_seed1", digest(other))
                         paths = _files(rec, dtype, preset, other, workdir)
-                    if rec.run(backend, dtype, "import", lambda: rm.import_weights(model, other)) is not FAILED:
-                        rec.tensors(backend, dtype, "import/output", rm.forward(model, x))
-                        rec.put(backend, dtype, "import/export", digest(rm.export_weights(model)))
-                    del other
-                for suffix in (NATIVE_SUFFIX[backend], ".safetensors"):
-                    if suffix in paths:
-                        what = f"import{suffix}"
-                        if rec.run(backend, dtype, what, lambda: rm.import_weights(model, paths[suffix])) is not FAILED:
-                            rec.tensors(backend, dtype, f"{what}/output", rm.forward(model, x))
-                            rec.put(backend, dtype, f"{what}/export", digest(rm.export_weights(model)))
-                # the inference fast path, from seed 0's weights
+                        del other
+                suffix = NATIVE_SUFFIX[backend]
+                if suffix in paths:
+                    what = f"import{suffix}"
+                    if rec.run(backend, dtype, what, lambda: rm.import_weights(model, paths[suffix])) is not FAILED:
+                        rec.tensors(backend, dtype, f"{what}/output", rm.forward(model, x))
+                        rec.put(backend, dtype, f"{what}/export", digest(rm.export_weights(model)))
+                # import from a dict (seed 0's weights back), then the inference fast path
                 if weights is not FAILED and rec.run(backend, dtype, "reimport_seed0",
                                                    lambda: rm.import_weights(model, weights)) is not FAILED:
                     fast = rec.run(backend, dtype, "optimize_for_inference", lambda: rm.optimize_for_inference(model))
