@@ -64,6 +64,7 @@ def test_parameter_count(name):
     assert rm.summary(name).total_params == PARAMS[name]
 
 
+@pytest.mark.slow  # full size: the reference library's own model
 @pytest.mark.parametrize("name", REFERENCE_LIBRARY)
 def test_torch_model_is_the_reference_model(name):
     """Same names and shapes both ways (strict loads), same logits for the same weights."""
@@ -88,6 +89,7 @@ def _legacy_keys(state_dict) -> dict:
     return {pattern.sub(r"\1.\2.\3", k): v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
 
 
+@pytest.mark.slow  # full size: torchvision's densenet121 file, its spec inferred from it
 def test_legacy_densenet_keys_load_everywhere(tmp_path):
     import torch
 
@@ -108,6 +110,7 @@ def test_legacy_densenet_keys_load_everywhere(tmp_path):
     assert_weights_equal(converted, weights)
 
 
+@pytest.mark.slow  # full size: paddle.vision's own densenet121
 def test_paddle_vision_densenet121_file_is_read_as_it_is(tmp_path, capsys):
     import paddle
     from paddle.vision.models import densenet121
@@ -369,6 +372,7 @@ def test_dense_drop_rate_drops_in_train_mode_only(backend):
     assert not np.allclose(idioms(backend).train_call(plain, x, seed=0), first, atol=1e-3)
 
 
+@pytest.mark.slow  # full size: torchvision's own densenet121
 def test_dense_drop_rate_drops_what_torchvision_drops():
     """Same weights, same seed, train mode: densenet121 with drop_rate 0.2 gives torchvision's logits."""
     import torch
