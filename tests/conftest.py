@@ -179,3 +179,20 @@ def idioms(backend: str):
         raise KeyError(f"tests/conftest.py has no idioms for backend {backend!r}: add a class like TorchIdioms")
     return IDIOMS[backend]
 
+
+
+# --------------------------------------------------------------------------- memory between files
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_memory_after_each_file():
+    """After each test file: drop JAX's compiled functions (one per model structure, kept for the
+    process's life otherwise, and rarely shared between files) and collect the models the file
+    left behind, so that peak memory is one file's, not the whole run's."""
+    yield
+    import gc
+    import sys
+
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+    gc.collect()
