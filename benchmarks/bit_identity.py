@@ -1,7 +1,7 @@
 """Prove that a change leaves everything a user sees bit-identical: dump fingerprints, then compare.
 
     python benchmarks/bit_identity.py dump OUT_DIR [--presets GLOB,...] [--force]
-    python benchmarks/bit_identity.py compare A_DIR B_DIR
+    python benchmarks/bit_identity.py compare A_DIR B_DIR [--common]
 
 ``dump`` records, for every preset x backend x model dtype (torch float32/float64/bfloat16, paddle
 float32/float64, flax float32/float64/bfloat16) at a small odd input (1 x C x 33 x 47), the sha256
@@ -348,7 +348,7 @@ def _commit() -> str:
         return "-"
 
 
-def compare(a_dir: Path, b_dir: Path) -> int:
+def compare(a_dir: Path, b_dir: Path, common: bool = False) -> int:
     differences = 0
     meta_a, meta_b = (json.loads((d / "_meta.json").read_text()) for d in (a_dir, b_dir))
     if meta_a["versions"] != meta_b["versions"]:
@@ -357,9 +357,14 @@ def compare(a_dir: Path, b_dir: Path) -> int:
         print(f"DIFF list_specs: {meta_a['presets']} vs {meta_b['presets']}")
         differences += 1
     names = sorted({p.name for d in (a_dir, b_dir) for p in d.glob("*.json") if p.name != "_meta.json"})
+    names_compared = len(names)
     for name in names:
         pa, pb = a_dir / name, b_dir / name
         if not (pa.exists() and pb.exists()):
+            if common:
+                print(f"note: {name} only in {a_dir if pa.exists() else b_dir} (not compared: --common)")
+                names_compared -= 1
+                continue
             print(f"DIFF {name}: only in {a_dir if pa.exists() else b_dir}")
             differences += 1
             continue
@@ -373,7 +378,7 @@ def compare(a_dir: Path, b_dir: Path) -> int:
     if differences:
         print(f"{differences} difference(s) between {a_dir} and {b_dir}")
         return 1
-    print(f"identical ({len(names)} files: {meta_a.get('commit', '-')[:10]} vs {meta_b.get('commit', '-')[:10]})")
+    print(f"identical ({names_compared} files: {meta_a.get('commit', '-')[:10]} vs {meta_b.get('commit', '-')[:10]})")
     return 0
 
 
@@ -394,6 +399,7 @@ def main(argv=None) -> int:
     c = sub.add_parser("compare", help="print every difference between two dumps; exit 1 on any")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
+    c.add_argument("--common", action="store_true", help="compare only the presets dumped in both (partial dumps)")
     one = sub.add_parser("_one")  # internal: one preset (or the training checks) in this process
     one.add_argument("job")
     one.add_argument("out", type=Path)
@@ -401,7 +407,7 @@ def main(argv=None) -> int:
     if args.command == "dump":
         return dump(args.out, args.presets.split(","), args.force)
     if args.command == "compare":
-        return compare(args.a, args.b)
+        return compare(args.a, args.b, args.common)
     if args.job == TRAINING_FILE:
         dump_training(args.out)
     else:
