@@ -207,15 +207,19 @@ def test_files_the_frameworks_write_are_read_without_any_framework(tmp_path):
 
 
 @pytest.mark.parametrize("preset,dtype", WRITER_CASES)
-def test_pdparams_writer_is_byte_identical_to_the_paddle_backend(tmp_path, preset, dtype):
+def test_pdparams_writer_is_byte_identical_to_paddle_save(tmp_path, preset, dtype):
     import paddle
 
     weights = _preset_weights(preset, dtype)
     backend_file, ours = tmp_path / "backend.pdparams", tmp_path / "ours.pdparams"
-    get_backend("paddle").save_native(backend_file, weights)
+    get_backend("paddle").save_native(backend_file, weights)  # writes through pdparams.write
     state = pdparams.read(backend_file)
     pdparams.write(ours, state)
     assert ours.read_bytes() == backend_file.read_bytes()
+    # Paddle's own writer, given the same state (bfloat16 as Paddle keeps it in numpy: uint16 bits)
+    paddle.save({name: array.view(pdparams.BFLOAT16_AS) if array.dtype.name == "bfloat16" else array
+                 for name, array in state.items()}, str(tmp_path / "paddle.pdparams"), protocol=pdparams.PROTOCOL)
+    assert (tmp_path / "paddle.pdparams").read_bytes() == backend_file.read_bytes()
     # the reader sees what paddle.load sees: names, order, dtypes (uint16 bits = bfloat16) and bits
     loaded = paddle.load(str(backend_file))
     assert list(loaded) == list(state)
@@ -226,22 +230,28 @@ def test_pdparams_writer_is_byte_identical_to_the_paddle_backend(tmp_path, prese
 
 
 def test_pdparams_writer_of_nothing_is_paddle_saves(tmp_path):
+    import paddle
+
+    paddle.save({}, str(tmp_path / "paddle.pdparams"), protocol=pdparams.PROTOCOL)
     get_backend("paddle").save_native(tmp_path / "backend.pdparams", {})
     pdparams.write(tmp_path / "ours.pdparams", {})
-    assert (tmp_path / "ours.pdparams").read_bytes() == (tmp_path / "backend.pdparams").read_bytes()
+    assert (tmp_path / "ours.pdparams").read_bytes() == (tmp_path / "paddle.pdparams").read_bytes()
+    assert (tmp_path / "backend.pdparams").read_bytes() == (tmp_path / "paddle.pdparams").read_bytes()
     assert pdparams.read(tmp_path / "ours.pdparams") == {}
 
 
 @pytest.mark.parametrize("preset,dtype", WRITER_CASES)
-def test_msgpack_writer_is_byte_identical_to_the_flax_backend(tmp_path, preset, dtype):
+def test_msgpack_writer_is_byte_identical_to_flax_serialize(tmp_path, preset, dtype):
     from flax import serialization
 
     weights = _preset_weights(preset, dtype)
     backend_file, ours = tmp_path / "backend.msgpack", tmp_path / "ours.msgpack"
-    get_backend("flax").save_native(backend_file, weights)
+    get_backend("flax").save_native(backend_file, weights)  # writes through msgpack_stream.dump
     flat = msgpack_stream.read(backend_file)
     msgpack_stream.write(ours, msgpack_stream.nested(flat))
     assert ours.read_bytes() == backend_file.read_bytes()
+    # Flax's own writer, given the same nested state dict
+    assert serialization.msgpack_serialize(msgpack_stream.nested(flat)) == backend_file.read_bytes()
     # the reader sees what Flax's msgpack_restore sees: names, order, dtypes and bits
     assert_same_bits(flat, msgpack_stream.flatten(serialization.msgpack_restore(backend_file.read_bytes())),
                      "msgpack_restore")
