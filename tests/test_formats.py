@@ -203,6 +203,61 @@ def test_files_the_frameworks_write_are_read_without_any_framework(tmp_path):
     assert out.split() == ["p2", "3", "p3", "3", "p4", "3", "mixed2", "2", "mixed4", "2", "flax", "4", "chunked", "4"]
 
 
+def test_convert_and_inspect_native_files_without_any_framework(tmp_path):
+    """The public path (rm.convert, rm.inspect_file, registry.native_io) reads and writes .pdparams and
+    .msgpack in a child that cannot import paddle, flax, jax or torch, bit for bit, in float32 and
+    bfloat16; a .pt output says torch is needed, before anything is read or written."""
+    out = run_without_frameworks("""
+        import sys
+        from pathlib import Path
+        import ml_dtypes
+        import numpy as np
+        import resnet_multi as rm
+        from resnet_multi import registry
+        from resnet_multi.convert import read_canonical
+        from resnet_multi.weights import check_weights, load_weights, random_weights, save_weights
+
+        directory = Path(sys.argv[1])
+        spec = rm.get_spec("d2l_densenet")  # a small preset: inspect_file must recognise it
+        assert registry.available_backends() == (), registry.available_backends()
+
+        def same(got, want, what):
+            assert sorted(got) == sorted(want), what
+            for key, array in want.items():
+                assert got[key].dtype == array.dtype and got[key].shape == array.shape, (what, key)
+                assert got[key].tobytes() == array.tobytes(), (what, key)
+
+        for dtype in (np.float32, ml_dtypes.bfloat16):
+            name = np.dtype(dtype).name
+            weights = {k: v.astype(dtype) for k, v in random_weights(rm.make_plan(spec), seed=2).items()}
+            source = directory / f"{name}.safetensors"
+            save_weights(source, weights, spec)
+            for suffix, fmt in ((".pdparams", "paddle"), (".msgpack", "flax")):
+                native = rm.convert(source, directory / f"{name}{suffix}")
+                # canonical through the plan (d2l_densenet's .pdparams holds PaddleClas's module names)
+                same(check_weights(rm.make_plan(spec), read_canonical(native)[0]), weights, native.name)
+                report = rm.inspect_file(native)
+                assert (report.format, report.preset, report.tensor_count) == (fmt, spec.name, len(weights)), report
+                assert report.dtypes == {name: len(weights)}, report.dtypes
+                back = rm.convert(native, directory / f"{name}{suffix}.safetensors")
+                got, stored = load_weights(back)
+                same(got, weights, back.name)
+                assert stored == spec, stored
+                assert back.read_bytes() == source.read_bytes(), back.name  # the round trip is the same file
+                print(name, fmt, report.preset)
+        try:
+            rm.convert(directory / "float32.safetensors", directory / "w.pt")
+        except rm.BackendError as error:
+            print("torch:", error)
+        assert not (directory / "w.pt").exists()
+    """, str(tmp_path))
+    lines = out.splitlines()
+    assert lines[:4] == [f"{dtype} {fmt} d2l_densenet"
+                         for dtype in ("float32", "bfloat16") for fmt in ("paddle", "flax")]
+    assert lines[4] == ("torch: backend 'torch' needs the 'torch' package, which is not installed; "
+                        'install it with: pip install "resnet_multi[torch]"')
+
+
 # --------------------------------------------------------------------------- the same bytes as the backends
 
 
