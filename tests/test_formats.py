@@ -243,7 +243,6 @@ def test_convert_and_inspect_native_files_without_any_framework(tmp_path):
                 got, stored = load_weights(back)
                 same(got, weights, back.name)
                 assert stored == spec, stored
-                assert back.read_bytes() == source.read_bytes(), back.name  # the round trip is the same file
                 print(name, fmt, report.preset)
         try:
             rm.convert(directory / "float32.safetensors", directory / "w.pt")
