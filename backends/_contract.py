@@ -38,6 +38,7 @@ CONTRACT: dict[str, str] = {
 FEATURE_NAMES: dict[str, tuple[str, ...]] = {
     "optimize": ("optimize",),
     "export": ("export_model", "EXPORT_SUFFIX"),
+    "numpy_io": (),  # a promise, no hook: the ``io`` submodule imports no framework (registry.native_io)
 }
 """Optional feature (a backend's ``FEATURES``) -> the contract names it provides."""
 

@@ -6,8 +6,10 @@ The formats:
 - ``.safetensors``: the neutral file (``weights.save_weights``/``load_weights``), canonical names
   and layout, the spec's JSON in the metadata.
 - every backend's native files (``registry.native_suffixes()``: ``.pt``/``.pth`` torch,
-  ``.pdparams`` Paddle, ``.msgpack`` Flax), read and written by the backend module's
-  ``load_native``/``save_native``, which translate names and layouts to and from canonical.
+  ``.pdparams`` Paddle, ``.msgpack`` Flax), read and written by the backend's
+  ``load_native``/``save_native`` (``registry.native_io``), which translate names and layouts to and
+  from canonical. ``.pdparams`` and ``.msgpack`` need only numpy (their backends declare "numpy_io");
+  ``.pt``/``.pth`` need torch.
 
 Safety, as the CLI promises it: the format is detected from the suffix and checked against the
 content before the framework is asked to parse it (``formats.sniff``); any reader failure becomes a
@@ -46,7 +48,7 @@ from .formats.atomic import atomic_path, check_output_dir
 # the format names, suffixes and content sniffing live in formats.sniff; these names stay importable from here
 from .formats.sniff import NEUTRAL, CheckpointError, detect_format, format_of_suffix, formats
 from .plan import make_plan
-from .registry import get_backend
+from .registry import native_io
 from .spec import HeadSpec, ResNetSpec, SpecError
 from .weights import (FRAMEWORK_EXTRAS, WeightsError, cast_weights, check_weights, load_weights, resolve_dtype,
                       save_weights, warn_nonfinite)
@@ -61,7 +63,7 @@ def _read(path: Path) -> tuple[str, dict[str, np.ndarray], list[str], ResNetSpec
     if fmt == NEUTRAL:  # the core's own format: no backend involved
         weights, spec = load_weights(path)
         return fmt, weights, [], spec
-    backend = get_backend(fmt)
+    backend = native_io(fmt)  # a framework only if the format needs one (a clear error if it is missing)
     try:
         raw = backend.load_native(path)
     except Exception as exc:  # frameworks raise anything on corrupt input (RuntimeError, EOFError, ...)
@@ -155,7 +157,7 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
     if fmt == NEUTRAL:
         save_weights(path, weights, spec, force=force)
         return path
-    backend = get_backend(fmt)
+    backend = native_io(fmt)
     with atomic_path(path, overwrite=force) as tmp:
         backend.save_native(tmp, weights)
     return path
@@ -342,7 +344,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=
             raise FileExistsError(f"{dst} exists; pass force=True (--force) to overwrite it")
     check_output_dir(dst)
     if dst_format != NEUTRAL:
-        get_backend(dst_format)  # a missing framework fails before the input is read
+        native_io(dst_format)  # a missing framework the format needs fails before the input is read
     src_size = src.stat().st_size
     with _progress_bar(progress, total=2 * src_size, desc=f"read {src.name}") as bar:
         _, weights, _, file_spec = _read(src)

@@ -21,7 +21,8 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 class BackendInfo:
     """One backend: its ``name``, the ``package`` that implements it, the top-level
     ``framework`` package it needs, the pip ``extra`` that installs it, its native checkpoint
-    ``suffixes`` (lower case, with the dot) and its optional ``features`` ("optimize", "export").
+    ``suffixes`` (lower case, with the dot) and its optional ``features`` ("optimize", "export",
+    "numpy_io": its native files are read and written without its framework, see ``native_io``).
     Data only, so asking which backend reads a file imports no framework."""
 
     name: str
@@ -38,8 +39,8 @@ def _row(name: str, suffixes: tuple[str, ...], features: tuple[str, ...]) -> Bac
 
 BACKENDS: dict[str, BackendInfo] = {
     "torch": _row("torch", (".pt", ".pth"), ("optimize", "export")),
-    "paddle": _row("paddle", (".pdparams",), ("optimize", "export")),
-    "flax": _row("flax", (".msgpack",), ("optimize",)),
+    "paddle": _row("paddle", (".pdparams",), ("optimize", "export", "numpy_io")),
+    "flax": _row("flax", (".msgpack",), ("optimize", "numpy_io")),
 }
 """Every backend resnet_multi knows, in order; the first is the default. Each row must agree
 with its package's ``NAME``, ``SUFFIXES`` and ``FEATURES`` (a test checks it)."""
@@ -49,7 +50,8 @@ with its package's ``NAME``, ``SUFFIXES`` and ``FEATURES`` (a test checks it).""
 class Backend(Protocol):
     """What every backend package provides (docs/DESIGN.md, "Backend contract"); a test checks
     each against it. Optional hooks, declared in ``FEATURES`` (and the registry row):
-    "optimize" (``optimize(model)``), "export" (``export_model`` + ``EXPORT_SUFFIX``)."""
+    "optimize" (``optimize(model)``), "export" (``export_model`` + ``EXPORT_SUFFIX``). "numpy_io"
+    adds no hook: it declares that ``load_native``/``save_native`` need no framework."""
 
     NAME: str
     SUFFIXES: tuple[str, ...]
@@ -96,9 +98,19 @@ def backend_info(name: str) -> BackendInfo:
     return BACKENDS[name]
 
 
+def _installed(framework: str) -> bool:
+    """Whether the top-level package ``framework`` can be found, without importing it. An import
+    system that refuses to look for it (an ImportError from a finder, a broken install) counts as
+    not installed, so the caller gives its clear "not installed" error instead of a traceback."""
+    try:
+        return importlib.util.find_spec(framework) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def available_backends() -> tuple[str, ...]:
     """The backends whose framework is installed (checked without importing it)."""
-    return tuple(name for name, info in BACKENDS.items() if importlib.util.find_spec(info.framework) is not None)
+    return tuple(name for name, info in BACKENDS.items() if _installed(info.framework))
 
 
 def backends_with(feature: str) -> tuple[str, ...]:
@@ -125,10 +137,33 @@ def get_backend(name: str) -> ModuleType:
         BackendError: unknown name, or the framework is not installed (names the extra).
     """
     info = backend_info(name)
-    if importlib.util.find_spec(info.framework) is None:
+    if not _installed(info.framework):
         raise BackendError(f"backend {name!r} needs the {info.framework!r} package, which is not installed; "
                            f"install it with: pip install \"resnet_multi[{info.extra}]\"")
     return importlib.import_module(info.package)
+
+
+def native_io(name: str) -> ModuleType:
+    """What reads and writes backend ``name``'s native checkpoint files: a module with its
+    ``load_native(path)`` and ``save_native(path, weights)`` (canonical weights in and out).
+
+    A backend whose row declares "numpy_io" gives its ``io`` submodule, which imports no framework,
+    so its files are read and written whether or not its framework is installed (declared, never
+    probed). Any other backend's files need its framework: that is ``get_backend(name)``, with its
+    error when the framework is missing.
+
+    Raises:
+        BackendError: unknown name, or a backend without "numpy_io" whose framework is not
+            installed (names the extra).
+    Example:
+        >>> native_io("paddle").load_native("resnet50.pdparams")  # no Paddle needed
+    """
+    info = backend_info(name)
+    if "numpy_io" not in info.features:
+        return get_backend(name)
+    from resnet_multi.backends._contract import CONTRACT  # the submodule that defines load_native
+
+    return importlib.import_module(f"{info.package}.{CONTRACT['load_native']}")
 
 
 def has_feature(backend: ModuleType, feature: str) -> bool:

@@ -24,6 +24,7 @@ from resnet_multi import plan as P
 from resnet_multi.backends import flax as fb
 from resnet_multi.backends.flax import io as flax_io
 from resnet_multi.backends.flax import ops as flax_ops
+from resnet_multi.formats import msgpack_stream
 from resnet_multi.weights import random_weights
 
 
@@ -282,8 +283,8 @@ def test_msgpack_round_trip_is_bit_exact(tmp_path):
     # the file is the model's own nnx state as pure dicts (string keys), as Flax users save it ...
     tree = serialization.msgpack_restore(path.read_bytes())
     own = jax.tree_util.tree_map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
-    flat_file = {k: v for k, v in flax_io._flatten(tree).items()}
-    flat_own = {k: v for k, v in flax_io._flatten(own).items()}
+    flat_file = {k: v for k, v in msgpack_stream.flatten(tree).items()}
+    flat_own = {k: v for k, v in msgpack_stream.flatten(own).items()}
     assert flat_file.keys() == flat_own.keys()
     for key in flat_own:
         np.testing.assert_array_equal(flat_file[key], flat_own[key], err_msg=key)
@@ -316,7 +317,7 @@ def test_corrupt_msgpack_is_a_clear_error(tmp_path):
 def _flax_tree(weights: dict) -> dict:
     """The nested Flax state dict of canonical ``weights`` (Flax names and layout), built the
     straightforward way: every tensor converted, then nested."""
-    return flax_io._nested(dict(flax_io._canonical_to_flax(name, array) for name, array in weights.items()))
+    return msgpack_stream.nested(dict(flax_io._canonical_to_flax(name, array) for name, array in weights.items()))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
@@ -337,17 +338,19 @@ def test_msgpack_file_is_msgpack_serialize_of_the_nested_state(tmp_path, dtype):
 
 def test_chunked_arrays_are_written_and_read_as_flax_does(tmp_path, monkeypatch):
     # Flax splits arrays over serialization.MAX_CHUNK_SIZE (1 GiB) into a dict of chunks marked
-    # flax_io._CHUNKED; shrink the limit so the small model's larger tensors take that path.
+    # msgpack_stream.CHUNKED; shrink the limit (Flax's, and the codec's own copy of it that
+    # save_native writes with) so the small model's larger tensors take that path.
     monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 4096)
+    monkeypatch.setattr(msgpack_stream, "MAX_CHUNK_SIZE", 4096)
     weights = random_weights(rm.make_plan(_small(rm.get_spec("resnet18"))), seed=4)
     assert any(array.nbytes > 4096 for array in weights.values())
     path = tmp_path / "chunked.msgpack"
     fb.save_native(path, weights)
     data = path.read_bytes()
-    assert flax_io._CHUNKED.encode() in data
+    assert msgpack_stream.CHUNKED.encode() in data
     assert data == serialization.msgpack_serialize(_flax_tree(weights))
-    restored = flax_io._flatten(serialization.msgpack_restore(data))
-    for key, array in flax_io._flatten(_flax_tree(weights)).items():
+    restored = msgpack_stream.flatten(serialization.msgpack_restore(data))
+    for key, array in msgpack_stream.flatten(_flax_tree(weights)).items():
         np.testing.assert_array_equal(restored[key], array, err_msg=key)
     loaded = fb.load_native(path)
     assert loaded.keys() == weights.keys()

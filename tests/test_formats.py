@@ -203,19 +203,77 @@ def test_files_the_frameworks_write_are_read_without_any_framework(tmp_path):
     assert out.split() == ["p2", "3", "p3", "3", "p4", "3", "mixed2", "2", "mixed4", "2", "flax", "4", "chunked", "4"]
 
 
+def test_convert_and_inspect_native_files_without_any_framework(tmp_path):
+    """The public path (rm.convert, rm.inspect_file, registry.native_io) reads and writes .pdparams and
+    .msgpack in a child that cannot import paddle, flax, jax or torch, bit for bit, in float32 and
+    bfloat16; a .pt output says torch is needed, before anything is read or written."""
+    out = run_without_frameworks("""
+        import sys
+        from pathlib import Path
+        import ml_dtypes
+        import numpy as np
+        import resnet_multi as rm
+        from resnet_multi import registry
+        from resnet_multi.convert import read_canonical
+        from resnet_multi.weights import check_weights, load_weights, random_weights, save_weights
+
+        directory = Path(sys.argv[1])
+        spec = rm.get_spec("d2l_densenet")  # a small preset: inspect_file must recognise it
+        assert registry.available_backends() == (), registry.available_backends()
+
+        def same(got, want, what):
+            assert sorted(got) == sorted(want), what
+            for key, array in want.items():
+                assert got[key].dtype == array.dtype and got[key].shape == array.shape, (what, key)
+                assert got[key].tobytes() == array.tobytes(), (what, key)
+
+        for dtype in (np.float32, ml_dtypes.bfloat16):
+            name = np.dtype(dtype).name
+            weights = {k: v.astype(dtype) for k, v in random_weights(rm.make_plan(spec), seed=2).items()}
+            source = directory / f"{name}.safetensors"
+            save_weights(source, weights, spec)
+            for suffix, fmt in ((".pdparams", "paddle"), (".msgpack", "flax")):
+                native = rm.convert(source, directory / f"{name}{suffix}")
+                # canonical through the plan (d2l_densenet's .pdparams holds PaddleClas's module names)
+                same(check_weights(rm.make_plan(spec), read_canonical(native)[0]), weights, native.name)
+                report = rm.inspect_file(native)
+                assert (report.format, report.preset, report.tensor_count) == (fmt, spec.name, len(weights)), report
+                assert report.dtypes == {name: len(weights)}, report.dtypes
+                back = rm.convert(native, directory / f"{name}{suffix}.safetensors")
+                got, stored = load_weights(back)
+                same(got, weights, back.name)
+                assert stored == spec, stored
+                print(name, fmt, report.preset)
+        try:
+            rm.convert(directory / "float32.safetensors", directory / "w.pt")
+        except rm.BackendError as error:
+            print("torch:", error)
+        assert not (directory / "w.pt").exists()
+    """, str(tmp_path))
+    lines = out.splitlines()
+    assert lines[:4] == [f"{dtype} {fmt} d2l_densenet"
+                         for dtype in ("float32", "bfloat16") for fmt in ("paddle", "flax")]
+    assert lines[4] == ("torch: backend 'torch' needs the 'torch' package, which is not installed; "
+                        'install it with: pip install "resnet_multi[torch]"')
+
+
 # --------------------------------------------------------------------------- the same bytes as the backends
 
 
 @pytest.mark.parametrize("preset,dtype", WRITER_CASES)
-def test_pdparams_writer_is_byte_identical_to_the_paddle_backend(tmp_path, preset, dtype):
+def test_pdparams_writer_is_byte_identical_to_paddle_save(tmp_path, preset, dtype):
     import paddle
 
     weights = _preset_weights(preset, dtype)
     backend_file, ours = tmp_path / "backend.pdparams", tmp_path / "ours.pdparams"
-    get_backend("paddle").save_native(backend_file, weights)
+    get_backend("paddle").save_native(backend_file, weights)  # writes through pdparams.write
     state = pdparams.read(backend_file)
     pdparams.write(ours, state)
     assert ours.read_bytes() == backend_file.read_bytes()
+    # Paddle's own writer, given the same state (bfloat16 as Paddle keeps it in numpy: uint16 bits)
+    paddle.save({name: array.view(pdparams.BFLOAT16_AS) if array.dtype.name == "bfloat16" else array
+                 for name, array in state.items()}, str(tmp_path / "paddle.pdparams"), protocol=pdparams.PROTOCOL)
+    assert (tmp_path / "paddle.pdparams").read_bytes() == backend_file.read_bytes()
     # the reader sees what paddle.load sees: names, order, dtypes (uint16 bits = bfloat16) and bits
     loaded = paddle.load(str(backend_file))
     assert list(loaded) == list(state)
@@ -226,22 +284,28 @@ def test_pdparams_writer_is_byte_identical_to_the_paddle_backend(tmp_path, prese
 
 
 def test_pdparams_writer_of_nothing_is_paddle_saves(tmp_path):
+    import paddle
+
+    paddle.save({}, str(tmp_path / "paddle.pdparams"), protocol=pdparams.PROTOCOL)
     get_backend("paddle").save_native(tmp_path / "backend.pdparams", {})
     pdparams.write(tmp_path / "ours.pdparams", {})
-    assert (tmp_path / "ours.pdparams").read_bytes() == (tmp_path / "backend.pdparams").read_bytes()
+    assert (tmp_path / "ours.pdparams").read_bytes() == (tmp_path / "paddle.pdparams").read_bytes()
+    assert (tmp_path / "backend.pdparams").read_bytes() == (tmp_path / "paddle.pdparams").read_bytes()
     assert pdparams.read(tmp_path / "ours.pdparams") == {}
 
 
 @pytest.mark.parametrize("preset,dtype", WRITER_CASES)
-def test_msgpack_writer_is_byte_identical_to_the_flax_backend(tmp_path, preset, dtype):
+def test_msgpack_writer_is_byte_identical_to_flax_serialize(tmp_path, preset, dtype):
     from flax import serialization
 
     weights = _preset_weights(preset, dtype)
     backend_file, ours = tmp_path / "backend.msgpack", tmp_path / "ours.msgpack"
-    get_backend("flax").save_native(backend_file, weights)
+    get_backend("flax").save_native(backend_file, weights)  # writes through msgpack_stream.dump
     flat = msgpack_stream.read(backend_file)
     msgpack_stream.write(ours, msgpack_stream.nested(flat))
     assert ours.read_bytes() == backend_file.read_bytes()
+    # Flax's own writer, given the same nested state dict
+    assert serialization.msgpack_serialize(msgpack_stream.nested(flat)) == backend_file.read_bytes()
     # the reader sees what Flax's msgpack_restore sees: names, order, dtypes and bits
     assert_same_bits(flat, msgpack_stream.flatten(serialization.msgpack_restore(backend_file.read_bytes())),
                      "msgpack_restore")

@@ -49,7 +49,8 @@ NAME = "flax"
 DTYPES = ("float32", "float64", "bfloat16")
 """The dtype names ``build`` accepts (float64 needs JAX's 64-bit mode)."""
 SUFFIXES = (".msgpack",)
-FEATURES = frozenset({"optimize"})
+FEATURES = frozenset({"optimize", "numpy_io"})
+"""Optional features; "numpy_io": ``.io`` (its native files) imports no framework."""
 
 __all__ = ["NAME", "DTYPES", "SUFFIXES", "FEATURES", "LAYOUT"]  # the rest is lazy (__getattr__)
 

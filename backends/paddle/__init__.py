@@ -14,7 +14,8 @@ NAME = "paddle"
 DTYPES = ("float32", "float64")
 """The dtype names ``build`` accepts: Paddle's CPU kernels have no bfloat16 convolution."""
 SUFFIXES = (".pdparams",)
-FEATURES = frozenset({"optimize", "export"})
+FEATURES = frozenset({"optimize", "export", "numpy_io"})
+"""Optional features; "numpy_io": ``.io`` (its native files) imports no framework."""
 
 __all__ = ["NAME", "DTYPES", "SUFFIXES", "FEATURES", "LAYOUT"]  # the rest is lazy (__getattr__)
 
