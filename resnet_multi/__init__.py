@@ -8,6 +8,7 @@ from . import families  # noqa: F401  (registers every block kind before any spe
 from .api import build, export_weights, forward, import_weights, optimize_for_inference, plan_of
 from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file
 from .export import export
+from .limits import LimitError, limits
 from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
 from .reference import reference_forward
@@ -22,10 +23,10 @@ from .zoo import get_spec, list_specs
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
+    "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "LimitError", "NormSpec",
     "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "TrainingReport",
     "WeightsError", "available_backends", "backend_names", "build", "check_parity", "check_training", "convert", "diagram",
-    "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "list_specs",
+    "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "limits", "list_specs",
     "load_spec", "load_weights", "make_plan", "optimize_for_inference", "optimizer", "plan_of", "reference_forward",
     "save_spec", "save_weights", "summary",
 ]

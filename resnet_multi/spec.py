@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -403,6 +404,38 @@ def _check_unread_settings(spec: "ResNetSpec", family: BlockFamily) -> None:
             check(False, path, message.format(kind=kind), value)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+"""The largest finite float32 and the smallest normal one: a float setting outside
+``[FLOAT32_TINY, FLOAT32_MAX]`` in magnitude (but 0) cannot be held by a float32 model."""
+
+
+def _float_fields(obj: Any, path: str):
+    """``(path, value)`` of every float-typed setting of dataclass ``obj``, recursively."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            yield from _float_fields(value, where)
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    yield from _float_fields(item, f"{where}[{i}]")
+        elif float in (typing.get_args(hints[f.name]) or (hints[f.name],)) and is_number(value):
+            yield where, value
+
+
+def check_float_settings(spec: "ResNetSpec") -> None:
+    """Every float setting is finite and means something in float32: 0, or a magnitude between
+    FLOAT32_TINY and FLOAT32_MAX (``norm.eps: .inf`` or ``1e39`` would make every output NaN or
+    infinite, and ``1e-50`` is 0 in a float32 model)."""
+    for path, value in _float_fields(spec, ""):
+        magnitude = abs(float(value))
+        check(math.isfinite(magnitude) and (magnitude == 0 or FLOAT32_TINY <= magnitude <= FLOAT32_MAX), path,
+              "must be a finite number that float32 can hold (0, or a magnitude in [1.2e-38, 3.4e38])", value)
+
+
 def _check_stage(i: int, stage: StageSpec) -> None:
     """What every stage must be, whatever the family."""
     p = f"stages[{i}]"
@@ -473,6 +506,7 @@ def validate_spec(spec: ResNetSpec) -> None:
     check_one_of(init.linear_bias, LINEAR_BIAS_INITS, "init.linear_bias")
     check(isinstance(init.zero_init_last_bn, bool), "init.zero_init_last_bn", "must be true or false",
           init.zero_init_last_bn)
+    check_float_settings(spec)
 
 
 # --------------------------------------------------------------------------- dict round trip
