@@ -140,9 +140,9 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
     """
     path = Path(path)
     fmt = format_of_suffix(path)
+    check_output_dir(path)
     if not force and path.exists():
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
-    check_output_dir(path)
     if spec is not None:
         spec = resolve_spec(spec)
         weights = check_weights(make_plan(spec), weights, source=f"weights for {path}")
@@ -338,12 +338,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=
     target = resolve_dtype(dtype) if dtype is not None else None  # so does a bad dtype
     if not src.is_file():
         raise FileNotFoundError(f"checkpoint not found: {src}")
+    check_output_dir(dst)  # first: an output that is a directory is no file to refuse or overwrite
     if dst.exists():
         if os.path.samefile(src, dst):
             raise ValueError(f"{dst}: output is the input file; the input is never modified")
         if not force:
             raise FileExistsError(f"{dst} exists; pass force=True (--force) to overwrite it")
-    check_output_dir(dst)
     if dst_format != NEUTRAL:
         get_backend(dst_format)  # a missing framework fails before the input is read
     src_size = src.stat().st_size
