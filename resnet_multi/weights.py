@@ -389,8 +389,6 @@ def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
     """
     from safetensors import safe_open
 
-    from .spec import ResNetSpec
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -401,21 +399,43 @@ def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
         except TypeError:  # safetensors < 0.8 has no backend option
             reader = safe_open(os.fspath(path), framework="np")
         with reader as f:
-            metadata = f.metadata() or {}
+            # the stored spec is untrusted: checked and sized (resnet_multi.limits) before any tensor is read
+            try:
+                plan, spec = _stored_plan(path, f.metadata() or {})
+            except ValueError as exc:
+                raise _StoredSpecError(exc) from None
             weights = {name: f.get_tensor(name) for name in f.keys()}
+    except _StoredSpecError as refused:  # its message names the file already
+        raise refused.args[0] from None
     except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError/ValueError)
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    if spec is not None:
+        return check_weights(plan, weights, source=str(path)), spec
+    return _canonical_arrays(weights, str(path)), None
+
+
+class _StoredSpecError(Exception):
+    """Carries the stored spec's own error past the reader's catch-all."""
+
+
+def _stored_plan(path: Path, metadata: Mapping[str, str]):
+    """``(plan, spec)`` of the spec a neutral file stores, or ``(None, None)``; a ValueError naming the
+    file if the version is newer, the spec invalid, or its network above ``resnet_multi.limits``."""
+    from .limits import LimitError
+    from .spec import ResNetSpec
+
     version = metadata.get(FORMAT_KEY)
     if version is not None and version != FORMAT_VERSION:
         raise ValueError(f"{path}: neutral format version {version!r}; this resnet_multi reads version "
                          f"{FORMAT_VERSION!r} (upgrade resnet_multi)")
-    spec = None
-    if SPEC_KEY in metadata:
-        try:
-            spec = ResNetSpec.from_dict(json.loads(metadata[SPEC_KEY]))
-        except ValueError as exc:  # json.JSONDecodeError and SpecError are ValueErrors
-            # A plain ValueError: the file is bad, not the caller's arguments.
-            raise ValueError(f"{path}: invalid spec in the metadata ({exc})") from None
-    if spec is not None:
-        return check_weights(make_plan(spec), weights, source=str(path)), spec
-    return _canonical_arrays(weights, str(path)), None
+    if SPEC_KEY not in metadata:
+        return None, None
+    try:
+        spec = ResNetSpec.from_dict(json.loads(metadata[SPEC_KEY]))
+    except ValueError as exc:  # json.JSONDecodeError and SpecError are ValueErrors
+        # A plain ValueError: the file is bad, not the caller's arguments.
+        raise ValueError(f"{path}: invalid spec in the metadata ({exc})") from None
+    try:
+        return make_plan(spec), spec
+    except LimitError as exc:
+        raise LimitError(f"{path}: the spec stored in the file: {exc}") from None

@@ -69,3 +69,36 @@ def test_ghost_block_settings_are_checked_too():
     data["stages"][3]["blocks"][0]["se_ratio"] = 1e-45
     with pytest.raises(rm.SpecError, match=r"stages\[3\]\.blocks\[0\]\.se_ratio: must be a finite number"):
         rm.ResNetSpec.from_dict(data)
+
+
+def test_a_files_stored_spec_is_sized_before_any_tensor_is_read(tmp_path):
+    """A safetensors file whose stored spec says depth 1e9 (and whose one tensor is 400 MB): refused by
+    ``load_weights``, ``inspect`` and ``convert`` quickly, naming the file, before the tensor is read."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    data = rm.get_spec("resnet18").to_dict()
+    data["stages"][0]["depth"] = 10 ** 9
+    path = tmp_path / "absurd.safetensors"
+    save_file({"fc.weight": np.zeros((10 ** 8,), np.float32)}, str(path),
+              metadata={"resnet_multi.format": "1", "resnet_multi.spec": json.dumps(data)})
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(rm.LimitError, match=rf"^{re.escape(str(path))}: the spec stored in the file: .*max_blocks"):
+            rm.load_weights(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 5 and peak < 50e6, f"{peak / 1e6:.0f} MB"
+    for argv in (["inspect", str(path)], ["convert", str(path), str(tmp_path / "out.safetensors")]):
+        run = subprocess.run([sys.executable, "-m", "resnet_multi.cli", *argv], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 1 and run.stderr.startswith(f"resnet-multi {argv[0]}: error: {path}: the spec"), \
+            run.stderr
