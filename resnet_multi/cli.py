@@ -115,7 +115,7 @@ _TRAIN_ONLY = ("steps", "optimizer", "lr", "momentum", "weight_decay")
 
 def _training_report(args, spec, backends):
     """``parity --train``: check_training with the optimizer the options describe."""
-    from .training import DEFAULT_SETTINGS, OptimizerError, check_training, optimizer_spec
+    from .training import DEFAULT_SETTINGS, IllConditionedError, OptimizerError, check_training, optimizer_spec
 
     for option in ("atol", "all_taps"):
         if getattr(args, option) not in (None, False):
@@ -138,8 +138,8 @@ def _training_report(args, spec, backends):
         return check_training(spec, backends=backends, steps=args.steps or 3, optimizer=optimizer,
                               dtype=args.dtype or "float64", weights=args.weights, input_shape=args.input,
                               seed=args.seed, rtol=args.rtol, reference=reference)
-    except OptimizerError as exc:  # out of range, or a value a framework would round: a bad argument
-        raise UsageError(str(exc)) from None
+    except (OptimizerError, IllConditionedError) as exc:  # a bad argument: a value a framework would round,
+        raise UsageError(str(exc)) from None  # or an --input too small to train on
 
 
 def _cmd_parity(args) -> int:

@@ -32,7 +32,7 @@ from . import api
 from .parity import resolve_spec_and_weights
 from .plan import Dropout, Plan, make_plan
 from .registry import Backend, BackendError, backend_names, backend_of, get_backend
-from .reports.tolerances import FLOOR, TRAINING_RTOL
+from .reports.tolerances import FLOOR, MIN_BN_VALUES, TRAINING_RTOL
 # the report and its records: their old home is this module
 from .reports.training import LOSS, PHASES, TrainingDivergence, TrainingRecord, TrainingReport  # noqa: F401
 from .weights import check_weights, random_weights
@@ -42,6 +42,29 @@ from .weights import check_weights, random_weights
 
 class OptimizerError(ValueError):
     """An optimizer setting out of range, unknown, or one a framework cannot represent exactly."""
+
+
+class IllConditionedError(ValueError):
+    """An input that leaves a train-mode BatchNorm too few values per channel to compare trainings
+    (``MIN_BN_VALUES``): the error names the layer, its values per channel and what to change."""
+
+
+def _check_batchnorm_values(plan: Plan, shape: tuple[int, ...]) -> None:
+    """Refuse ``shape`` if a train-mode BatchNorm would normalize over fewer than ``MIN_BN_VALUES``
+    values per channel: the smallest feature map of the network (batch x height x width), where its
+    last BatchNorms run."""
+    from .ir.shapes import trace
+
+    if not any(info.role == "bn_var" for info in plan.params.values()):
+        return
+    maps = {tap: s for tap, (s, _) in trace(plan, shape).items() if len(s) == 4}
+    tap = min(maps, key=lambda t: maps[t][0] * maps[t][2] * maps[t][3])
+    n, _, h, w = maps[tap]
+    if n * h * w < MIN_BN_VALUES:
+        raise IllConditionedError(
+            f"input shape {tuple(shape)}: the BatchNorms at {tap} ({h}x{w}) normalize over {n * h * w} value(s) "
+            f"per channel (batch {n} x {h}x{w}); below {MIN_BN_VALUES} a training is ill-conditioned (gradients "
+            "of the order of eps), so backends cannot be compared. Use a larger batch or input.")
 
 
 def _number(owner: str, name: str, value, *, low: float, high: float = math.inf, low_open: bool = False,
@@ -210,6 +233,13 @@ def _compare(step: int, phase: str, backend: str, names: Sequence[str], outs: Ma
 
     sizes = {n: size(a) for n, a in refs64.items()}
     floor = FLOOR * max(sizes.values(), default=0.0)
+    # the scale of each tensor's module (a conv's weight and bias, a BN's weight and bias, its running
+    # mean and variance): a tensor that is zero in exact arithmetic (the gradient of a conv bias before
+    # a train-mode BN) holds the rounding noise of its module's sums, not of its own size
+    module_sizes: dict[str, float] = {}
+    for n, value in sizes.items():
+        module = n.rpartition(".")[0]
+        module_sizes[module] = max(module_sizes.get(module, 0.0), value)
     records = []
     for n in names:
         ref = refs64.get(n)
@@ -233,7 +263,7 @@ def _compare(step: int, phase: str, backend: str, names: Sequence[str], outs: Ma
             records.append(failed(f"shape {out.shape} != reference {ref.shape}"))
             continue
         max_abs = size(out - ref)  # nan if out has nan
-        scale = max(sizes[n], floor)
+        scale = max(sizes[n], module_sizes[n.rpartition(".")[0]], floor)
         rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
         records.append(TrainingRecord(step, phase, backend, n, shape, max_abs, sizes[n], rel, rtol,
                                       bool(rel <= rtol)))
@@ -348,6 +378,9 @@ def check_training(spec, backends: Iterable[str] = backend_names(), steps: int =
         input_shape, seed: of the default batch, weights and labels.
         rtol: the relative bound (default 1e-9 in float64, inf in float32).
         reference: the backend compared against (default the first of ``backends``).
+    Raises:
+        IllConditionedError: the input leaves a train-mode BatchNorm fewer than ``MIN_BN_VALUES``
+            values per channel (a ValueError).
     Returns:
         TrainingReport: ``.ok``, ``.first_divergence`` (step, phase, backend, tensor, rel),
         ``.losses``, ``.records``, ``.to_dict()``, ``print(report)``.
@@ -406,6 +439,7 @@ def check_training(spec, backends: Iterable[str] = backend_names(), steps: int =
     plan.check_input_shape(x.shape, what="inputs")
     if x.shape[0] < 2:
         raise ValueError(f"inputs: train-mode BatchNorm needs a batch of at least 2, got shape {x.shape}")
+    _check_batchnorm_values(plan, x.shape)
     x = np.ascontiguousarray(x, dtype=dtype)
     y = _labels(plan, labels, x.shape[0], seed)
     weights = random_weights(plan, seed) if weights is None else check_weights(plan, weights)
