@@ -308,7 +308,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "spec and environment")
     t = p.add_argument_group(
         "training parity (--train)",
-        "Train every backend from the same weights, batch (default 4,C,33,47) and labels for a few steps "
+        "Train every backend from the same weights, batch (default 4,C,33,47; 8,C,33,47 where a BatchNorm would "
+        "otherwise see fewer than 8 values per channel, as in the DenseNets) and labels for a few steps "
         "(train mode, cross-entropy, each framework's own optimizer) and compare, per step, every BN running "
         "statistic, the loss, every gradient and every parameter after the update with the reference backend "
         "(--reference, default the first of --backends).")

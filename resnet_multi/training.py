@@ -49,17 +49,38 @@ class IllConditionedError(ValueError):
     (``MIN_BN_VALUES``): the error names the layer, its values per channel and what to change."""
 
 
+def _smallest_map(plan: Plan, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]] | None:
+    """(tap, NCHW shape) of the network's smallest feature map at ``shape``, where its last BatchNorms
+    run; None without BatchNorm."""
+    from .ir.shapes import trace
+
+    if not any(info.role == "bn_var" for info in plan.params.values()):
+        return None
+    maps = {tap: s for tap, (s, _) in trace(plan, shape).items() if len(s) == 4}
+    tap = min(maps, key=lambda t: maps[t][0] * maps[t][2] * maps[t][3])
+    return tap, maps[tap]
+
+
+def default_training_shape(plan: Plan) -> tuple[int, int, int, int]:
+    """check_training's default batch: ``DEFAULT_BATCH`` inputs of ``DEFAULT_INPUT_HW``, more inputs where
+    a BatchNorm would otherwise see fewer than ``MIN_BN_VALUES`` values per channel (8 for the DenseNets,
+    whose last maps are 1x1)."""
+    shape = (DEFAULT_BATCH, plan.in_channels, *DEFAULT_INPUT_HW)
+    smallest = _smallest_map(plan, shape)
+    if smallest is not None:
+        _, (_, _, h, w) = smallest
+        shape = (max(DEFAULT_BATCH, -(-MIN_BN_VALUES // (h * w))), *shape[1:])
+    return shape
+
+
 def _check_batchnorm_values(plan: Plan, shape: tuple[int, ...]) -> None:
     """Refuse ``shape`` if a train-mode BatchNorm would normalize over fewer than ``MIN_BN_VALUES``
     values per channel: the smallest feature map of the network (batch x height x width), where its
     last BatchNorms run."""
-    from .ir.shapes import trace
-
-    if not any(info.role == "bn_var" for info in plan.params.values()):
+    smallest = _smallest_map(plan, shape)
+    if smallest is None:
         return
-    maps = {tap: s for tap, (s, _) in trace(plan, shape).items() if len(s) == 4}
-    tap = min(maps, key=lambda t: maps[t][0] * maps[t][2] * maps[t][3])
-    n, _, h, w = maps[tap]
+    tap, (n, _, h, w) = smallest
     if n * h * w < MIN_BN_VALUES:
         raise IllConditionedError(
             f"input shape {tuple(shape)}: the BatchNorms at {tap} ({h}x{w}) normalize over {n * h * w} value(s) "
@@ -373,7 +394,9 @@ def check_training(spec, backends: Iterable[str] = backend_names(), steps: int =
             a process-wide switch this function does not flip: call it inside
             ``with jax.enable_x64(True):`` (or after ``jax.config.update("jax_enable_x64", True)``).
         weights: canonical weights (dict) or a checkpoint file; default ``random_weights(plan, seed)``.
-        inputs: the NCHW batch; default standard normal of ``input_shape`` (default (4, C, 33, 47)).
+        inputs: the NCHW batch; default standard normal of ``input_shape`` (default (4, C, 33, 47), or
+            a larger batch where a BatchNorm would see fewer than ``MIN_BN_VALUES`` values per channel:
+            ``default_training_shape``).
         labels: integer class per input; default random from ``seed``.
         input_shape, seed: of the default batch, weights and labels.
         rtol: the relative bound (default 1e-9 in float64, inf in float32).
@@ -426,8 +449,7 @@ def check_training(spec, backends: Iterable[str] = backend_names(), steps: int =
         get_backend(name)  # unknown or uninstalled: fail before any work
 
     if inputs is None:
-        shape = tuple(input_shape) if input_shape is not None else (DEFAULT_BATCH, plan.in_channels,
-                                                                    *DEFAULT_INPUT_HW)
+        shape = tuple(input_shape) if input_shape is not None else default_training_shape(plan)
         plan.check_input_shape(shape, what="input_shape")
         inputs = np.random.default_rng((seed, 1)).standard_normal(shape)
     elif input_shape is not None and tuple(np.shape(inputs)) != tuple(input_shape):

@@ -323,8 +323,13 @@ def test_a_mathematically_zero_gradient_is_judged_by_its_modules_scale():
     assert [r.tensor for r in records if not r.ok] == ["layer1.0.conv1.bias"]
 
 
+def test_the_default_batch_gives_every_batchnorm_8_values_per_channel():
+    assert T.default_training_shape(rm.make_plan(rm.get_spec("resnet18"))) == (4, 3, 33, 47)  # 2x2 at the end
+    assert T.default_training_shape(rm.make_plan(rm.get_spec("densenet121"))) == (8, 3, 33, 47)  # 1x1
+
+
 @pytest.mark.parametrize("preset, input_shape", [
-    ("d2l_resnet18", None), ("d2l_densenet", None),  # the CLI's defaults: (4, 1, 33, 47)
+    ("d2l_resnet18", None), ("d2l_densenet", None),  # the CLI's defaults: (4, 1, 33, 47), (8, 1, 33, 47)
     ("d2l_resnet18", (8, 1, 32, 32)), ("d2l_densenet", (2, 1, 64, 64)),  # 8 values per channel at the end
 ])
 def test_small_presets_pass_training_parity_in_float64(preset, input_shape):
@@ -337,11 +342,13 @@ def test_small_presets_pass_training_parity_in_float64(preset, input_shape):
 
 @pytest.mark.parametrize("preset, input_shape, where", [
     ("d2l_resnet18", (2, 1, 32, 32), "layer4"), ("d2l_densenet", (2, 1, 33, 47), "features.transition3"),
+    ("densenet121", (4, 3, 33, 47), "features.transition3"),  # 4 values: parts by 1.1e-9 to 2e-7 from step 1
 ])
 def test_an_input_too_small_for_batchnorm_is_refused_with_the_reason(preset, input_shape, where, capsys):
     """2 values per channel: the training itself is ill-conditioned (the loss of d2l_resnet18 grows to
     3.5e10), so the check says so instead of blaming a backend; the CLI calls it a bad argument (2)."""
-    with pytest.raises(T.IllConditionedError, match=rf"BatchNorms at {where}.* normalize over 2 value"):
+    values = input_shape[0]  # the last maps are 1x1
+    with pytest.raises(T.IllConditionedError, match=rf"BatchNorms at {where}.* normalize over {values} value"):
         rm.check_training(preset, backends=("torch", "paddle"), input_shape=input_shape)
     from resnet_multi.cli import main
 
