@@ -1,6 +1,16 @@
-"""The ``resnet-multi`` command: list | summary | convert | inspect | parity.
+"""The ``resnet-multi`` command: list | spec | summary | convert | inspect | parity.
 
-Exit codes: 0 success, 1 a failed check or unreadable/invalid file, 2 bad arguments.
+Exit codes, one rule for every command:
+
+- 0: success.
+- 1: the command ran and failed: a check did not pass, or a checkpoint (or report) could not be
+  read or written (missing, corrupt, mismatched, disk full).
+- 2: the command could not start: the arguments are wrong (an unknown option, preset or backend,
+  a value out of range, an ``--input`` that does not fit the spec) or the spec they name is
+  missing or invalid. Found before any work is done.
+- 130: interrupted (Ctrl-C).
+
+Every error is one line on stderr, ``resnet-multi COMMAND: error: ...``.
 """
 
 from __future__ import annotations
@@ -27,6 +37,30 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _spec_argument(text: str):
+    """The spec a command line names (preset or spec file); a missing file is a bad argument (exit 2)."""
+    from .zoo import resolve_spec
+
+    try:
+        return resolve_spec(text)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_spec(args) -> int:
+    import yaml
+
+    spec = _spec_argument(args.spec)
+    if args.output:
+        from .spec import save_spec
+
+        save_spec(spec, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return 0
+
+
 def _cmd_list(args) -> int:
     from .zoo import get_spec, list_specs
 
@@ -40,9 +74,8 @@ def _cmd_list(args) -> int:
 
 def _cmd_summary(args) -> int:
     from .summary import summary
-    from .zoo import resolve_spec
 
-    spec = resolve_spec(args.spec)
+    spec = _spec_argument(args.spec)
     shape = args.input or (1, spec.in_channels, 224, 224)
     try:
         table = summary(spec, input_shape=shape)
@@ -95,8 +128,9 @@ def _warnings_as_messages(command: str):
 def _cmd_convert(args) -> int:
     from .convert import convert
 
+    spec = _spec_argument(args.spec) if args.spec is not None else None
     with _warnings_as_messages("convert"):
-        convert(args.src, args.dst, spec=args.spec, dtype=args.dtype, force=args.force)
+        convert(args.src, args.dst, spec=spec, dtype=args.dtype, force=args.force)
     print(f"wrote {args.dst}", file=sys.stderr)
     return 0
 
@@ -145,9 +179,8 @@ def _training_report(args, spec, backends):
 def _cmd_parity(args) -> int:
     from .parity import check_parity
     from .plan import make_plan
-    from .zoo import resolve_spec
 
-    spec = resolve_spec(args.spec)
+    spec = _spec_argument(args.spec)
     if args.input is not None:
         try:
             make_plan(spec).check_input_shape(args.input, what="--input")
@@ -219,6 +252,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _tolerance(text: str) -> float:
     try:
         value = float(text)
@@ -249,6 +292,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the preset specs")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*'")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("spec", help="print a preset's (or a spec file's) spec as YAML, to start a variant from",
+                       description="Print the spec as YAML that rm.load_spec reads back equal; -o writes it to a "
+                                   "file instead (.yaml/.yml or .json, by its suffix).")
+    p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
+    p.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(func=_cmd_spec)
 
     p = sub.add_parser("summary", help="output shapes, parameters and MACs of a spec (no framework needed)")
     p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
@@ -291,7 +341,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="checkpoint to use, any supported format (default: random, randomized BN stats)")
     p.add_argument("--input", type=_shape, default=None,
                    help="input shape N,C,H,W (default 1,C,33,47: odd and non-square)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the default weights and input")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the default weights and input (an integer >= 0)")
     p.add_argument("--rtol", type=_tolerance, default=None,
                    help=f"relative to max |reference| per tap (default by --dtype: {_bounds_text(0)}); with --train "
                         f"per tensor (default {short_number(TRAINING_RTOL)} in float64; none in float32, where errors "

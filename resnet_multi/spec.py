@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -565,7 +566,13 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
 
 
 def _read_mapping(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a spec file is JSON or "
+                        "YAML text") from None
+    if not text.strip():
+        raise SpecError(f"{path}: the file is empty; a spec file holds a mapping (name, stages, ...)")
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
@@ -590,12 +597,20 @@ def load_spec(path: str | os.PathLike) -> ResNetSpec:
         >>> spec = rm.load_spec("my_net.yaml")
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"spec file not found: {path}")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"spec file not found: {path}") from None
+    except OSError as exc:  # a symlink loop, no permission on a directory on the way
+        raise SpecError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError(f"{path}: is a directory, not a spec file" if stat.S_ISDIR(info.st_mode)
+                        else f"{path}: not a regular file")
     try:
         return ResNetSpec.from_dict(_read_mapping(path))
     except SpecError as exc:
-        raise SpecError(f"{path}: {exc}") from None
+        message = str(exc.args[0] if exc.args else exc)
+        raise SpecError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
 
 
 def save_spec(spec: ResNetSpec, path: str | os.PathLike) -> None:
