@@ -66,9 +66,10 @@ def _cmd_list(args) -> int:
 
     for name in list_specs(args.pattern):
         spec = get_spec(name)
-        depths = "-".join(str(s.depth) for s in spec.stages)
+        depths = "-".join(str(s.depth if s.blocks is None else len(s.blocks)) for s in spec.stages)
         head = f"{spec.head.num_classes} classes" if spec.head else "no head"
-        print(f"{name:<18} {spec.block.kind:<11} depths {depths:<12} in_channels {spec.in_channels}  {head}")
+        print(f"{name:<18} {spec.block.kind:<11} depths {depths:<12} in_channels {spec.in_channels}  {head}".replace(
+            f"depths {depths} in_channels", f"depths {depths}  in_channels"))  # a long depths column stays apart
     return 0
 
 
@@ -208,6 +209,7 @@ def _cmd_parity(args) -> int:
             from .io_util import atomic_write_text
 
             atomic_write_text(args.json, text)
+            print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:  # written for failing reports too: that is when a picture is wanted
         report.plot(args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

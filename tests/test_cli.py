@@ -96,3 +96,36 @@ def test_a_negative_seed_names_the_option(capsys):
         main(["parity", "resnet18", "--seed", "-1"])
     assert info.value.code == 2
     assert "argument --seed: expected an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
+def test_list_shows_ghostnet_depths(capsys):
+    assert main(["list", "ghostnet_100"]) == 0
+    assert "depths 1-1-1-1-1-1-5-1-4  in_channels 3" in capsys.readouterr().out
+
+
+def test_summary_columns_never_run_together_and_small_nets_are_not_zero(capsys):
+    import re
+
+    import resnet_multi as rm
+
+    with rm.limits(max_activation_bytes=10 ** 16, max_macs=10 ** 17):
+        assert main(["summary", "resnet152", "--input", "512,3,4096,4096"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    total = table[-2]
+    assert re.fullmatch(r"total\s+[\d,]+\s{2,}[\d,]+", total), total  # at least two spaces between the numbers
+    tiny = rm.get_spec("resnet18").replace(name="tiny", stages=(rm.StageSpec(1, 4),), stem=rm.StemSpec(widths=(4,)),
+                                           head=rm.HeadSpec(num_classes=3))
+    assert str(rm.summary(tiny, input_shape=(1, 3, 32, 32))).splitlines()[-1].startswith("915 parameters (+24 BN buffer values), 0.17 M")
+    assert main(["summary", "resnet18", "--input", "1,3,32,32"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(", 37.52 M multiply-accumulates")
+
+
+def test_parity_json_file_says_wrote(tmp_path, capsys):
+    import resnet_multi as rm
+
+    spec_file = tmp_path / "tiny.yaml"
+    rm.save_spec(rm.get_spec("resnet18").replace(name="tiny", stages=(rm.StageSpec(1, 4),), stem=rm.StemSpec(widths=(4,)),
+                                                 head=rm.HeadSpec(num_classes=3)), spec_file)
+    out = tmp_path / "report.json"
+    assert main(["parity", str(spec_file), "--backends", "torch", "--json", str(out)]) == 0
+    assert f"wrote {out}\n" in capsys.readouterr().err and out.exists()
