@@ -582,8 +582,11 @@ def _read_mapping(path: Path) -> dict:
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({exc})") from None
+    except yaml.YAMLError as exc:  # one line: PyYAML's own message quotes the text under a caret
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = " ".join(str(problem or exc).split())
+        raise SpecError(f"{path}: not valid YAML ({reason}{where})") from None
 
 
 def load_spec(path: str | os.PathLike) -> ResNetSpec:

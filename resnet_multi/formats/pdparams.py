@@ -216,8 +216,8 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
             obj = unpickler.load()
             unpickler.check_filled()
     except Exception as exc:  # truncated/corrupt pickles raise many types (EOFError, KeyError, ...)
-        raise ValueError(f"{path}: not a readable Paddle .pdparams file "
-                         f"({type(exc).__name__}: {exc})") from None
+        reason = " ".join(str(exc).split())  # one line: some pickle errors span two
+        raise ValueError(f"{path}: not a readable Paddle .pdparams file ({type(exc).__name__}: {reason})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a Paddle state_dict (expected a dict of arrays, found {type(obj).__name__})")
     obj = dict(obj)
