@@ -115,7 +115,8 @@ def test_summary_columns_never_run_together_and_small_nets_are_not_zero(capsys):
     assert re.fullmatch(r"total\s+[\d,]+\s{2,}[\d,]+", total), total  # at least two spaces between the numbers
     tiny = rm.get_spec("resnet18").replace(name="tiny", stages=(rm.StageSpec(1, 4),), stem=rm.StemSpec(widths=(4,)),
                                            head=rm.HeadSpec(num_classes=3))
-    assert str(rm.summary(tiny, input_shape=(1, 3, 32, 32))).splitlines()[-1].startswith("915 parameters (+24 BN buffer values), 0.17 M")
+    last = str(rm.summary(tiny, input_shape=(1, 3, 32, 32))).splitlines()[-1]
+    assert last.startswith("915 parameters (+24 BN buffer values), 0.17 M")
     assert main(["summary", "resnet18", "--input", "1,3,32,32"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith(", 37.52 M multiply-accumulates")
 
@@ -124,8 +125,9 @@ def test_parity_json_file_says_wrote(tmp_path, capsys):
     import resnet_multi as rm
 
     spec_file = tmp_path / "tiny.yaml"
-    rm.save_spec(rm.get_spec("resnet18").replace(name="tiny", stages=(rm.StageSpec(1, 4),), stem=rm.StemSpec(widths=(4,)),
-                                                 head=rm.HeadSpec(num_classes=3)), spec_file)
+    tiny = rm.get_spec("resnet18").replace(name="tiny", stages=(rm.StageSpec(1, 4),), stem=rm.StemSpec(widths=(4,)),
+                                           head=rm.HeadSpec(num_classes=3))
+    rm.save_spec(tiny, spec_file)
     out = tmp_path / "report.json"
     assert main(["parity", str(spec_file), "--backends", "torch", "--json", str(out)]) == 0
     assert f"wrote {out}\n" in capsys.readouterr().err and out.exists()

@@ -78,7 +78,7 @@ def test_exported_artifact_matches_the_model(backend, spec, tmp_path):
         expected = expected if isinstance(expected, list) else [expected]
         actual = RUNNERS[main.suffix](main, x)
         assert len(actual) == len(expected)
-        for i, (a, e) in enumerate(zip(actual, expected)):
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_close(a, e, f"{backend} {spec.name} output {i} batch {batch}")
 
 

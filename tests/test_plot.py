@@ -329,8 +329,8 @@ def test_diagram_of_every_preset(tmp_path, spec_name):
     spec = rm.get_spec(spec_name)
     path = rm.diagram(spec, tmp_path / f"{spec_name}.svg", input_shape=(1, spec.in_channels, 64, 96))
     width, height = image_size(path)
-    # one page, resnet18 through resnet152; GhostNet's 10 stages of different blocks, and its blocks' lines (a ghost block's convs and its dw + conv
-    # projection) ~850 px wide: the box is as wide as its text, which once overran it; its blocks of
+    # one page, resnet18 through resnet152; GhostNet's 10 stages of different blocks, and its blocks'
+    # lines (a ghost block's convs and its dw + conv projection) ~850 px wide: the box is as wide as its text, which once overran it; its blocks of
     # different widths are a box each, and its neck is drawn, ~1440 px high (issue 19)
     assert 600 <= width <= 870 and 400 <= height <= 1450
     text = svg_texts(path)
