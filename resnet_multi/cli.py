@@ -107,6 +107,7 @@ def _warnings_as_messages(command: str):
     """Print the library's warnings about the weights (lossy cast, NaN/Inf) as one line each,
     ``resnet-multi COMMAND: warning: ...`` on stderr, also when the command then fails; other
     warnings (from the frameworks) are shown as Python shows them."""
+    from .convert import PrefixWarning
     from .weights import NonFiniteWarning, PrecisionWarning
 
     caught: list = []
@@ -114,13 +115,14 @@ def _warnings_as_messages(command: str):
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always", PrecisionWarning)
             warnings.simplefilter("always", NonFiniteWarning)
+            warnings.simplefilter("always", PrefixWarning)
             try:
                 yield
             finally:
                 caught = list(records)
     finally:  # shown after catch_warnings has restored showwarning (inside, it appends to records)
         for w in caught:
-            if issubclass(w.category, (PrecisionWarning, NonFiniteWarning)):
+            if issubclass(w.category, (PrecisionWarning, NonFiniteWarning, PrefixWarning)):
                 print(f"resnet-multi {command}: warning: {w.message}", file=sys.stderr)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -131,7 +133,7 @@ def _cmd_convert(args) -> int:
 
     spec = _spec_argument(args.spec) if args.spec is not None else None
     with _warnings_as_messages("convert"):
-        convert(args.src, args.dst, spec=spec, dtype=args.dtype, force=args.force)
+        convert(args.src, args.dst, spec=spec, dtype=args.dtype, force=args.force, prefix=args.prefix)
     print(f"wrote {args.dst}", file=sys.stderr)
     return 0
 
@@ -140,7 +142,7 @@ def _cmd_inspect(args) -> int:
     from .convert import inspect_file
 
     with _warnings_as_messages("inspect"):
-        report = inspect_file(args.file)
+        report = inspect_file(args.file, prefix=args.prefix)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return 0
 
@@ -320,12 +322,15 @@ def make_parser() -> argparse.ArgumentParser:
                    help="cast every tensor to this dtype (default: keep each tensor's dtype); widening is "
                         "exact, a cast that changes values warns with the largest relative change")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--prefix", default=None, help="read only the tensors under this prefix, e.g. 'backbone.' (default: "
+                                                  "found when the names match no preset as they are)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("inspect", help="format, tensor count, size, dtypes (per tensor group), NaN/Inf tensors "
                                        "and matching preset of a checkpoint")
     p.add_argument("file", type=_checkpoint, help="checkpoint (.pth/.pt, .pdparams, .msgpack, .safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--prefix", default=None, help="inspect only the tensors under this prefix, e.g. 'backbone.'")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("parity", help="check that backends compute the same function, tap by tap",

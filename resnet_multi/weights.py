@@ -371,18 +371,22 @@ def save_weights(path, weights: Mapping[str, object], spec=None, *, force: bool 
 
 
 def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
-    """Read a neutral ``.safetensors`` file: canonical weights and the spec stored with them.
+    """Read canonical weights from a checkpoint of any supported format, with the spec it stores.
 
-    Any safetensors file of canonical names is read (e.g. a timm ``model.safetensors``); the spec
-    is None when the file has none. When it has one, the weights are checked against it.
+    A neutral ``.safetensors`` file: any safetensors file of canonical names is read (e.g. a timm
+    ``model.safetensors``); the spec is None when the file has none. When it has one, the weights
+    are checked against it. Any other format (``.pt``/``.pth``, ``.pdparams``, ``.msgpack``) is read
+    by its backend's reader and translated to canonical names and layouts (``convert.read_canonical``;
+    its framework must be installed); the spec is None (infer it with ``rm.infer_spec``).
 
     Returns:
         ``(weights, spec)``: ``{name: np.ndarray}`` (dtypes as stored; in the plan's order when
         the file has a spec) and a ResNetSpec or None.
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a safetensors file, truncated, written by a newer format version, or an
-            invalid spec in the metadata (the message names the file).
+        ValueError: not a readable file of its format (unknown suffix, truncated, corrupt), written by a newer format
+            version, or an invalid spec in the metadata (the message names the file; CheckpointError for
+            the other formats).
         WeightsError: the tensors do not fit the stored spec.
     Example:
         >>> weights, spec = rm.load_weights("r50.safetensors")
@@ -390,6 +394,10 @@ def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.suffix.lower() != NEUTRAL_SUFFIX:  # another format: its backend's reader
+        from .convert import read_canonical
+
+        return read_canonical(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
