@@ -606,3 +606,16 @@ def test_nested_atomic_path_is_the_same_write(tmp_path):
     with atomic.atomic_path(tmp_path / "plain.bin") as tmp:
         assert tmp != tmp_path / "plain.bin"
         tmp.write_bytes(b"x")
+
+
+@pytest.mark.parametrize("key", pdparams.WRAPPER_KEYS)
+def test_pdparams_reads_a_state_dict_wrapped_by_a_training_script(tmp_path, key):
+    """paddle.save({'model': model.state_dict(), 'epoch': 3, 'optimizer': {...}}): read as torch's are."""
+    state = {"conv1.weight": np.ones((2, 1, 3, 3), np.float32), "bn1._mean": np.zeros(2, np.float32)}
+    path = tmp_path / "wrapped.pdparams"
+    path.write_bytes(pickle.dumps({key: state, "epoch": 3, "optimizer": {"lr": 0.1}}, protocol=4))
+    got = pdparams.read(path)
+    assert list(got) == list(state) and all(np.array_equal(got[n], state[n]) for n in state)
+    path.write_bytes(pickle.dumps({"epoch": 3, "weights": state}, protocol=4))  # not a known wrapper: refused
+    with pytest.raises(ValueError, match="entries are not named arrays"):
+        pdparams.read(path)

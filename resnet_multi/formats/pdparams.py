@@ -187,10 +187,32 @@ class SafeUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"{empty} array(s) made but never filled from the file's bytes")
 
 
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "module")
+"""Keys a training script saves its state_dict under (``paddle.save({'model': sd, 'epoch': 3})``),
+read as torch checkpoints are: the first of them that holds a dict of arrays is the state_dict."""
+
+
+def _unwrapped(obj: dict) -> dict:
+    """The state_dict of ``obj``: ``obj`` itself, or the dict of arrays under a ``WRAPPER_KEYS`` key when
+    ``obj`` holds no arrays of its own (the wrapper's other entries, an epoch or an optimizer, are left)."""
+    def arrays(value):
+        return isinstance(value, np.ndarray) or (isinstance(value, tuple) and len(value) == 2
+                                                and isinstance(value[1], np.ndarray))
+
+    if any(arrays(value) for value in obj.values()):
+        return dict(obj)
+    for key in WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and any(arrays(value) for value in inner.values()):
+            return dict(inner)
+    return dict(obj)
+
+
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of a ``paddle.save``d state_dict, under Paddle's names, in the file's order.
 
-    What ``paddle.load(path, return_numpy=True)`` gives for a state_dict, without Paddle: the name
+    What ``paddle.load(path, return_numpy=True)`` gives for a state_dict, without Paddle (or the
+    state_dict a training script wrapped: ``{'model': state_dict, 'epoch': 3}``, ``WRAPPER_KEYS``): the name
     table dropped, ``(name, array)`` tuples unwrapped, sliced big tensors joined, and uint16
     arrays (Paddle's bfloat16) as ``ml_dtypes.bfloat16`` arrays, bit for bit. No code from the
     file runs (module doc).
@@ -220,7 +242,7 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a readable Paddle .pdparams file ({type(exc).__name__}: {reason})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a Paddle state_dict (expected a dict of arrays, found {type(obj).__name__})")
-    obj = dict(obj)
+    obj = _unwrapped(obj)
     obj.pop(NAME_TABLE, None)
     slices = obj.pop(BIG_PARAM_INFO, None)
     try:
