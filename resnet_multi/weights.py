@@ -108,7 +108,8 @@ def cast_weights(weights: Mapping[str, np.ndarray], dtype, *, source: str = "wei
         if array.dtype == target:
             out[name] = array
             continue
-        cast = array.astype(target)
+        with np.errstate(over="ignore"):  # an overflow to inf is reported below, in the PrecisionWarning
+            cast = array.astype(target)
         out[name] = cast
         if (array.dtype.name, target.name) in _EXACT_CASTS:
             continue
