@@ -83,6 +83,7 @@ class FakeTrainingReport:
     losses: dict
     records: tuple
     first_divergence: object
+    spec_name: str = "resnet18"
 
 
 PHASE_TENSORS = {"loss": ("loss",), "gradient": ("conv1.weight", "layer1.0.conv2.weight", "fc.weight"),
@@ -618,3 +619,17 @@ def test_diagram_groups_only_blocks_that_differ_in_input_width():
     _, rows, _ = _diagram_rows(rm.get_spec("densenet121"), (1, 3, 224, 224))
     assert [row.title for row in rows if row.varying] == [f"denselayer1 \u2026 denselayer{n}  \u00d7{n}"
                                                            for n in (6, 12, 24, 16)]
+
+
+def test_plot_titles_name_the_model_and_fit_the_figure():
+    """The training plot's title names the model; a failing parity plot's long verdict is wrapped inside
+    the figure, not cut off at its right edge."""
+    from resnet_multi.reports.plots import parity_figure, training_figure
+
+    fig = training_figure(synthetic_training(fail=True))
+    assert fig._suptitle.get_text().startswith("training check of resnet18: torch, paddle, flax, 3 steps")
+    fig = parity_figure(synthetic_parity("resnet152", bad_from="layer1.0", backends=("torch", "paddle", "flax")))
+    fig.canvas.draw()
+    title = fig.axes[0].title if fig.axes[0].title.get_text() else fig.axes[0]._left_title
+    extent = title.get_window_extent(fig.canvas.get_renderer())
+    assert "FAIL" in title.get_text() and extent.x1 <= fig.bbox.x1, (extent.x1, fig.bbox.x1)
