@@ -446,13 +446,48 @@ def _check_stage(i: int, stage: StageSpec) -> None:
 
 
 def validate_spec(spec: ResNetSpec) -> None:
-    """Raise SpecError naming the first invalid field: the common fields here, the block kind's
-    own settings in its family's ``validate`` (``resnet_multi.families``)."""
-    check(isinstance(spec.name, str) and spec.name != "", "name", "must be a non-empty string", spec.name)
-    check_positive_int(spec.in_channels, "in_channels")
-    check(isinstance(spec.conv_bias, bool), "conv_bias", "must be true or false", spec.conv_bias)
+    """Raise SpecError naming every invalid field (``"a: ...; b: ..."``): the common fields here, the
+    block kind's own settings in its family's ``validate`` (``resnet_multi.families``). Independent
+    sections are all checked; one whose checks depend on another (the family's, on the stages) only
+    when that one is valid."""
+    errors: list[str] = []
 
-    stem = spec.stem
+    def section(checks) -> bool:
+        try:
+            checks()
+        except SpecError as exc:
+            errors.append(str(exc.args[0] if exc.args else exc))
+            return False
+        return True
+
+    section(lambda: check(isinstance(spec.name, str) and spec.name != "", "name", "must be a non-empty string",
+                          spec.name))
+    section(lambda: check_positive_int(spec.in_channels, "in_channels"))
+    section(lambda: check(isinstance(spec.conv_bias, bool), "conv_bias", "must be true or false", spec.conv_bias))
+    section(lambda: _check_stem(spec.stem))
+    families: list = []
+    block_ok = section(lambda: (check(isinstance(spec.block, BlockSpec), "block", "must be a block spec", spec.block),
+                                families.append(block_family(spec.block.kind))))
+    stages_ok = section(lambda: check(isinstance(spec.stages, tuple) and len(spec.stages) >= 1, "stages",
+                                      "must be a non-empty list of stages", spec.stages))
+    if stages_ok:
+        stages_ok = all([section(lambda i=i, stage=stage: _check_stage(i, stage)) for i, stage in enumerate(spec.stages)])
+    shortcut_ok = section(lambda: check(isinstance(spec.shortcut, ShortcutSpec), "shortcut", "must be a shortcut spec",
+                                        spec.shortcut))
+    if block_ok and stages_ok and shortcut_ok:
+        section(lambda: (_check_unread_settings(spec, families[0]), families[0].validate(spec)))
+    section(lambda: _check_head(spec))
+    if stages_ok:
+        section(lambda: _check_out_indices(spec))
+    section(lambda: _check_norm(spec.norm))
+    section(lambda: _check_init(spec.init))
+    if not errors:  # walks every field: only once their types are known to be right
+        section(lambda: check_float_settings(spec))
+    if errors:
+        raise SpecError("; ".join(errors))
+
+
+def _check_stem(stem) -> None:
     check(isinstance(stem, StemSpec), "stem", "must be a stem spec", stem)
     check(isinstance(stem.widths, tuple) and len(stem.widths) >= 1, "stem.widths",
           "must be a non-empty list of channel counts", stem.widths)
@@ -463,16 +498,8 @@ def validate_spec(spec: ResNetSpec) -> None:
     check_positive_int(stem.stride, "stem.stride")
     check(isinstance(stem.pool, bool), "stem.pool", "must be true or false", stem.pool)
 
-    check(isinstance(spec.block, BlockSpec), "block", "must be a block spec", spec.block)
-    family = block_family(spec.block.kind)
-    check(isinstance(spec.stages, tuple) and len(spec.stages) >= 1, "stages",
-          "must be a non-empty list of stages", spec.stages)
-    for i, stage in enumerate(spec.stages):
-        _check_stage(i, stage)
-    check(isinstance(spec.shortcut, ShortcutSpec), "shortcut", "must be a shortcut spec", spec.shortcut)
-    _check_unread_settings(spec, family)
-    family.validate(spec)
 
+def _check_head(spec: ResNetSpec) -> None:
     if spec.head is not None:
         check(isinstance(spec.head, HeadSpec), "head", "must be a head spec or null", spec.head)
         check_positive_int(spec.head.num_classes, "head.num_classes")
@@ -481,6 +508,8 @@ def validate_spec(spec: ResNetSpec) -> None:
         if spec.head.hidden_channels is not None:
             check_positive_int(spec.head.hidden_channels, "head.hidden_channels")
 
+
+def _check_out_indices(spec: ResNetSpec) -> None:
     if spec.out_indices is not None:
         check(isinstance(spec.out_indices, tuple) and len(spec.out_indices) >= 1, "out_indices",
               "must be a non-empty list of stage indices or null", spec.out_indices)
@@ -492,7 +521,8 @@ def validate_spec(spec: ResNetSpec) -> None:
         check(list(spec.out_indices) == sorted(set(spec.out_indices)), "out_indices",
               "must be strictly increasing", spec.out_indices)
 
-    norm = spec.norm
+
+def _check_norm(norm) -> None:
     check(isinstance(norm, NormSpec), "norm", "must be a norm spec", norm)
     check(isinstance(norm.eps, (int, float)) and not isinstance(norm.eps, bool) and norm.eps > 0,
           "norm.eps", "must be a positive number", norm.eps)
@@ -501,13 +531,13 @@ def validate_spec(spec: ResNetSpec) -> None:
           "must be a number in [0, 1] (PyTorch convention: weight of the new statistic)", norm.momentum)
     check_one_of(norm.running_var, RUNNING_VAR_ESTIMATORS, "norm.running_var")
 
-    init = spec.init
+
+def _check_init(init) -> None:
     check(isinstance(init, InitSpec), "init", "must be an init spec", init)
     check_one_of(init.conv, CONV_INITS, "init.conv")
     check_one_of(init.linear_bias, LINEAR_BIAS_INITS, "init.linear_bias")
     check(isinstance(init.zero_init_last_bn, bool), "init.zero_init_last_bn", "must be true or false",
           init.zero_init_last_bn)
-    check_float_settings(spec)
 
 
 # --------------------------------------------------------------------------- dict round trip

@@ -152,3 +152,12 @@ def test_list_and_get_spec():
                             "resnext50_32x4d", "resnet50d", "resnet45", "d2l_resnet18"}
     with pytest.raises(KeyError, match="unknown preset 'resnet51'"):
         rm.get_spec("resnet51")
+
+
+def test_every_invalid_field_is_reported_at_once():
+    """Not the first only: independent sections are all checked (the family's only once the stages are valid)."""
+    with pytest.raises(rm.SpecError) as info:
+        rm.ResNetSpec.from_dict(_with({"stem.stride": 0, "stages.2.stride": 0, "head.num_classes": 0,
+                                       "norm.eps": -1.0}))
+    assert str(info.value) == ("stem.stride: must be >= 1, got 0; stages[2].stride: must be >= 1, got 0; "
+                               "head.num_classes: must be >= 1, got 0; norm.eps: must be a positive number, got -1.0")
