@@ -471,7 +471,8 @@ def validate_spec(spec: ResNetSpec) -> None:
     stages_ok = section(lambda: check(isinstance(spec.stages, tuple) and len(spec.stages) >= 1, "stages",
                                       "must be a non-empty list of stages", spec.stages))
     if stages_ok:
-        stages_ok = all([section(lambda i=i, stage=stage: _check_stage(i, stage)) for i, stage in enumerate(spec.stages)])
+        stages_ok = all([section(lambda i=i, stage=stage: _check_stage(i, stage))  # a list: every stage checked
+                         for i, stage in enumerate(spec.stages)])
     shortcut_ok = section(lambda: check(isinstance(spec.shortcut, ShortcutSpec), "shortcut", "must be a shortcut spec",
                                         spec.shortcut))
     if block_ok and stages_ok and shortcut_ok:
