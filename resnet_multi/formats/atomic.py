@@ -29,7 +29,7 @@ The final step decides who wins when several writers race for one output:
 **Temporary files** are named ``.<output name>.<pid>.<8 hex>.tmp<output suffix>``, beside the
 output (``TEMP_NAME``; e.g. ``.r50.pdparams.4242.9f3ab1c0.tmp.pdparams``). A writer killed before
 its clean-up (``kill -9``, power loss) leaves one behind; the next write of the same output removes
-those whose process (``<pid>``) is no longer running on this machine (``remove_stale_temporaries``).
+those whose process (``<pid>``) is no longer running on this machine (``remove_stale_temporaries``; POSIX only).
 
 **Failures name the output**: an OSError while writing (disk full, read-only file system, no
 permission) is raised again as one line naming the output file, not the temporary one, saying
