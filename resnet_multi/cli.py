@@ -38,13 +38,18 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _spec_argument(text: str):
-    """The spec a command line names (preset or spec file); a missing file is a bad argument (exit 2)."""
+    """The spec a command line names (preset or spec file); a missing file, or a network above
+    ``resnet_multi.limits``, is a bad argument (exit 2), found before any work."""
+    from .limits import LimitError
+    from .plan import make_plan
     from .zoo import resolve_spec
 
     try:
-        return resolve_spec(text)
-    except FileNotFoundError as exc:
+        spec = resolve_spec(text)
+        make_plan(spec)  # sized (resnet_multi.limits) before anything is built
+    except (FileNotFoundError, LimitError) as exc:
         raise UsageError(str(exc)) from None
+    return spec
 
 
 def _cmd_spec(args) -> int:

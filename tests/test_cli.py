@@ -131,3 +131,16 @@ def test_parity_json_file_says_wrote(tmp_path, capsys):
     out = tmp_path / "report.json"
     assert main(["parity", str(spec_file), "--backends", "torch", "--json", str(out)]) == 0
     assert f"wrote {out}\n" in capsys.readouterr().err and out.exists()
+
+
+@pytest.mark.parametrize("command", [["summary"], ["parity"], ["spec"]])
+def test_a_spec_file_above_the_limits_is_a_bad_argument(command, tmp_path, capsys):
+    import resnet_multi as rm
+
+    data = rm.get_spec("resnet18").to_dict()
+    data["stages"][0]["depth"] = 10 ** 9
+    path = tmp_path / "absurd.json"
+    path.write_text(__import__("json").dumps(data))
+    assert main([*command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "above the limit" in err and "max_blocks" in err
