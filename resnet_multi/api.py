@@ -125,13 +125,6 @@ def import_weights(model, weights, *, strict: bool = True) -> None:
     backend.import_weights(model, widen_bfloat16(checked))  # widening is exact, see build
 
 
-def _nonfinite_text(x: np.ndarray) -> str:
-    """'3 NaN and 1 Inf value(s)' of an array."""
-    nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
-    return " and ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if part) + \
-        " value(s)"
-
-
 def forward(model, x_nchw: np.ndarray, *, taps: bool = False):
     """Eval-mode forward pass: numpy NCHW in, numpy out, whatever the backend's layout.
 
@@ -152,9 +145,9 @@ def forward(model, x_nchw: np.ndarray, *, taps: bool = False):
     if not np.isfinite(x).all():
         import warnings
 
-        from .weights import NonFiniteWarning
+        from .weights import NonFiniteWarning, count_nonfinite
 
-        warnings.warn(f"input: {_nonfinite_text(x)}; frameworks differ on them (Paddle's ReLU and max-pool drop "
+        warnings.warn(f"input: {count_nonfinite(x)}; frameworks differ on them (Paddle's ReLU and max-pool drop "
                       "NaN, torch and Flax propagate it: docs/NUMERICS.md)", NonFiniteWarning, stacklevel=2)
     # float64 stays float64 (a float64 model computes on it exactly); the backend casts to its dtype
     x = np.ascontiguousarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32)

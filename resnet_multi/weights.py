@@ -143,6 +143,14 @@ def cast_weights(weights: Mapping[str, np.ndarray], dtype, *, source: str = "wei
     return out
 
 
+def count_nonfinite(array) -> str:
+    """How many NaN and Inf values ``array`` holds, as a message says it: '3 NaN and 1 Inf value(s)'."""
+    array = np.asarray(array)
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    return " and ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if part) + \
+        " value(s)"
+
+
 def nonfinite_tensors(weights: Mapping[str, object]) -> dict[str, str]:
     """``{name: "3 NaN, 1 Inf"}`` for every tensor holding NaN or +-Inf, in ``weights``' order."""
     found = {}
