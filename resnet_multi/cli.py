@@ -155,6 +155,25 @@ def _cmd_inspect(args) -> int:
 _TRAIN_ONLY = ("steps", "optimizer", "lr", "momentum", "weight_decay")
 
 
+def _without_dropout(spec):
+    """``spec`` with its train-mode dropout set to 0, and a note saying so: each framework draws its own
+    masks, so trainings with dropout cannot be compared (check_training refuses them); the GhostNet
+    presets have head dropout. The API leaves this choice to the caller."""
+    import dataclasses
+
+    changed = []
+    if spec.head is not None and spec.head.dropout:
+        changed.append(f"head.dropout {spec.head.dropout:g}")
+        spec = spec.replace(head=dataclasses.replace(spec.head, dropout=0.0))
+    if spec.block.drop_rate:
+        changed.append(f"block.drop_rate {spec.block.drop_rate:g}")
+        spec = spec.replace(block=dataclasses.replace(spec.block, drop_rate=0.0))
+    if changed:
+        print(f"resnet-multi parity: note: {' and '.join(changed)} set to 0 for --train (each framework draws its "
+              "own dropout masks, so trainings with dropout cannot be compared)", file=sys.stderr)
+    return spec
+
+
 def _training_report(args, spec, backends):
     """``parity --train``: check_training with the optimizer the options describe."""
     from .training import DEFAULT_SETTINGS, IllConditionedError, OptimizerError, check_training, optimizer_spec
@@ -175,6 +194,7 @@ def _training_report(args, spec, backends):
         # The command owns its process: JAX computes in float64 only in its 64-bit mode, which it
         # reads from this variable when first imported (the library itself never flips the switch).
         os.environ.setdefault("JAX_ENABLE_X64", "1")
+    spec = _without_dropout(spec)
     try:
         optimizer = optimizer_spec(name, **settings)
         return check_training(spec, backends=backends, steps=args.steps or 3, optimizer=optimizer,
