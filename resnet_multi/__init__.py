@@ -9,6 +9,7 @@ from .adopt import Adoption, adopt
 from .api import build, export_weights, forward, import_weights, optimize_for_inference, plan_of
 from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file
 from .export import export
+from .limits import LimitError, limits
 from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
 from .reference import reference_forward
@@ -24,10 +25,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adoption", "adopt",
-    "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
+    "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "LimitError",
+    "NormSpec",
     "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "TrainingReport",
     "WeightsError", "available_backends", "backend_names", "build", "check_parity", "check_training", "convert", "diagram",
-    "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "list_specs",
+    "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "limits", "list_specs",
     "load_spec", "load_weights", "make_plan", "optimize_for_inference", "optimizer", "plan_of", "reference_forward",
     "save_spec", "save_weights", "summary",
 ]

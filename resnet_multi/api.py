@@ -129,6 +129,9 @@ def import_weights(model, weights, *, strict: bool = True) -> None:
 def forward(model, x_nchw: np.ndarray, *, taps: bool = False):
     """Eval-mode forward pass: numpy NCHW in, numpy out, whatever the backend's layout.
 
+    An input holding NaN or Inf is run as it is, with a NonFiniteWarning: frameworks differ on it
+    (Paddle's ReLU and max-pool drop NaN, torch and Flax propagate it; docs/NUMERICS.md).
+
     Returns:
         The output array (logits, or the last feature map in NCHW), a list of arrays for a
         spec with ``out_indices``, or with ``taps=True`` a dict of every named intermediate
@@ -140,6 +143,13 @@ def forward(model, x_nchw: np.ndarray, *, taps: bool = False):
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"input: expected a floating point array, got dtype {x.dtype}")
     plan.check_input_shape(x.shape)
+    if not np.isfinite(x).all():
+        import warnings
+
+        from .weights import NonFiniteWarning, count_nonfinite
+
+        warnings.warn(f"input: {count_nonfinite(x)}; frameworks differ on them (Paddle's ReLU and max-pool drop "
+                      "NaN, torch and Flax propagate it: docs/NUMERICS.md)", NonFiniteWarning, stacklevel=2)
     # float64 stays float64 (a float64 model computes on it exactly); the backend casts to its dtype
     x = np.ascontiguousarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32)
     outputs = backend.forward(model, x, taps=taps)

@@ -1,6 +1,16 @@
-"""The ``resnet-multi`` command: list | summary | convert | inspect | parity | adopt.
+"""The ``resnet-multi`` command: list | spec | summary | convert | inspect | parity | adopt.
 
-Exit codes: 0 success, 1 a failed check or unreadable/invalid file, 2 bad arguments.
+Exit codes, one rule for every command:
+
+- 0: success.
+- 1: the command ran and failed: a check did not pass, or a checkpoint (or report) could not be
+  read or written (missing, corrupt, mismatched, disk full).
+- 2: the command could not start: the arguments are wrong (an unknown option, preset or backend,
+  a value out of range, an ``--input`` that does not fit the spec) or the spec they name is
+  missing or invalid. Found before any work is done.
+- 130: interrupted (Ctrl-C).
+
+Every error is one line on stderr, ``resnet-multi COMMAND: error: ...``.
 """
 
 from __future__ import annotations
@@ -27,22 +37,51 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _spec_argument(text: str):
+    """The spec a command line names (preset or spec file); a missing file, or a network above
+    ``resnet_multi.limits``, is a bad argument (exit 2), found before any work."""
+    from .limits import LimitError
+    from .plan import make_plan
+    from .zoo import resolve_spec
+
+    try:
+        spec = resolve_spec(text)
+        make_plan(spec)  # sized (resnet_multi.limits) before anything is built
+    except (FileNotFoundError, LimitError) as exc:
+        raise UsageError(str(exc)) from None
+    return spec
+
+
+def _cmd_spec(args) -> int:
+    import yaml
+
+    spec = _spec_argument(args.spec)
+    if args.output:
+        from .spec import save_spec
+
+        save_spec(spec, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return 0
+
+
 def _cmd_list(args) -> int:
     from .zoo import get_spec, list_specs
 
     for name in list_specs(args.pattern):
         spec = get_spec(name)
-        depths = "-".join(str(s.depth) for s in spec.stages)
+        depths = "-".join(str(s.depth if s.blocks is None else len(s.blocks)) for s in spec.stages)
         head = f"{spec.head.num_classes} classes" if spec.head else "no head"
-        print(f"{name:<18} {spec.block.kind:<11} depths {depths:<12} in_channels {spec.in_channels}  {head}")
+        print(f"{name:<18} {spec.block.kind:<11} depths {depths:<12} in_channels {spec.in_channels}  {head}".replace(
+            f"depths {depths} in_channels", f"depths {depths}  in_channels"))  # a long depths column stays apart
     return 0
 
 
 def _cmd_summary(args) -> int:
     from .summary import summary
-    from .zoo import resolve_spec
 
-    spec = resolve_spec(args.spec)
+    spec = _spec_argument(args.spec)
     shape = args.input or (1, spec.in_channels, 224, 224)
     try:
         table = summary(spec, input_shape=shape)
@@ -73,6 +112,7 @@ def _warnings_as_messages(command: str):
     """Print the library's warnings about the weights (lossy cast, NaN/Inf) as one line each,
     ``resnet-multi COMMAND: warning: ...`` on stderr, also when the command then fails; other
     warnings (from the frameworks) are shown as Python shows them."""
+    from .convert import PrefixWarning
     from .weights import NonFiniteWarning, PrecisionWarning
 
     caught: list = []
@@ -80,13 +120,14 @@ def _warnings_as_messages(command: str):
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always", PrecisionWarning)
             warnings.simplefilter("always", NonFiniteWarning)
+            warnings.simplefilter("always", PrefixWarning)
             try:
                 yield
             finally:
                 caught = list(records)
     finally:  # shown after catch_warnings has restored showwarning (inside, it appends to records)
         for w in caught:
-            if issubclass(w.category, (PrecisionWarning, NonFiniteWarning)):
+            if issubclass(w.category, (PrecisionWarning, NonFiniteWarning, PrefixWarning)):
                 print(f"resnet-multi {command}: warning: {w.message}", file=sys.stderr)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -95,8 +136,9 @@ def _warnings_as_messages(command: str):
 def _cmd_convert(args) -> int:
     from .convert import convert
 
+    spec = _spec_argument(args.spec) if args.spec is not None else None
     with _warnings_as_messages("convert"):
-        convert(args.src, args.dst, spec=args.spec, dtype=args.dtype, force=args.force)
+        convert(args.src, args.dst, spec=spec, dtype=args.dtype, force=args.force, prefix=args.prefix)
     print(f"wrote {args.dst}", file=sys.stderr)
     return 0
 
@@ -105,7 +147,7 @@ def _cmd_inspect(args) -> int:
     from .convert import inspect_file
 
     with _warnings_as_messages("inspect"):
-        report = inspect_file(args.file)
+        report = inspect_file(args.file, prefix=args.prefix)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return 0
 
@@ -113,9 +155,28 @@ def _cmd_inspect(args) -> int:
 _TRAIN_ONLY = ("steps", "optimizer", "lr", "momentum", "weight_decay")
 
 
+def _without_dropout(spec):
+    """``spec`` with its train-mode dropout set to 0, and a note saying so: each framework draws its own
+    masks, so trainings with dropout cannot be compared (check_training refuses them); the GhostNet
+    presets have head dropout. The API leaves this choice to the caller."""
+    import dataclasses
+
+    changed = []
+    if spec.head is not None and spec.head.dropout:
+        changed.append(f"head.dropout {spec.head.dropout:g}")
+        spec = spec.replace(head=dataclasses.replace(spec.head, dropout=0.0))
+    if spec.block.drop_rate:
+        changed.append(f"block.drop_rate {spec.block.drop_rate:g}")
+        spec = spec.replace(block=dataclasses.replace(spec.block, drop_rate=0.0))
+    if changed:
+        print(f"resnet-multi parity: note: {' and '.join(changed)} set to 0 for --train (each framework draws its "
+              "own dropout masks, so trainings with dropout cannot be compared)", file=sys.stderr)
+    return spec
+
+
 def _training_report(args, spec, backends):
     """``parity --train``: check_training with the optimizer the options describe."""
-    from .training import DEFAULT_SETTINGS, OptimizerError, check_training, optimizer_spec
+    from .training import DEFAULT_SETTINGS, IllConditionedError, OptimizerError, check_training, optimizer_spec
 
     for option in ("atol", "all_taps"):
         if getattr(args, option) not in (None, False):
@@ -133,21 +194,21 @@ def _training_report(args, spec, backends):
         # The command owns its process: JAX computes in float64 only in its 64-bit mode, which it
         # reads from this variable when first imported (the library itself never flips the switch).
         os.environ.setdefault("JAX_ENABLE_X64", "1")
+    spec = _without_dropout(spec)
     try:
         optimizer = optimizer_spec(name, **settings)
         return check_training(spec, backends=backends, steps=args.steps or 3, optimizer=optimizer,
                               dtype=args.dtype or "float64", weights=args.weights, input_shape=args.input,
                               seed=args.seed, rtol=args.rtol, reference=reference)
-    except OptimizerError as exc:  # out of range, or a value a framework would round: a bad argument
-        raise UsageError(str(exc)) from None
+    except (OptimizerError, IllConditionedError) as exc:  # a bad argument: a value a framework would round,
+        raise UsageError(str(exc)) from None  # or an --input too small to train on
 
 
 def _cmd_parity(args) -> int:
     from .parity import check_parity
     from .plan import make_plan
-    from .zoo import resolve_spec
 
-    spec = resolve_spec(args.spec)
+    spec = _spec_argument(args.spec)
     if args.input is not None:
         try:
             make_plan(spec).check_input_shape(args.input, what="--input")
@@ -175,6 +236,7 @@ def _cmd_parity(args) -> int:
             from .io_util import atomic_write_text
 
             atomic_write_text(args.json, text)
+            print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:  # written for failing reports too: that is when a picture is wanted
         report.plot(args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
@@ -219,6 +281,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _tolerance(text: str) -> float:
     try:
         value = float(text)
@@ -250,6 +322,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*'")
     p.set_defaults(func=_cmd_list)
 
+    p = sub.add_parser("spec", help="print a preset's (or a spec file's) spec as YAML, to start a variant from",
+                       description="Print the spec as YAML that rm.load_spec reads back equal; -o writes it to a "
+                                   "file instead (.yaml/.yml or .json, by its suffix).")
+    p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
+    p.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(func=_cmd_spec)
+
     p = sub.add_parser("summary", help="output shapes, parameters and MACs of a spec (no framework needed)")
     p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
     p.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W (default 1,C,224,224)")
@@ -268,12 +347,15 @@ def make_parser() -> argparse.ArgumentParser:
                    help="cast every tensor to this dtype (default: keep each tensor's dtype); widening is "
                         "exact, a cast that changes values warns with the largest relative change")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--prefix", default=None, help="read only the tensors under this prefix, e.g. 'backbone.' (default: "
+                                                  "found when the names match no preset as they are)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("inspect", help="format, tensor count, size, dtypes (per tensor group), NaN/Inf tensors "
                                        "and matching preset of a checkpoint")
     p.add_argument("file", type=_checkpoint, help="checkpoint (.pth/.pt, .pdparams, .msgpack, .safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--prefix", default=None, help="inspect only the tensors under this prefix, e.g. 'backbone.'")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("parity", help="check that backends compute the same function, tap by tap",
@@ -291,7 +373,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="checkpoint to use, any supported format (default: random, randomized BN stats)")
     p.add_argument("--input", type=_shape, default=None,
                    help="input shape N,C,H,W (default 1,C,33,47: odd and non-square)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the default weights and input")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the default weights and input (an integer >= 0)")
     p.add_argument("--rtol", type=_tolerance, default=None,
                    help=f"relative to max |reference| per tap (default by --dtype: {_bounds_text(0)}); with --train "
                         f"per tensor (default {short_number(TRAINING_RTOL)} in float64; none in float32, where errors "
@@ -308,7 +390,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "spec and environment")
     t = p.add_argument_group(
         "training parity (--train)",
-        "Train every backend from the same weights, batch (default 4,C,33,47) and labels for a few steps "
+        "Train every backend from the same weights, batch (default 4,C,33,47; 8,C,33,47 where a BatchNorm would "
+        "otherwise see fewer than 8 values per channel, as in the DenseNets) and labels for a few steps "
         "(train mode, cross-entropy, each framework's own optimizer) and compare, per step, every BN running "
         "statistic, the loss, every gradient and every parameter after the update with the reference backend "
         "(--reference, default the first of --backends).")
@@ -347,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # unreadable, corrupt or mismatched files
         print(f"resnet-multi {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the writers have removed their temporary files on the way out
+        print(f"resnet-multi {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,6 +82,56 @@ def _read(path: Path) -> tuple[str, dict[str, np.ndarray], list[str], ResNetSpec
     return fmt, weights, extras, None
 
 
+class PrefixWarning(UserWarning):
+    """The network's tensors were read from under a prefix (``backbone.``); the message says which, and
+    how many other tensors (a detector's neck and head) were left out."""
+
+
+def select_prefix(weights: Mapping[str, np.ndarray], prefix: str, *, source: str = "weights") -> dict[str, np.ndarray]:
+    """The tensors under ``prefix`` (``"backbone."``, or ``"backbone"``: the dot is added), without it.
+
+    Raises:
+        WeightsError: no tensor has the prefix (the message lists the prefixes the names do have).
+    """
+    prefix = prefix if prefix.endswith(".") else prefix + "."
+    selected = {name[len(prefix):]: value for name, value in weights.items() if name.startswith(prefix)}
+    if not selected:
+        tops = sorted({name.split(".", 1)[0] + "." for name in weights if "." in name})
+        raise WeightsError(f"{source}: no tensor name starts with {prefix!r}; the names start with "
+                           f"{', '.join(tops[:10]) or 'no prefix'}")
+    return selected
+
+
+def _detect_prefix(weights: Mapping[str, np.ndarray]) -> str | None:
+    """The one top-level prefix (``backbone.``) under which the tensors match a preset exactly, when the
+    names as they are match none: how PaddleDetection, PaddleOCR and many torch detectors save a whole
+    model around its backbone. None if there is no such prefix, or more than one."""
+    if not weights or match_presets(weights)[0].differences == 0:
+        return None
+    tops = sorted({name.split(".", 1)[0] for name in weights if "." in name})
+    found = [top + "." for top in tops
+             if match_presets(select_prefix(weights, top + "."))[0].differences == 0]
+    return found[0] if len(found) == 1 else None
+
+
+def _apply_prefix(weights: dict, prefix: str | None, source: str, *, detect: bool) -> dict:
+    """``weights`` under ``prefix`` (given, or detected when ``detect``), with a PrefixWarning saying so."""
+    import warnings
+
+    given = prefix is not None
+    if prefix is None and detect:
+        prefix = _detect_prefix(weights)
+    if prefix is None:
+        return weights
+    selected = select_prefix(weights, prefix, source=source)
+    prefix = prefix if prefix.endswith(".") else prefix + "."
+    left = len(weights) - len(selected)
+    how = "as asked (--prefix)" if given else "found: no preset matches the names as they are"
+    warnings.warn(f"{source}: read the {len(selected)} tensors under {prefix!r} ({how}); {left} other tensor(s) "
+                  "left out", PrefixWarning, stacklevel=3)
+    return selected
+
+
 def read_canonical(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], ResNetSpec | None]:
     """Canonical weights from a checkpoint of any supported format.
 
@@ -142,9 +192,9 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
     """
     path = Path(path)
     fmt = format_of_suffix(path)
+    check_output_dir(path)
     if not force and path.exists():
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
-    check_output_dir(path)
     if spec is not None:
         spec = resolve_spec(spec)
         weights = check_weights(make_plan(spec), weights, source=f"weights for {path}")
@@ -295,7 +345,7 @@ def _progress_bar(progress: bool | None, total: int, desc: str):
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=None, force: bool = False,
-            progress: bool | None = None) -> Path:
+            progress: bool | None = None, prefix: str | None = None) -> Path:
     """Convert a checkpoint between any two formats (also to the same format).
 
     Reads ``src`` into canonical weights, checks them against ``spec`` (given, stored in a
@@ -319,6 +369,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=
         force: overwrite an existing ``dst`` (checked before any work is done).
         progress: tqdm progress bar on stderr: None shows it when stderr is a terminal,
             True/False force it on/off.
+        prefix: read only the tensors whose names start with it (``"backbone."``), without it: a
+            whole detector saved around its backbone. Default: when neither ``spec`` nor the file
+            gives the spec and the names match no preset, the one top-level prefix under which they
+            match one is found and used. Either way a PrefixWarning says how many tensors were left out.
     Returns:
         ``dst`` as a Path.
     Raises:
@@ -337,18 +391,19 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=
     target = resolve_dtype(dtype) if dtype is not None else None  # so does a bad dtype
     if not src.is_file():
         raise FileNotFoundError(f"checkpoint not found: {src}")
+    check_output_dir(dst)  # first: an output that is a directory is no file to refuse or overwrite
     if dst.exists():
         if os.path.samefile(src, dst):
             raise ValueError(f"{dst}: output is the input file; the input is never modified")
         if not force:
             raise FileExistsError(f"{dst} exists; pass force=True (--force) to overwrite it")
-    check_output_dir(dst)
     if dst_format != NEUTRAL:
         native_io(dst_format)  # a missing framework the format needs fails before the input is read
     src_size = src.stat().st_size
     with _progress_bar(progress, total=2 * src_size, desc=f"read {src.name}") as bar:
         _, weights, _, file_spec = _read(src)
         bar.update(src_size)
+        weights = _apply_prefix(weights, prefix, str(src), detect=spec is None and file_spec is None)
         spec = spec or file_spec or infer_spec(weights, source=str(src))
         checked = check_weights(make_plan(spec), weights, source=str(src))
         warn_nonfinite(checked, source=str(src))
@@ -444,10 +499,12 @@ class InspectReport:
         return "\n".join(lines)
 
 
-def inspect_file(path: str | os.PathLike) -> InspectReport:
+def inspect_file(path: str | os.PathLike, *, prefix: str | None = None) -> InspectReport:
     """Format, tensor count, size, dtypes (overall and per tensor group: conv, norm, norm stats,
     linear) of a checkpoint, which preset it matches, and which tensors hold NaN or Inf (also
     warned, NonFiniteWarning).
+
+    ``prefix``: as ``convert``'s (given, or found when no preset matches the names as they are).
 
     Raises:
         FileNotFoundError, ValueError (unknown suffix), CheckpointError (unreadable content).
@@ -456,6 +513,7 @@ def inspect_file(path: str | os.PathLike) -> InspectReport:
     """
     path = Path(path)
     fmt, weights, extras, stored = _read(path)
+    weights = _apply_prefix(weights, prefix, str(path), detect=stored is None)
     dtypes: dict[str, int] = {}
     groups: dict[str, dict[str, int]] = {}
     for name, array in weights.items():

@@ -29,6 +29,32 @@ from .inference import build_inference, is_folded
 from .registry import BackendError, available_backends, backend_of, backends_with, has_feature
 
 
+EXPORT_EXTRA = "export"
+"""The pip extra that installs what the exporters need beyond the frameworks: ``pip install 'resnet_multi[export]'``."""
+
+_EXPORT_PACKAGES = {".onnx": ("onnx", "onnxscript")}
+"""Packages an export to a suffix imports (torch.onnx's dynamo exporter needs onnx and onnxscript);
+onnxruntime, also in the extra, runs the result."""
+
+
+def _missing_extra(package: str, cause: BaseException | None = None) -> ImportError:
+    error = ImportError(f"export needs {package}, which is not installed: pip install "
+                        f"'resnet_multi[{EXPORT_EXTRA}]' (onnx, onnxscript, onnxruntime)", name=package)
+    error.__cause__ = cause
+    return error
+
+
+def _require_export_packages(suffix: str) -> None:
+    """Import what an export to ``suffix`` needs, before any work, or raise an ImportError naming the extra."""
+    import importlib
+
+    for package in _EXPORT_PACKAGES.get(suffix, ()):
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:
+            raise _missing_extra(package, exc) from exc
+
+
 def _exporting_backends() -> list[str]:
     """The installed backends that declare the "export" feature."""
     return [name for name in backends_with("export") if name in available_backends()]
@@ -51,6 +77,8 @@ def export(model, path: str | os.PathLike, input_shape: tuple[int, int, int, int
         The paths written, main file first.
     Raises:
         BackendError: the model's backend has no deployment export.
+        ImportError: a package the export needs is missing (torch's ONNX export: onnx, onnxscript);
+            the message names the extra that installs it, ``resnet_multi[export]``.
         ValueError: ``input_shape`` does not fit the model.
     Example:
         >>> rm.export(rm.build("resnet50", "torch", weights="r50.pth"), "r50.onnx", (1, 3, 224, 224))
@@ -59,6 +87,7 @@ def export(model, path: str | os.PathLike, input_shape: tuple[int, int, int, int
     if not has_feature(backend, "export"):
         raise BackendError(f"backend {backend.NAME!r} has no deployment export; backends that have one: "
                            f"{', '.join(_exporting_backends()) or 'none installed'}")
+    _require_export_packages(backend.EXPORT_SUFFIX)
     plan = backend.plan_of(model)
     input_shape = tuple(int(s) for s in input_shape)
     plan.check_input_shape(input_shape, what="input_shape")
@@ -74,7 +103,12 @@ def export(model, path: str | os.PathLike, input_shape: tuple[int, int, int, int
     directory.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".export", dir=directory))
     try:
-        written = [Path(p) for p in backend.export_model(model, os.fspath(tmp_dir / stem), input_shape)]
+        try:
+            written = [Path(p) for p in backend.export_model(model, os.fspath(tmp_dir / stem), input_shape)]
+        except ModuleNotFoundError as exc:  # a package of the extra that the exporter imports on its own
+            if (exc.name or "").split(".")[0] not in ("onnx", "onnxscript", "onnxruntime"):
+                raise
+            raise _missing_extra(exc.name.split(".")[0], exc) from exc
         targets = [directory / p.name for p in written]
         if not force:
             existing = [os.fspath(t) for t in targets if t.exists()]

@@ -88,6 +88,11 @@ def _as_input(plan: Plan, inputs) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"inputs: expected a floating point array, got dtype {x.dtype}")
     plan.check_input_shape(x.shape, what="inputs")
+    if not np.isfinite(x).all():  # frameworks differ on NaN: every tap would fail, blaming a backend
+        from .weights import count_nonfinite
+
+        raise ValueError(f"inputs: {count_nonfinite(x)}; parity needs finite inputs (Paddle's ReLU and max-pool "
+                         "drop NaN, torch and Flax propagate it: docs/NUMERICS.md)")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

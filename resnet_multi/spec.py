@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -403,6 +405,38 @@ def _check_unread_settings(spec: "ResNetSpec", family: BlockFamily) -> None:
             check(False, path, message.format(kind=kind), value)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+"""The largest finite float32 and the smallest normal one: a float setting outside
+``[FLOAT32_TINY, FLOAT32_MAX]`` in magnitude (but 0) cannot be held by a float32 model."""
+
+
+def _float_fields(obj: Any, path: str):
+    """``(path, value)`` of every float-typed setting of dataclass ``obj``, recursively."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            yield from _float_fields(value, where)
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    yield from _float_fields(item, f"{where}[{i}]")
+        elif float in (typing.get_args(hints[f.name]) or (hints[f.name],)) and is_number(value):
+            yield where, value
+
+
+def check_float_settings(spec: "ResNetSpec") -> None:
+    """Every float setting is finite and means something in float32: 0, or a magnitude between
+    FLOAT32_TINY and FLOAT32_MAX (``norm.eps: .inf`` or ``1e39`` would make every output NaN or
+    infinite, and ``1e-50`` is 0 in a float32 model)."""
+    for path, value in _float_fields(spec, ""):
+        magnitude = abs(float(value))
+        check(math.isfinite(magnitude) and (magnitude == 0 or FLOAT32_TINY <= magnitude <= FLOAT32_MAX), path,
+              "must be a finite number that float32 can hold (0, or a magnitude in [1.2e-38, 3.4e38])", value)
+
+
 def _check_stage(i: int, stage: StageSpec) -> None:
     """What every stage must be, whatever the family."""
     p = f"stages[{i}]"
@@ -412,13 +446,49 @@ def _check_stage(i: int, stage: StageSpec) -> None:
 
 
 def validate_spec(spec: ResNetSpec) -> None:
-    """Raise SpecError naming the first invalid field: the common fields here, the block kind's
-    own settings in its family's ``validate`` (``resnet_multi.families``)."""
-    check(isinstance(spec.name, str) and spec.name != "", "name", "must be a non-empty string", spec.name)
-    check_positive_int(spec.in_channels, "in_channels")
-    check(isinstance(spec.conv_bias, bool), "conv_bias", "must be true or false", spec.conv_bias)
+    """Raise SpecError naming every invalid field (``"a: ...; b: ..."``): the common fields here, the
+    block kind's own settings in its family's ``validate`` (``resnet_multi.families``). Independent
+    sections are all checked; one whose checks depend on another (the family's, on the stages) only
+    when that one is valid."""
+    errors: list[str] = []
 
-    stem = spec.stem
+    def section(checks) -> bool:
+        try:
+            checks()
+        except SpecError as exc:
+            errors.append(str(exc.args[0] if exc.args else exc))
+            return False
+        return True
+
+    section(lambda: check(isinstance(spec.name, str) and spec.name != "", "name", "must be a non-empty string",
+                          spec.name))
+    section(lambda: check_positive_int(spec.in_channels, "in_channels"))
+    section(lambda: check(isinstance(spec.conv_bias, bool), "conv_bias", "must be true or false", spec.conv_bias))
+    section(lambda: _check_stem(spec.stem))
+    families: list = []
+    block_ok = section(lambda: (check(isinstance(spec.block, BlockSpec), "block", "must be a block spec", spec.block),
+                                families.append(block_family(spec.block.kind))))
+    stages_ok = section(lambda: check(isinstance(spec.stages, tuple) and len(spec.stages) >= 1, "stages",
+                                      "must be a non-empty list of stages", spec.stages))
+    if stages_ok:
+        stages_ok = all([section(lambda i=i, stage=stage: _check_stage(i, stage))  # a list: every stage checked
+                         for i, stage in enumerate(spec.stages)])
+    shortcut_ok = section(lambda: check(isinstance(spec.shortcut, ShortcutSpec), "shortcut", "must be a shortcut spec",
+                                        spec.shortcut))
+    if block_ok and stages_ok and shortcut_ok:
+        section(lambda: (_check_unread_settings(spec, families[0]), families[0].validate(spec)))
+    section(lambda: _check_head(spec))
+    if stages_ok:
+        section(lambda: _check_out_indices(spec))
+    section(lambda: _check_norm(spec.norm))
+    section(lambda: _check_init(spec.init))
+    if not errors:  # walks every field: only once their types are known to be right
+        section(lambda: check_float_settings(spec))
+    if errors:
+        raise SpecError("; ".join(errors))
+
+
+def _check_stem(stem) -> None:
     check(isinstance(stem, StemSpec), "stem", "must be a stem spec", stem)
     check(isinstance(stem.widths, tuple) and len(stem.widths) >= 1, "stem.widths",
           "must be a non-empty list of channel counts", stem.widths)
@@ -429,16 +499,8 @@ def validate_spec(spec: ResNetSpec) -> None:
     check_positive_int(stem.stride, "stem.stride")
     check(isinstance(stem.pool, bool), "stem.pool", "must be true or false", stem.pool)
 
-    check(isinstance(spec.block, BlockSpec), "block", "must be a block spec", spec.block)
-    family = block_family(spec.block.kind)
-    check(isinstance(spec.stages, tuple) and len(spec.stages) >= 1, "stages",
-          "must be a non-empty list of stages", spec.stages)
-    for i, stage in enumerate(spec.stages):
-        _check_stage(i, stage)
-    check(isinstance(spec.shortcut, ShortcutSpec), "shortcut", "must be a shortcut spec", spec.shortcut)
-    _check_unread_settings(spec, family)
-    family.validate(spec)
 
+def _check_head(spec: ResNetSpec) -> None:
     if spec.head is not None:
         check(isinstance(spec.head, HeadSpec), "head", "must be a head spec or null", spec.head)
         check_positive_int(spec.head.num_classes, "head.num_classes")
@@ -447,6 +509,8 @@ def validate_spec(spec: ResNetSpec) -> None:
         if spec.head.hidden_channels is not None:
             check_positive_int(spec.head.hidden_channels, "head.hidden_channels")
 
+
+def _check_out_indices(spec: ResNetSpec) -> None:
     if spec.out_indices is not None:
         check(isinstance(spec.out_indices, tuple) and len(spec.out_indices) >= 1, "out_indices",
               "must be a non-empty list of stage indices or null", spec.out_indices)
@@ -458,7 +522,8 @@ def validate_spec(spec: ResNetSpec) -> None:
         check(list(spec.out_indices) == sorted(set(spec.out_indices)), "out_indices",
               "must be strictly increasing", spec.out_indices)
 
-    norm = spec.norm
+
+def _check_norm(norm) -> None:
     check(isinstance(norm, NormSpec), "norm", "must be a norm spec", norm)
     check(isinstance(norm.eps, (int, float)) and not isinstance(norm.eps, bool) and norm.eps > 0,
           "norm.eps", "must be a positive number", norm.eps)
@@ -467,7 +532,8 @@ def validate_spec(spec: ResNetSpec) -> None:
           "must be a number in [0, 1] (PyTorch convention: weight of the new statistic)", norm.momentum)
     check_one_of(norm.running_var, RUNNING_VAR_ESTIMATORS, "norm.running_var")
 
-    init = spec.init
+
+def _check_init(init) -> None:
     check(isinstance(init, InitSpec), "init", "must be an init spec", init)
     check_one_of(init.conv, CONV_INITS, "init.conv")
     check_one_of(init.linear_bias, LINEAR_BIAS_INITS, "init.linear_bias")
@@ -531,7 +597,13 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
 
 
 def _read_mapping(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a spec file is JSON or "
+                        "YAML text") from None
+    if not text.strip():
+        raise SpecError(f"{path}: the file is empty; a spec file holds a mapping (name, stages, ...)")
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
@@ -541,8 +613,11 @@ def _read_mapping(path: Path) -> dict:
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({exc})") from None
+    except yaml.YAMLError as exc:  # one line: PyYAML's own message quotes the text under a caret
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = " ".join(str(problem or exc).split())
+        raise SpecError(f"{path}: not valid YAML ({reason}{where})") from None
 
 
 def load_spec(path: str | os.PathLike) -> ResNetSpec:
@@ -556,12 +631,20 @@ def load_spec(path: str | os.PathLike) -> ResNetSpec:
         >>> spec = rm.load_spec("my_net.yaml")
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"spec file not found: {path}")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"spec file not found: {path}") from None
+    except OSError as exc:  # a symlink loop, no permission on a directory on the way
+        raise SpecError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError(f"{path}: is a directory, not a spec file" if stat.S_ISDIR(info.st_mode)
+                        else f"{path}: not a regular file")
     try:
         return ResNetSpec.from_dict(_read_mapping(path))
     except SpecError as exc:
-        raise SpecError(f"{path}: {exc}") from None
+        message = str(exc.args[0] if exc.args else exc)
+        raise SpecError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
 
 
 def save_spec(spec: ResNetSpec, path: str | os.PathLike) -> None:

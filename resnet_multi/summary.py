@@ -32,12 +32,18 @@ class Summary:
     def __str__(self) -> str:
         header = f"{self.spec_name}  input {self.input_shape}"
         w = max([12] + [len(r.name) + 2 for r in self.rows])  # stage names: "layer3", "features.denseblock1"
-        lines = [header, f"{'layer':<{w}}{'output shape':<24}{'params':>14}{'MACs':>18}"]
+        # columns at least as wide as their longest entry plus two spaces, so large numbers never run together
+        ws = max([24] + [len(str(r.output_shape)) + 2 for r in self.rows])
+        wp = max(14, len(f"{self.total_params:,}") + 2)
+        wm = max(18, len(f"{self.total_macs:,}") + 2)
+        lines = [header, f"{'layer':<{w}}{'output shape':<{ws}}{'params':>{wp}}{'MACs':>{wm}}"]
         for r in self.rows:
-            lines.append(f"{r.name:<{w}}{str(r.output_shape):<24}{r.params:>14,}{r.macs:>18,}")
-        lines.append(f"{'total':<{w}}{'':<24}{self.total_params:>14,}{self.total_macs:>18,}")
-        lines.append(f"{self.total_params / 1e6:.2f} M parameters (+{self.total_buffers:,} BN buffer values), "
-                     f"{self.total_macs / 1e9:.2f} G multiply-accumulates")
+            lines.append(f"{r.name:<{w}}{str(r.output_shape):<{ws}}{r.params:>{wp},}{r.macs:>{wm},}")
+        lines.append(f"{'total':<{w}}{'':<{ws}}{self.total_params:>{wp},}{self.total_macs:>{wm},}")
+        params = (f"{self.total_params / 1e6:.2f} M" if self.total_params >= 10 ** 6
+                  else f"{self.total_params / 1e3:.1f} k" if self.total_params >= 10 ** 4 else f"{self.total_params:,}")
+        macs = (f"{self.total_macs / 1e9:.2f} G" if self.total_macs >= 10 ** 8 else f"{self.total_macs / 1e6:.2f} M")
+        lines.append(f"{params} parameters (+{self.total_buffers:,} BN buffer values), {macs} multiply-accumulates")
         return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ from . import api
 from .parity import resolve_spec_and_weights
 from .plan import Dropout, Plan, make_plan
 from .registry import Backend, BackendError, backend_names, backend_of, get_backend
-from .reports.tolerances import FLOOR, TRAINING_RTOL
+from .reports.tolerances import FLOOR, MIN_BN_VALUES, TRAINING_RTOL
 # the report and its records: their old home is this module
 from .reports.training import LOSS, PHASES, TrainingDivergence, TrainingRecord, TrainingReport  # noqa: F401
 from .weights import check_weights, random_weights
@@ -42,6 +42,50 @@ from .weights import check_weights, random_weights
 
 class OptimizerError(ValueError):
     """An optimizer setting out of range, unknown, or one a framework cannot represent exactly."""
+
+
+class IllConditionedError(ValueError):
+    """An input that leaves a train-mode BatchNorm too few values per channel to compare trainings
+    (``MIN_BN_VALUES``): the error names the layer, its values per channel and what to change."""
+
+
+def _smallest_map(plan: Plan, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]] | None:
+    """(tap, NCHW shape) of the network's smallest feature map at ``shape``, where its last BatchNorms
+    run; None without BatchNorm."""
+    from .ir.shapes import trace
+
+    if not any(info.role == "bn_var" for info in plan.params.values()):
+        return None
+    maps = {tap: s for tap, (s, _) in trace(plan, shape).items() if len(s) == 4}
+    tap = min(maps, key=lambda t: maps[t][0] * maps[t][2] * maps[t][3])
+    return tap, maps[tap]
+
+
+def default_training_shape(plan: Plan) -> tuple[int, int, int, int]:
+    """check_training's default batch: ``DEFAULT_BATCH`` inputs of ``DEFAULT_INPUT_HW``, more inputs where
+    a BatchNorm would otherwise see fewer than ``MIN_BN_VALUES`` values per channel (8 for the DenseNets,
+    whose last maps are 1x1)."""
+    shape = (DEFAULT_BATCH, plan.in_channels, *DEFAULT_INPUT_HW)
+    smallest = _smallest_map(plan, shape)
+    if smallest is not None:
+        _, (_, _, h, w) = smallest
+        shape = (max(DEFAULT_BATCH, -(-MIN_BN_VALUES // (h * w))), *shape[1:])
+    return shape
+
+
+def _check_batchnorm_values(plan: Plan, shape: tuple[int, ...]) -> None:
+    """Refuse ``shape`` if a train-mode BatchNorm would normalize over fewer than ``MIN_BN_VALUES``
+    values per channel: the smallest feature map of the network (batch x height x width), where its
+    last BatchNorms run."""
+    smallest = _smallest_map(plan, shape)
+    if smallest is None:
+        return
+    tap, (n, _, h, w) = smallest
+    if n * h * w < MIN_BN_VALUES:
+        raise IllConditionedError(
+            f"input shape {tuple(shape)}: the BatchNorms at {tap} ({h}x{w}) normalize over {n * h * w} value(s) "
+            f"per channel (batch {n} x {h}x{w}); below {MIN_BN_VALUES} a training is ill-conditioned (gradients "
+            "of the order of eps), so backends cannot be compared. Use a larger batch or input.")
 
 
 def _number(owner: str, name: str, value, *, low: float, high: float = math.inf, low_open: bool = False,
@@ -210,6 +254,13 @@ def _compare(step: int, phase: str, backend: str, names: Sequence[str], outs: Ma
 
     sizes = {n: size(a) for n, a in refs64.items()}
     floor = FLOOR * max(sizes.values(), default=0.0)
+    # the scale of each tensor's module (a conv's weight and bias, a BN's weight and bias, its running
+    # mean and variance): a tensor that is zero in exact arithmetic (the gradient of a conv bias before
+    # a train-mode BN) holds the rounding noise of its module's sums, not of its own size
+    module_sizes: dict[str, float] = {}
+    for n, value in sizes.items():
+        module = n.rpartition(".")[0]
+        module_sizes[module] = max(module_sizes.get(module, 0.0), value)
     records = []
     for n in names:
         ref = refs64.get(n)
@@ -233,7 +284,7 @@ def _compare(step: int, phase: str, backend: str, names: Sequence[str], outs: Ma
             records.append(failed(f"shape {out.shape} != reference {ref.shape}"))
             continue
         max_abs = size(out - ref)  # nan if out has nan
-        scale = max(sizes[n], floor)
+        scale = max(sizes[n], module_sizes[n.rpartition(".")[0]], floor)
         rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
         records.append(TrainingRecord(step, phase, backend, n, shape, max_abs, sizes[n], rel, rtol,
                                       bool(rel <= rtol)))
@@ -343,11 +394,16 @@ def check_training(spec, backends: Iterable[str] = backend_names(), steps: int =
             a process-wide switch this function does not flip: call it inside
             ``with jax.enable_x64(True):`` (or after ``jax.config.update("jax_enable_x64", True)``).
         weights: canonical weights (dict) or a checkpoint file; default ``random_weights(plan, seed)``.
-        inputs: the NCHW batch; default standard normal of ``input_shape`` (default (4, C, 33, 47)).
+        inputs: the NCHW batch; default standard normal of ``input_shape`` (default (4, C, 33, 47), or
+            a larger batch where a BatchNorm would see fewer than ``MIN_BN_VALUES`` values per channel:
+            ``default_training_shape``).
         labels: integer class per input; default random from ``seed``.
         input_shape, seed: of the default batch, weights and labels.
         rtol: the relative bound (default 1e-9 in float64, inf in float32).
         reference: the backend compared against (default the first of ``backends``).
+    Raises:
+        IllConditionedError: the input leaves a train-mode BatchNorm fewer than ``MIN_BN_VALUES``
+            values per channel (a ValueError).
     Returns:
         TrainingReport: ``.ok``, ``.first_divergence`` (step, phase, backend, tensor, rel),
         ``.losses``, ``.records``, ``.to_dict()``, ``print(report)``.
@@ -393,8 +449,7 @@ def check_training(spec, backends: Iterable[str] = backend_names(), steps: int =
         get_backend(name)  # unknown or uninstalled: fail before any work
 
     if inputs is None:
-        shape = tuple(input_shape) if input_shape is not None else (DEFAULT_BATCH, plan.in_channels,
-                                                                    *DEFAULT_INPUT_HW)
+        shape = tuple(input_shape) if input_shape is not None else default_training_shape(plan)
         plan.check_input_shape(shape, what="input_shape")
         inputs = np.random.default_rng((seed, 1)).standard_normal(shape)
     elif input_shape is not None and tuple(np.shape(inputs)) != tuple(input_shape):
@@ -406,6 +461,7 @@ def check_training(spec, backends: Iterable[str] = backend_names(), steps: int =
     plan.check_input_shape(x.shape, what="inputs")
     if x.shape[0] < 2:
         raise ValueError(f"inputs: train-mode BatchNorm needs a batch of at least 2, got shape {x.shape}")
+    _check_batchnorm_values(plan, x.shape)
     x = np.ascontiguousarray(x, dtype=dtype)
     y = _labels(plan, labels, x.shape[0], seed)
     weights = random_weights(plan, seed) if weights is None else check_weights(plan, weights)

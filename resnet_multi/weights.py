@@ -108,7 +108,8 @@ def cast_weights(weights: Mapping[str, np.ndarray], dtype, *, source: str = "wei
         if array.dtype == target:
             out[name] = array
             continue
-        cast = array.astype(target)
+        with np.errstate(over="ignore"):  # an overflow to inf is reported below, in the PrecisionWarning
+            cast = array.astype(target)
         out[name] = cast
         if (array.dtype.name, target.name) in _EXACT_CASTS:
             continue
@@ -140,6 +141,14 @@ def cast_weights(weights: Mapping[str, np.ndarray], dtype, *, source: str = "wei
         warnings.warn(f"{source}: casting to {target.name} " + "; ".join(parts), PrecisionWarning,
                       stacklevel=stacklevel)
     return out
+
+
+def count_nonfinite(array) -> str:
+    """How many NaN and Inf values ``array`` holds, as a message says it: '3 NaN and 1 Inf value(s)'."""
+    array = np.asarray(array)
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    return " and ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if part) + \
+        " value(s)"
 
 
 def nonfinite_tensors(weights: Mapping[str, object]) -> dict[str, str]:
@@ -371,27 +380,33 @@ def save_weights(path, weights: Mapping[str, object], spec=None, *, force: bool 
 
 
 def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
-    """Read a neutral ``.safetensors`` file: canonical weights and the spec stored with them.
+    """Read canonical weights from a checkpoint of any supported format, with the spec it stores.
 
-    Any safetensors file of canonical names is read (e.g. a timm ``model.safetensors``); the spec
-    is None when the file has none. When it has one, the weights are checked against it.
+    A neutral ``.safetensors`` file: any safetensors file of canonical names is read (e.g. a timm
+    ``model.safetensors``); the spec is None when the file has none. When it has one, the weights
+    are checked against it. Any other format (``.pt``/``.pth``, ``.pdparams``, ``.msgpack``) is read
+    by its backend's reader and translated to canonical names and layouts (``convert.read_canonical``;
+    its framework must be installed); the spec is None (infer it with ``rm.infer_spec``).
 
     Returns:
         ``(weights, spec)``: ``{name: np.ndarray}`` (dtypes as stored; in the plan's order when
         the file has a spec) and a ResNetSpec or None.
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a safetensors file, truncated, written by a newer format version, or an
-            invalid spec in the metadata (the message names the file).
+        ValueError: not a readable file of its format (unknown suffix, truncated, corrupt), written by a newer format
+            version, or an invalid spec in the metadata (the message names the file; CheckpointError for
+            the other formats).
         WeightsError: the tensors do not fit the stored spec.
     Example:
         >>> weights, spec = rm.load_weights("r50.safetensors")
     """
     from safetensors import safe_open
 
-    from .spec import ResNetSpec
-
     path = Path(path)
+    if path.suffix.lower() != NEUTRAL_SUFFIX:  # another format: its backend's reader
+        from .convert import read_canonical
+
+        return read_canonical(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
@@ -401,21 +416,43 @@ def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
         except TypeError:  # safetensors < 0.8 has no backend option
             reader = safe_open(os.fspath(path), framework="np")
         with reader as f:
-            metadata = f.metadata() or {}
+            # the stored spec is untrusted: checked and sized (resnet_multi.limits) before any tensor is read
+            try:
+                plan, spec = _stored_plan(path, f.metadata() or {})
+            except ValueError as exc:
+                raise _StoredSpecError(exc) from None
             weights = {name: f.get_tensor(name) for name in f.keys()}
+    except _StoredSpecError as refused:  # its message names the file already
+        raise refused.args[0] from None
     except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError/ValueError)
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    if spec is not None:
+        return check_weights(plan, weights, source=str(path)), spec
+    return _canonical_arrays(weights, str(path)), None
+
+
+class _StoredSpecError(Exception):
+    """Carries the stored spec's own error past the reader's catch-all."""
+
+
+def _stored_plan(path: Path, metadata: Mapping[str, str]):
+    """``(plan, spec)`` of the spec a neutral file stores, or ``(None, None)``; a ValueError naming the
+    file if the version is newer, the spec invalid, or its network above ``resnet_multi.limits``."""
+    from .limits import LimitError
+    from .spec import ResNetSpec
+
     version = metadata.get(FORMAT_KEY)
     if version is not None and version != FORMAT_VERSION:
         raise ValueError(f"{path}: neutral format version {version!r}; this resnet_multi reads version "
                          f"{FORMAT_VERSION!r} (upgrade resnet_multi)")
-    spec = None
-    if SPEC_KEY in metadata:
-        try:
-            spec = ResNetSpec.from_dict(json.loads(metadata[SPEC_KEY]))
-        except ValueError as exc:  # json.JSONDecodeError and SpecError are ValueErrors
-            # A plain ValueError: the file is bad, not the caller's arguments.
-            raise ValueError(f"{path}: invalid spec in the metadata ({exc})") from None
-    if spec is not None:
-        return check_weights(make_plan(spec), weights, source=str(path)), spec
-    return _canonical_arrays(weights, str(path)), None
+    if SPEC_KEY not in metadata:
+        return None, None
+    try:
+        spec = ResNetSpec.from_dict(json.loads(metadata[SPEC_KEY]))
+    except ValueError as exc:  # json.JSONDecodeError and SpecError are ValueErrors
+        # A plain ValueError: the file is bad, not the caller's arguments.
+        raise ValueError(f"{path}: invalid spec in the metadata ({exc})") from None
+    try:
+        return make_plan(spec), spec
+    except LimitError as exc:
+        raise LimitError(f"{path}: the spec stored in the file: {exc}") from None

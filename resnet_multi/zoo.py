@@ -157,5 +157,9 @@ def resolve_spec(spec) -> ResNetSpec:
             return _PRESETS[spec]
         if Path(spec).suffix.lower() in (".json", ".yaml", ".yml"):
             return load_spec(spec)
+        if Path(spec).suffix or os.sep in str(spec) or Path(spec).exists():  # a file, not a preset name
+            from .spec import SpecError
+
+            raise SpecError(f"{spec}: a spec file's name ends in .json, .yaml or .yml (and no preset has this name)")
         return get_spec(str(spec))
     raise TypeError(f"spec: expected a ResNetSpec, preset name, spec file or dict, got {type(spec).__name__}")

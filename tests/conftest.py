@@ -33,7 +33,11 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, what: str, rtol: floa
 
 
 def assert_weights_equal(actual, expected) -> None:
-    """Every tensor of ``expected`` is in ``actual``, bit for bit (the failure names the tensor)."""
+    """``actual`` holds exactly the tensors of ``expected`` (no more, no fewer; torch's
+    ``num_batches_tracked`` counters aside), bit for bit (the failure names the tensor)."""
+    extra = sorted(n for n in actual if n not in expected and not n.endswith(".num_batches_tracked"))
+    missing = sorted(n for n in expected if n not in actual)
+    assert not extra and not missing, f"extra tensors {extra[:5]}, missing {missing[:5]}"
     for name, array in expected.items():
         np.testing.assert_array_equal(actual[name], array, err_msg=name)
 

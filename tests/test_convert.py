@@ -139,7 +139,7 @@ def test_same_format_conversion_and_dtypes_kept(tmp_path, fmt):
         assert_same_bits(read_canonical(out)[0], weights, f"{fmt} -> {other}")
 
 
-@pytest.mark.parametrize("backend", rm.available_backends())
+@pytest.mark.parametrize("backend", rm.backend_names())  # every backend: a missing one fails, not skips
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_build_from_a_checkpoint_file(tmp_path, backend, fmt):
     """rm.build(spec, backend, weights=PATH) reads every format (through convert.read_canonical)."""
@@ -342,3 +342,43 @@ def test_progress_bar_only_on_a_terminal_or_when_forced(tmp_path, capsys):
     rm.convert(src, tmp_path / "forced.pth", progress=True)
     err = capsys.readouterr().err
     assert "write forced.pth" in err and "100%" in err
+
+
+def test_a_whole_detector_is_read_from_under_its_backbone_prefix(tmp_path, capsys):
+    """PaddleDetection / PaddleOCR and many torch detectors save the whole model, the backbone's names under
+    'backbone.': the prefix is found (or given with --prefix), the neck and head are left out, and a line
+    says so."""
+    from safetensors.numpy import save_file
+
+    spec = rm.get_spec("d2l_densenet")
+    weights = random_weights(rm.make_plan(spec), seed=0)
+    whole = {f"backbone.{name}": value for name, value in weights.items()}
+    whole["neck.lateral.weight"] = np.ones((8, 4, 1, 1), np.float32)
+    whole["head.cls.bias"] = np.zeros(3, np.float32)
+    src = tmp_path / "detector.safetensors"
+    save_file(whole, str(src))  # a foreign file: no stored spec
+    dst = tmp_path / "backbone.safetensors"
+    assert main(["convert", str(src), str(dst)]) == 0
+    err = capsys.readouterr().err
+    assert (f"resnet-multi convert: warning: {src}: read the {len(weights)} tensors under 'backbone.' (found: no "
+            "preset matches the names as they are); 2 other tensor(s) left out") in err
+    got, stored = rm.load_weights(dst)
+    assert stored == spec and sorted(got) == sorted(weights)
+    assert main(["convert", str(src), str(tmp_path / "given.safetensors"), "--prefix", "backbone"]) == 0
+    assert "(as asked (--prefix))" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "bad.safetensors"), "--prefix", "model."]) == 1
+    assert "no tensor name starts with 'model.'; the names start with backbone., head., neck." in \
+        capsys.readouterr().err
+    assert main(["inspect", str(src)]) == 0
+    assert "preset    d2l_densenet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_load_weights_reads_every_format(tmp_path, fmt):
+    """rm.load_weights is the public any-format reader: canonical names and layouts, bit for bit."""
+    spec = tiny_spec()
+    weights = random_weights(rm.make_plan(spec), seed=0)
+    path = make_file(tmp_path, fmt, weights, spec)
+    got, stored = rm.load_weights(path)
+    assert_same_bits(got, weights, fmt)
+    assert stored == (spec if fmt == NEUTRAL else None)

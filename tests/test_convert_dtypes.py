@@ -495,3 +495,13 @@ def test_ml_dtypes_is_imported_only_when_a_dtype_is_named():
             "resolve_dtype('bfloat16')\n"
             "print(before, 'ml_dtypes' in sys.modules)")
     assert _run_fresh(code) == "False True"
+
+
+def test_overflow_is_reported_once_as_a_precision_warning_not_numpys():
+    """numpy's 'overflow encountered in cast' RuntimeWarning is not shown beside the PrecisionWarning."""
+    from resnet_multi.weights import cast_weights
+
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        cast_weights({"w": np.array([1e6, 1.0], np.float32)}, "float16", source="w")
+    assert [r.category for r in records] == [PrecisionWarning], [str(r.message) for r in records]

@@ -41,7 +41,7 @@ class TorchVision:
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     for tensor, values in zip((m.weight, m.bias, m.running_mean, m.running_var),
-                                              _random_bn(rng, m.num_features)):
+                                              _random_bn(rng, m.num_features), strict=True):
                         tensor.copy_(torch.from_numpy(values.astype(np.float32)))
         return model.eval()
 
@@ -75,7 +75,7 @@ class PaddleVision:
         for m in model.sublayers():
             if isinstance(m, paddle.nn.BatchNorm2D):
                 for tensor, values in zip((m.weight, m.bias, m._mean, m._variance),
-                                          _random_bn(rng, m.weight.shape[0])):
+                                          _random_bn(rng, m.weight.shape[0]), strict=True):
                     tensor.set_value(values.astype(np.float32))
         model.eval()
         return model

@@ -88,9 +88,9 @@ def _torch_equivalent() -> tuple[list[dict], dict]:
     records, wrong = [{} for _ in replicas], {}
     for step, (x, y) in enumerate(W.batches()):
         for m in replicas[1:]:  # DDP's broadcast_buffers=True
-            for mine, rank0 in zip(m.buffers(), replicas[0].buffers()):
+            for mine, rank0 in zip(m.buffers(), replicas[0].buffers(), strict=True):
                 mine.copy_(rank0)
-        for rank, (m, record) in enumerate(zip(replicas, records)):
+        for rank, (m, record) in enumerate(zip(replicas, records, strict=True)):
             m.zero_grad()
             loss = F.cross_entropy(m(torch.from_numpy(W.shard(x, rank))), torch.from_numpy(W.shard(y, rank)))
             loss.backward()
@@ -100,12 +100,12 @@ def _torch_equivalent() -> tuple[list[dict], dict]:
             wrong["rank 0's half alone"] = {f"0/grad/{k}": p.grad.numpy().copy() for k, p in named[0].items()}
         for name in named[0]:
             mean = sum(n[name].grad for n in named) / len(named)
-            for n, record in zip(named, records):
+            for n, record in zip(named, records, strict=True):
                 n[name].grad = mean.clone()
                 record[f"{step}/grad/{name}"] = mean.numpy().copy()
         for optimizer in optimizers:
             optimizer.step()
-    for m, record in zip(replicas, records):
+    for m, record in zip(replicas, records, strict=True):
         record.update({f"final/{k}": t.detach().numpy().copy() for k, t in m.state_dict().items()})
     x, y = W.batches()[0]
     F.cross_entropy(full(torch.from_numpy(x)), torch.from_numpy(y)).backward()
@@ -123,7 +123,7 @@ def _paddle_equivalent() -> tuple[list[dict], dict]:
     optimizers = [paddle.optimizer.Momentum(W.LR, W.MOMENTUM, parameters=m.parameters()) for m in replicas]
     records, wrong = [{} for _ in replicas], {}
     for step, (x, y) in enumerate(W.batches()):
-        for rank, (m, record) in enumerate(zip(replicas, records)):
+        for rank, (m, record) in enumerate(zip(replicas, records, strict=True)):
             loss = F.cross_entropy(m(paddle.to_tensor(W.shard(x, rank))), paddle.to_tensor(W.shard(y, rank)))
             loss.backward()
             record[f"{step}/loss"] = loss.numpy()
@@ -132,13 +132,13 @@ def _paddle_equivalent() -> tuple[list[dict], dict]:
             wrong["rank 0's half alone"] = {f"0/grad/{k}": p.grad.numpy().copy() for k, p in named[0].items()}
         for name in named[0]:
             mean = sum(n[name].grad for n in named) / len(named)
-            for n, record in zip(named, records):
+            for n, record in zip(named, records, strict=True):
                 n[name].grad.set_value(mean)
                 record[f"{step}/grad/{name}"] = mean.numpy().copy()
         for optimizer in optimizers:
             optimizer.step()
             optimizer.clear_grad()
-    for m, record in zip(replicas, records):
+    for m, record in zip(replicas, records, strict=True):
         record.update({f"final/{k}": t.numpy().copy() for k, t in m.state_dict().items()})
     x, y = W.batches()[0]
     F.cross_entropy(full(paddle.to_tensor(x)), paddle.to_tensor(y)).backward()
@@ -158,7 +158,7 @@ def test_data_parallel_equals_half_batch_gradients_averaged(backend, tmp_path):
             message = str(record.pop("syncbn_on_cpu"))
             assert message.startswith("ValueError: SyncBatchNorm expected input tensor to be on GPU"), message
     expected, wrong = EQUIVALENTS[backend]()
-    for rank, (got, want) in enumerate(zip(ranks, expected)):
+    for rank, (got, want) in enumerate(zip(ranks, expected, strict=True)):
         _assert_same(got, want, f"{backend} rank {rank}")  # losses, gradients, parameters, BN statistics
     # The comparison can fail: a rank's own half-batch gradient (no averaging) and the full-batch
     # gradient (BN over all 8 samples, as one process would train) are far from what the ranks got.

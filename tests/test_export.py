@@ -8,6 +8,7 @@ size and at another batch size than the one given at export (the batch is dynami
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_exported_artifact_matches_the_model(backend, spec, tmp_path):
         expected = expected if isinstance(expected, list) else [expected]
         actual = RUNNERS[main.suffix](main, x)
         assert len(actual) == len(expected)
-        for i, (a, e) in enumerate(zip(actual, expected)):
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_close(a, e, f"{backend} {spec.name} output {i} batch {batch}")
 
 
@@ -104,3 +105,23 @@ def test_backend_without_export_says_which_have_one(backend, tmp_path):
     with pytest.raises(rm.BackendError, match="no deployment export"):
         rm.export(model, tmp_path / "net", (1, 3, 33, 47))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("package", ["onnx", "onnxscript"])
+def test_a_missing_export_package_names_the_extra(package, tmp_path, monkeypatch):
+    """The README's export snippet on a machine without the `export` extra: an ImportError naming the
+    extra, before any work or file."""
+    model = rm.build(_specs()[0], "torch", inference=True)
+    monkeypatch.setitem(sys.modules, package, None)  # `import onnxscript` now raises ModuleNotFoundError
+    with pytest.raises(ImportError, match=rf"export needs {package}, .*pip install 'resnet_multi\[export\]'"):
+        rm.export(model, tmp_path / "net.onnx", (1, 3, 33, 47))
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_export_extra_is_declared_and_in_all():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert sorted(req.split(">")[0] for req in extras["export"]) == ["onnx", "onnxruntime", "onnxscript"]
+    assert "export" in extras["all"][0]

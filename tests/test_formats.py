@@ -471,6 +471,71 @@ def test_pdparams_corrupt_files_name_the_file(tmp_path):
         pdparams.read(tmp_path / "missing.pdparams")
 
 
+_RECONSTRUCT = np.ndarray.__reduce__(np.ones(1))[0]  # numpy's own _reconstruct, under its own module name
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("value,message", [
+    # _reconstruct with no data (no BUILD): numpy would give uninitialized memory ("fc.bias holds 6.6e22, NaN")
+    (_Reduce(_RECONSTRUCT, np.ndarray, (1000,), b"f"), r"unexpected _reconstruct\(\(1000,\)"),
+    (_Reduce(_RECONSTRUCT, np.ndarray, (0,), b"b"), "1 array.s. made but never filled"),
+    # ndarray(shape, dtype) called directly: 8 GB of uninitialized memory from a 60-byte file
+    (_Reduce(np.ndarray, (10 ** 9,), "f8"), r"refusing numpy.ndarray\(...\)"),
+    # the data does not fill the declared shape: too short, or an object array
+    (type("Short", (), {"__reduce__": lambda self: (_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                                                    (1, (10 ** 9,), np.dtype("f8"), False, b"\0" * 8))})(),
+     "needs 8,000,000,000 bytes; the file gives 8"),
+    (type("Objects", (), {"__reduce__": lambda self: (_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                                                      (1, (2,), np.dtype("O"), False, b"\0" * 16))})(),
+     "refusing an array of Python objects"),
+    (type("List", (), {"__reduce__": lambda self: (_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                                                   (1, (2,), np.dtype("O"), False, [1, 2]))})(),
+     "array data is a list, not bytes"),
+])
+def test_pdparams_arrays_must_be_filled_from_the_files_bytes(tmp_path, protocol, value, message):
+    path = tmp_path / "bad.pdparams"
+    path.write_bytes(pickle.dumps({"fc.bias": value}, protocol=protocol))
+    with pytest.raises(ValueError, match=message) as info:
+        pdparams.read(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pdparams_arrays_may_not_hold_more_bytes_than_the_file(tmp_path, protocol):
+    """A pickle's memo names one array's bytes (or one array) many times: refused, not copied N times."""
+    data = np.ones(1000).tobytes()
+    same_bytes = type("Same", (), {"__reduce__": lambda self: (_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                                                               (1, (1000,), np.dtype("f8"), False, data))})
+    path = tmp_path / "memo.pdparams"
+    path.write_bytes(pickle.dumps({f"w{i}": same_bytes() for i in range(50)}, protocol=protocol))
+    with pytest.raises(ValueError, match="more bytes .* than the file has"):
+        pdparams.read(path)
+    array = np.ones(1000)
+    path.write_bytes(pickle.dumps({f"w{i}": array for i in range(50)}, protocol=protocol))
+    with pytest.raises(ValueError, match="declare 400,000 bytes but the file has"):
+        pdparams.read(path)
+
+
+@pytest.mark.xfail(strict=True, reason="the Paddle backend's load_native keeps its own unpickler; it must read "
+                                      "through formats.pdparams.read (issue 19 item 6)")
+def test_inspect_refuses_a_small_pdparams_declaring_a_huge_tensor(tmp_path):
+    """The issue's 104-byte file declaring 4 GB: refused quickly, naming the file, with little memory."""
+    import tracemalloc
+
+    huge = type("Huge", (), {"__reduce__": lambda self: (_RECONSTRUCT, (np.ndarray, (10 ** 9,), b"f"))})
+    path = tmp_path / "tiny.pdparams"
+    path.write_bytes(pickle.dumps({"fc.weight": huge()}, protocol=4))
+    assert path.stat().st_size < 200
+    tracemalloc.start()
+    try:
+        with pytest.raises(rm.CheckpointError, match="tiny.pdparams"):
+            rm.inspect_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB"
+
+
 def test_pdparams_joins_big_tensor_slices_as_paddle_load_does(tmp_path):
     whole = np.arange(10, dtype=np.float32).reshape(2, 5)
     flat = whole.reshape(-1)
@@ -605,3 +670,16 @@ def test_nested_atomic_path_is_the_same_write(tmp_path):
     with atomic.atomic_path(tmp_path / "plain.bin") as tmp:
         assert tmp != tmp_path / "plain.bin"
         tmp.write_bytes(b"x")
+
+
+@pytest.mark.parametrize("key", pdparams.WRAPPER_KEYS)
+def test_pdparams_reads_a_state_dict_wrapped_by_a_training_script(tmp_path, key):
+    """paddle.save({'model': model.state_dict(), 'epoch': 3, 'optimizer': {...}}): read as torch's are."""
+    state = {"conv1.weight": np.ones((2, 1, 3, 3), np.float32), "bn1._mean": np.zeros(2, np.float32)}
+    path = tmp_path / "wrapped.pdparams"
+    path.write_bytes(pickle.dumps({key: state, "epoch": 3, "optimizer": {"lr": 0.1}}, protocol=4))
+    got = pdparams.read(path)
+    assert list(got) == list(state) and all(np.array_equal(got[n], state[n]) for n in state)
+    path.write_bytes(pickle.dumps({"epoch": 3, "weights": state}, protocol=4))  # not a known wrapper: refused
+    with pytest.raises(ValueError, match="entries are not named arrays"):
+        pdparams.read(path)

@@ -178,7 +178,7 @@ def test_torch_compile_trains_like_eager():
     compiled_losses = _torch_sgd_steps(compiled, x.double(), y)
     # float64: a compiled graph may only reorder sums (~1e-16 per op); any real difference is >= 1e-8
     torch.testing.assert_close(torch.stack(compiled_losses), torch.stack(eager_losses), rtol=1e-10, atol=0)
-    for (name, a), b in zip(eager.state_dict().items(), compiled_model.state_dict().values()):
+    for (name, a), b in zip(eager.state_dict().items(), compiled_model.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)  # float64: only summation order
 
 

@@ -175,7 +175,7 @@ def test_torch_and_paddle_agree_on_every_tap(name):
     for tap in plan.tap_names:  # in execution order: the first failure is the first divergence
         assert_close(actual[tap], expected[tap], f"{name} tap {tap}")
     outputs = rm.forward(model, x)
-    for tap, out in zip(plan.output_names(), outputs if isinstance(outputs, list) else [outputs]):
+    for tap, out in zip(plan.output_names(), outputs if isinstance(outputs, list) else [outputs], strict=True):
         np.testing.assert_array_equal(out, actual[tap])
 
 
@@ -266,7 +266,7 @@ def test_to_static_gives_the_same_outputs():
     static = paddle.jit.to_static(model, full_graph=True)
     with paddle.no_grad():
         outputs = static(paddle.to_tensor(x))
-    for out, exp in zip(outputs, expected):
+    for out, exp in zip(outputs, expected, strict=True):
         assert_close(out.numpy(), exp, "to_static")
 
 

@@ -243,3 +243,26 @@ def test_check_parity_in_another_dtype_uses_that_dtypes_bound(backend, dtype):
                              odd_input(rm.get_spec("resnet18")), weights=random_weights(plan, 0))
     assert broken.first_divergence.tap == "layer3.1"  # ...that the bfloat16 bound would also catch (18%)
     assert broken.first_divergence.rel > BOUNDS["bfloat16"][0]
+
+
+def test_non_finite_inputs_are_refused_by_parity_and_warned_by_forward():
+    """Paddle's ReLU drops NaN, torch and Flax propagate it: parity refuses such an input (instead of
+    failing every tap and blaming a backend); rm.forward runs it with a NonFiniteWarning."""
+    import warnings
+
+    from resnet_multi.weights import NonFiniteWarning
+
+    spec = rm.get_spec("resnet18").replace(
+        name="tiny", stages=(rm.StageSpec(1, 4), rm.StageSpec(1, 8, stride=2)), stem=rm.StemSpec(widths=(4,)),
+        head=rm.HeadSpec(num_classes=3))
+    x = np.zeros((1, 3, 33, 47), np.float32)
+    x[0, 0, 0, :3] = np.nan
+    x[0, 1, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"inputs: 3 NaN and 1 Inf value\(s\); parity needs finite inputs"):
+        rm.check_parity(spec, backends=("torch",), inputs=x)
+    model = rm.build(spec, "torch")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rm.forward(model, x)
+    assert [str(w.message).split(";")[0] for w in caught if issubclass(w.category, NonFiniteWarning)] == \
+        ["input: 3 NaN and 1 Inf value(s)"]

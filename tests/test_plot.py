@@ -83,6 +83,7 @@ class FakeTrainingReport:
     losses: dict
     records: tuple
     first_divergence: object
+    spec_name: str = "resnet18"
 
 
 PHASE_TENSORS = {"loss": ("loss",), "gradient": ("conv1.weight", "layer1.0.conv2.weight", "fc.weight"),
@@ -329,9 +330,10 @@ def test_diagram_of_every_preset(tmp_path, spec_name):
     spec = rm.get_spec(spec_name)
     path = rm.diagram(spec, tmp_path / f"{spec_name}.svg", input_shape=(1, spec.in_channels, 64, 96))
     width, height = image_size(path)
-    # one page, resnet18 through resnet152; GhostNet's 10 stages of different blocks (nothing to
-    # collapse) take ~1180 px
-    assert 600 <= width <= 800 and 400 <= height <= 1250
+    # one page, resnet18 through resnet152; GhostNet's 10 stages of different blocks, and its blocks'
+    # lines (a ghost block's convs and its dw + conv projection) ~850 px wide: the box is as wide as its text, which once overran it; its blocks of
+    # different widths are a box each, and its neck is drawn, ~1440 px high (issue 19)
+    assert 600 <= width <= 870 and 400 <= height <= 1450
     text = svg_texts(path)
     plan = rm.make_plan(spec)
     table = rm.summary(spec, input_shape=(1, spec.in_channels, 64, 96))
@@ -569,3 +571,65 @@ def test_a_real_training_report_plots(tmp_path):
     path = report.plot(tmp_path / "training.svg")
     text = path.read_text()
     assert report.ok and path.stat().st_size > 5_000 and "loss" in text and "paddle" in text
+
+
+@pytest.mark.parametrize("spec_name", rm.list_specs())
+def test_diagram_parameters_add_up_to_the_summarys(spec_name):
+    """Every parameter is drawn somewhere: stem, blocks (a collapsed run counts each of its blocks),
+    neck (GhostNet's 1x1 conv 160->960, DenseNet's final BN, once missing) and head."""
+    from resnet_multi.reports.diagram import _diagram_rows, drawn_parameters
+
+    spec = rm.get_spec(spec_name)
+    shape = (1, spec.in_channels, 64, 96)
+    _, rows, _ = _diagram_rows(spec, shape)
+    assert drawn_parameters(rows) == rm.summary(spec, input_shape=shape).total_params
+    if rm.make_plan(spec).neck is not None:
+        assert [row.kind for row in rows][-2:] == ["neck", "head"]
+
+
+@pytest.mark.parametrize("spec_name", ["ghostnet_100", "resnet50d", "resnext50_32x4d", "densenet121"])
+def test_diagram_text_stays_inside_its_box(spec_name):
+    """The block lines (convs | shortcut) of the widest presets end inside their boxes, as rendered."""
+    from matplotlib.patches import FancyBboxPatch
+
+    from resnet_multi.reports.diagram import diagram_figure
+
+    spec = rm.get_spec(spec_name)
+    fig = diagram_figure(spec, (1, spec.in_channels, 224, 224))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    boxes = [patch.get_window_extent(renderer) for patch in ax.patches if isinstance(patch, FancyBboxPatch)]
+    lines = [text for text in ax.texts if text.get_gid() == "shortcut"]
+    assert lines
+    for text in lines:
+        extent = text.get_window_extent(renderer)
+        box = min((b for b in boxes if b.y0 <= extent.y0 and extent.y1 <= b.y1 and b.x0 <= extent.x0),
+                  key=lambda b: b.width)
+        assert extent.x1 <= box.x1, f"{text.get_text()!r} overruns its box by {extent.x1 - box.x1:.0f} px"
+
+
+def test_diagram_groups_only_blocks_that_differ_in_input_width():
+    """GhostNet's blocks of other widths or with squeeze-excite are their own boxes; DenseNet's layers,
+    which differ only in the channels they take in, stay one box."""
+    from resnet_multi.reports.diagram import _diagram_rows
+
+    _, rows, _ = _diagram_rows(rm.get_spec("ghostnet_100"), (1, 3, 224, 224))
+    assert not any(row.varying for row in rows)
+    _, rows, _ = _diagram_rows(rm.get_spec("densenet121"), (1, 3, 224, 224))
+    assert [row.title for row in rows if row.varying] == [f"denselayer1 \u2026 denselayer{n}  \u00d7{n}"
+                                                           for n in (6, 12, 24, 16)]
+
+
+def test_plot_titles_name_the_model_and_fit_the_figure():
+    """The training plot's title names the model; a failing parity plot's long verdict is wrapped inside
+    the figure, not cut off at its right edge."""
+    from resnet_multi.reports.plots import parity_figure, training_figure
+
+    fig = training_figure(synthetic_training(fail=True))
+    assert fig._suptitle.get_text().startswith("training check of resnet18: torch, paddle, flax, 3 steps")
+    fig = parity_figure(synthetic_parity("resnet152", bad_from="layer1.0", backends=("torch", "paddle", "flax")))
+    fig.canvas.draw()
+    title = fig.axes[0].title if fig.axes[0].title.get_text() else fig.axes[0]._left_title
+    extent = title.get_window_extent(fig.canvas.get_renderer())
+    assert "FAIL" in title.get_text() and extent.x1 <= fig.bbox.x1, (extent.x1, fig.bbox.x1)

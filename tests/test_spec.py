@@ -42,6 +42,7 @@ BAD_SPECS = [
     ({"stem.widths": []}, "stem.widths: must be a non-empty list of channel counts, got ()"),
     ({"stem.widths.0": 0}, "stem.widths[0]: must be >= 1, got 0"),
     ({"stem.kernel_size": 4}, "stem.kernel_size: must be odd (symmetric padding), got 4"),
+    ({"stem.stride": 0}, "stem.stride: must be >= 1, got 0"),  # else summary divides by zero
     ({"shortcut.kind": "identity"}, "shortcut.kind: must be one of 'conv_bn', 'avgpool_conv_bn', 'conv', got 'identity'"),
     ({"shortcut.when": "never"}, "shortcut.when: must be one of 'auto', 'always', got 'never'"),
     ({"head.num_classes": 0}, "head.num_classes: must be >= 1, got 0"),
@@ -62,6 +63,19 @@ BAD_SPECS = [
     ({"stages.0": {"depth": 2}}, "stages[0].channels: is required for 'bottleneck' blocks, got None"),
     ({"stages.0": 3}, "stages[0]: expected a mapping, got 3"),
 ]
+
+
+GHOST_BAD_SPECS = [
+    ({"stages.1.blocks.0.stride": 0}, "stages[1].blocks[0].stride: must be >= 1, got 0"),  # else a ZeroDivisionError
+    ({"stages.3.blocks.0.channels": 0}, "stages[3].blocks[0].channels: must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("override, message", GHOST_BAD_SPECS, ids=[m.split(":")[0] for _, m in GHOST_BAD_SPECS])
+def test_invalid_ghost_block_names_field_and_value(override, message):
+    with pytest.raises(rm.SpecError) as info:
+        rm.ResNetSpec.from_dict(_with(override, base="ghostnet_100"))
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize("override, message", BAD_SPECS, ids=[m.split(":")[0] for _, m in BAD_SPECS])
@@ -138,3 +152,12 @@ def test_list_and_get_spec():
                             "resnext50_32x4d", "resnet50d", "resnet45", "d2l_resnet18"}
     with pytest.raises(KeyError, match="unknown preset 'resnet51'"):
         rm.get_spec("resnet51")
+
+
+def test_every_invalid_field_is_reported_at_once():
+    """Not the first only: independent sections are all checked (the family's only once the stages are valid)."""
+    with pytest.raises(rm.SpecError) as info:
+        rm.ResNetSpec.from_dict(_with({"stem.stride": 0, "stages.2.stride": 0, "head.num_classes": 0,
+                                       "norm.eps": -1.0}))
+    assert str(info.value) == ("stem.stride: must be >= 1, got 0; stages[2].stride: must be >= 1, got 0; "
+                               "head.num_classes: must be >= 1, got 0; norm.eps: must be a positive number, got -1.0")

@@ -86,3 +86,11 @@ def test_command_trains_flax_in_float64(spec_file):
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads(out.stdout)
     assert data["ok"] and data["backends"] == ["flax"] and data["dtype"] == "float64"
+
+
+def test_a_preset_with_head_dropout_trains_at_the_cli_defaults_with_a_note(capsys):
+    """GhostNet's head dropout: the command sets it to 0 for --train and says so (the API refuses it)."""
+    assert main(["parity", "ghostnet_050", "--train", "--backends", "torch,paddle"]) == 0
+    captured = capsys.readouterr()
+    assert "resnet-multi parity: note: head.dropout 0.2 set to 0 for --train" in captured.err
+    assert "all 2115 comparisons pass" in captured.out

@@ -13,6 +13,7 @@ summary) knows which family it walks.
 from __future__ import annotations
 
 from ..ir import Plan
+from ..limits import check_plan_size, check_spec_size
 from ..spec import ResNetSpec, block_family, register_block_family
 from . import dense, ghost, residual
 from .layers import ParamBuilder
@@ -29,10 +30,15 @@ def make_plan(spec: ResNetSpec) -> Plan:
         spec: a validated ResNetSpec.
     Returns:
         The Plan; ``plan.params`` lists every canonical parameter and buffer in module order.
+    Raises:
+        LimitError: the spec is above ``resnet_multi.limits`` (blocks, then parameters).
     Example:
         >>> p = make_plan(rm.get_spec("resnet50")); p.params["fc.weight"].shape
         (1000, 2048)
     """
+    check_spec_size(spec)
     builder = ParamBuilder(spec)
     stem, stages, neck, head = block_family(spec.block.kind).build(builder)
-    return Plan(spec, stem, stages, head, spec.out_indices, builder.params, neck, builder.aliases)
+    plan = Plan(spec, stem, stages, head, spec.out_indices, builder.params, neck, builder.aliases)
+    check_plan_size(plan)
+    return plan

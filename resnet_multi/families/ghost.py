@@ -8,8 +8,7 @@ from __future__ import annotations
 import math
 
 from ..ir import INPUT, Act, Add, Concat, GraphBuilder, Part, Slice, Stage
-from ..spec import (BlockFamily, BlockSettings, ResNetSpec, check, check_positive_int, is_number, make_divisible,
-                    register_block_family)
+from ..spec import (BlockFamily, BlockSettings, ResNetSpec, check, check_positive_int, is_number, make_divisible)
 from .layers import ParamBuilder, classifier_head, single_conv_stem
 
 KINDS = ("ghost",)

@@ -10,8 +10,7 @@ planes (output ``channels * expansion``). Module names are torchvision's (``laye
 from __future__ import annotations
 
 from ..ir import INPUT, Add, AvgPool, GraphBuilder, MaxPool, Part, ReLU, Stage
-from ..spec import (BlockFamily, ResNetSpec, check, check_positive_int, check_one_of, is_number,
-                    register_block_family)
+from ..spec import (BlockFamily, ResNetSpec, check, check_positive_int, check_one_of, is_number)
 from .layers import ParamBuilder, classifier_head
 
 KINDS = ("basic", "bottleneck", "basic_1x1")

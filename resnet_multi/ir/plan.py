@@ -15,6 +15,7 @@ from typing import Any
 
 from .graph import ParamInfo, Part, Stage
 from .ops import Conv, Linear
+from ..limits import check_run_size
 from .shapes import trace
 
 
@@ -148,4 +149,4 @@ class Plan:
                              f"shape {shape}")
         if shape[0] < 1:
             raise ValueError(f"{what}: batch size must be >= 1, got shape {shape}")
-        trace(self, shape)
+        check_run_size(self.spec.name, trace(self, shape))

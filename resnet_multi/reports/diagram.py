@@ -137,9 +137,9 @@ def _diagram_rows(spec, input_shape):
             detail = "conv " + " \u2192 ".join(_conv_text(op) for op in convs) + (" + SE" if excite else "")
             signature = (detail, kind, block.in_channels, block.out_channels, tuple(out), stride,
                          trainable_count(plan, block))
-            # the same layers at other widths (DenseNet's layers each see more channels)
-            shape_key = (kind, stride, tuple(out[2:]),
-                         tuple((op.kernel_size, op.kernel_size) for op in convs))
+            # the same layers at other input widths (DenseNet's layers each see more channels): the same
+            # convolutions (kernels, widths, groups), squeeze-excite and shortcut; only in_channels differ
+            shape_key = (detail, kind, stride, tuple(out[2:]))
             if groups and groups[-1][0] == signature:
                 groups[-1][1].append(block.name)
             elif groups and groups[-1][2] == shape_key:
@@ -161,17 +161,47 @@ def _diagram_rows(spec, input_shape):
                 kind += f", stride {stride}"
             rows.append(_Row("block", title, detail, out, total if varying else n, shortcut=kind, stage=stage.name,
                              varying=varying))
+    if plan.neck is not None:  # after the stages, before any head (DenseNet's norm5, GhostNet's last conv)
+        detail = " \u2192 ".join(f"conv {_conv_text(op)}" if isinstance(op, P.Conv) else _op_text(op)
+                                  for op in plan.neck.modules)
+        neck_shape = _neck_shape(plan, input_shape, shapes)
+        rows.append(_Row("neck", "neck", detail, neck_shape, table["neck"].params))
     if plan.head is not None:
         parts = []
-        if "pre_logits" in shapes:
-            parts.append(f"global average pool \u2192 {shapes['pre_logits'][1]}")
-        parts += [f"fc {op.in_features} \u2192 {op.out_features}" for op in plan.head.ops if isinstance(op, P.Linear)]
+        head_convs = any(isinstance(op, P.Conv) for op in plan.head.ops)
+        for op in plan.head.ops:  # in order: the pool, any conv (GhostNet's conv_head), the linears
+            if isinstance(op, P.GlobalAvgPool):  # with its width, unless a conv follows to say it
+                width = shapes["pre_logits"][1] if "pre_logits" in shapes and not head_convs else None
+                parts.append("global average pool" + (f" \u2192 {width}" if width else ""))
+            elif isinstance(op, P.Conv):
+                parts.append(f"conv {op.kernel_size}\u00d7{op.kernel_size} {op.in_channels} \u2192 {op.out_channels}")
+            elif isinstance(op, P.Linear):
+                parts.append(f"fc {op.in_features} \u2192 {op.out_features}")
         head_shape = shapes.get("logits", shapes.get("pre_logits"))
         rows.append(_Row("head", "head", " \u2192 ".join(parts) if parts else "", head_shape, table["head"].params))
-    elif plan.neck is not None:  # the features end after the neck (DenseNet's norm5, GhostNet's last conv)
-        detail = " \u2192 ".join(_op_text(op) for op in plan.neck.modules)
-        rows.append(_Row("neck", "neck", detail, shapes[plan.output_names()[0]], table["neck"].params))
     return plan, rows, table
+
+
+def _neck_shape(plan, input_shape, shapes):
+    """The neck's output shape: the model's output without a head; with one, the last stage's
+    shape at the neck's last conv width (a neck keeps the spatial size)."""
+    if plan.head is None:
+        return shapes[plan.output_names()[0]]
+    last = shapes[plan.stages[-1].name] if plan.stages else shapes["stem"]
+    convs = [op for op in plan.neck.modules if isinstance(op, P.Conv)]
+    return (last[0], convs[-1].out_channels if convs else last[1], *last[2:])
+
+
+def drawn_parameters(rows) -> int:
+    """The parameters the diagram shows in all: each box's count, times its blocks for a collapsed run of
+    identical blocks (a run whose widths vary shows its total)."""
+    total = 0
+    for row in rows:
+        repeat = 1
+        if row.kind == "block" and not row.varying and "\u00d7" in row.title:
+            repeat = int(row.title.rsplit("\u00d7", 1)[1])
+        total += row.params * repeat
+    return total
 
 
 def diagram_figure(spec, input_shape=None):
@@ -199,7 +229,7 @@ def diagram_figure(spec, input_shape=None):
     # the boxes; the shortcut arcs sit left of them, the outputs right. A box is as wide as its
     # longest detail line (8 pt text: about 0.062 inch a character), 6 to 7 inches.
     longest = max(len(row.detail) + (len(row.shortcut) + 16 if row.kind == "block" else 0) for row in rows)
-    left, right = 1.0, min(8.0, max(7.0, 1.3 + 0.062 * longest))
+    left, right = 1.0, max(7.0, 1.3 + 0.062 * longest)  # as wide as its text (GhostNet: 8.8)
     width = right + (3.8 if plan.out_indices is not None else 3.0)  # room for the feature-output labels
     # vertical layout first, to size the figure
     y = 0.95
@@ -284,7 +314,7 @@ def diagram_figure(spec, input_shape=None):
                 if projection:
                     ax.add_patch(FancyBboxPatch((x_arc - 0.05, top + box_h / 2 - 0.05), 0.1, 0.1,
                                                 boxstyle="square,pad=0", fc=color, ec=color, zorder=2))
-            if row.kind in ("head", "neck") and not outputs:  # what the model returns
+            if (row.kind == "head" or (row.kind == "neck" and plan.head is None)) and not outputs:  # what it returns
                 y_mid = top + box_h / 2
                 ax.annotate("", xy=(right + 0.85, y_mid), xytext=(right, y_mid),
                             arrowprops=dict(arrowstyle="-|>", color="#2f6f3e", lw=1.6))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 from . import canvas
@@ -162,6 +163,9 @@ def parity_figure(report):
             bad = sorted({r.backend for r in failing}, key=report.backends.index)
             verdict = (f"FAIL: {len(failing)} of {len(report.results)} comparisons out of bound "
                        f"({', '.join(bad)}); first divergence {first.backend} at {first.tap}")
+        # wrapped to the figure's width (about 0.075 inch a character at 10 pt): a long verdict is not cut off
+        width = max(40, int(fig.get_size_inches()[0] / 0.075))
+        verdict = "\n".join(textwrap.wrap(verdict, width, break_on_hyphens=False))
         ax.set_title(f"parity of {report.spec_name}, input {shape}, against {ref}\n{verdict}", loc="left",
                      color="black" if first is None else canvas.FAIL)
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=8, frameon=False, fontsize=8)
@@ -295,7 +299,8 @@ def training_figure(report):
                        f"step {first.step}, {first.phase}, {first.backend}: {first.tensor}")
         else:
             verdict = f"FAIL: {len(failing)} of {len(records)} comparisons out of bound"
-        fig.suptitle(f"training check: {', '.join(backends)}, {steps} step{'s' * (steps != 1)}\n{verdict}",
+        fig.suptitle(f"training check of {report.spec_name}: {', '.join(backends)}, {steps} step{'s' * (steps != 1)}"
+                     f"\n{verdict}",
                      x=0.01, ha="left", color="black" if not failing and first is None else canvas.FAIL, fontsize=10)
     return fig
 

@@ -25,7 +25,8 @@ class TrainingRecord(Record):
 
     ``max_abs`` = max|out - ref| and ``max_ref`` = max|ref| (float64 report); in a float32 report
     ``max_abs`` = ||out - ref||_2 and ``max_ref`` = ||ref||_2 (norm-relative). ``rel`` = max_abs /
-    scale, scale = max(max_ref, FLOOR x the phase's largest max_ref); ``bound`` is the relative
+    scale, scale = max(max_ref, the largest max_ref of its module's tensors in the phase (a conv's weight
+    and bias), FLOOR x the phase's largest max_ref); ``bound`` is the relative
     bound ``rel`` is held to; ``ok`` = rel <= bound. ``note`` explains a failure that is not a
     number (a missing gradient, a shape mismatch).
     """
@@ -160,8 +161,8 @@ class TrainingReport(Report):
                          "amplifies it). Prove a training with dtype='float64'."
                          + ("" if math.isinf(self.rtol) else f" Bound asked for: {self.rtol:g}."))
         else:
-            lines.append(f"a tensor passes when max|a-b| <= {self.rtol:g} x max(max|ref|, {FLOOR:g} x the largest "
-                         f"max|ref| of its step and phase)")
+            lines.append(f"a tensor passes when max|a-b| <= {self.rtol:g} x max(max|ref|, max|ref| of its module's "
+                         f"tensors, {FLOOR:g} x the largest max|ref| of its step and phase)")
         nw = max(len("backend"), *map(len, self.losses))
         lines += ["", f"{'loss':<{nw}}  " + "  ".join(f"{'step ' + str(s):>22}" for s in range(self.steps))]
         for name, values in self.losses.items():
