@@ -7,7 +7,7 @@ the first time that backend is used.
 from . import families  # noqa: F401  (registers every block kind before any spec is made)
 from .adopt import Adoption, adopt
 from .api import build, export_weights, forward, import_weights, optimize_for_inference, plan_of
-from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file
+from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file, load_weights
 from .export import export
 from .limits import LimitError, limits
 from .parity import ParityReport, check_parity
@@ -18,7 +18,7 @@ from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNe
                    StemSpec, load_spec, save_spec)
 from .summary import summary
 from .training import TrainingReport, check_training, optimizer
-from .weights import WeightsError, load_weights, save_weights
+from .weights import WeightsError, save_weights
 from .zoo import get_spec, list_specs
 
 __version__ = "0.1.0"

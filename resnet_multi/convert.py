@@ -50,7 +50,9 @@ from .formats.sniff import NEUTRAL, CheckpointError, detect_format, format_of_su
 from .plan import make_plan
 from .registry import native_io
 from .spec import HeadSpec, ResNetSpec, SpecError
-from .weights import (FRAMEWORK_EXTRAS, WeightsError, cast_weights, check_weights, load_weights, resolve_dtype,
+from .weights import NEUTRAL_SUFFIX
+from .weights import load_weights as load_neutral
+from .weights import (FRAMEWORK_EXTRAS, WeightsError, cast_weights, check_weights, resolve_dtype,
                       save_weights, warn_nonfinite)
 from .zoo import get_spec, list_specs, resolve_spec
 
@@ -61,7 +63,7 @@ def _read(path: Path) -> tuple[str, dict[str, np.ndarray], list[str], ResNetSpec
     """(format, canonical weights, dropped extras, spec stored in the file or None)."""
     fmt = detect_format(path)
     if fmt == NEUTRAL:  # the core's own format: no backend involved
-        weights, spec = load_weights(path)
+        weights, spec = load_neutral(path)
         return fmt, weights, [], spec
     backend = native_io(fmt)  # a framework only if the format needs one (a clear error if it is missing)
     try:
@@ -130,6 +132,23 @@ def _apply_prefix(weights: dict, prefix: str | None, source: str, *, detect: boo
     warnings.warn(f"{source}: read the {len(selected)} tensors under {prefix!r} ({how}); {left} other tensor(s) "
                   "left out", PrefixWarning, stacklevel=3)
     return selected
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], ResNetSpec | None]:
+    """Read canonical weights from a checkpoint of any supported format, with the spec it stores
+    (``rm.load_weights``).
+
+    A neutral ``.safetensors`` file is read by ``weights.load_weights`` (its spec, when it has
+    one, checks the tensors). Any other format (``.pt``/``.pth``, ``.pdparams``, ``.msgpack``) is
+    read by its backend's reader and translated to canonical names and layouts
+    (``read_canonical``); the spec is then None (infer it with ``rm.infer_spec``).
+
+    Example:
+        >>> weights, spec = rm.load_weights("resnet50.pdparams")
+    """
+    if Path(path).suffix.lower() == NEUTRAL_SUFFIX:
+        return load_neutral(path)
+    return read_canonical(path)
 
 
 def read_canonical(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], ResNetSpec | None]:

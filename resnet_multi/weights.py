@@ -380,13 +380,11 @@ def save_weights(path, weights: Mapping[str, object], spec=None, *, force: bool 
 
 
 def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
-    """Read canonical weights from a checkpoint of any supported format, with the spec it stores.
+    """Read canonical weights from a neutral ``.safetensors`` file, with the spec it stores (the
+    reader of every format, ``rm.load_weights``, is ``resnet_multi.convert.load_weights``).
 
-    A neutral ``.safetensors`` file: any safetensors file of canonical names is read (e.g. a timm
-    ``model.safetensors``); the spec is None when the file has none. When it has one, the weights
-    are checked against it. Any other format (``.pt``/``.pth``, ``.pdparams``, ``.msgpack``) is read
-    by its backend's reader and translated to canonical names and layouts (``convert.read_canonical``;
-    its framework must be installed); the spec is None (infer it with ``rm.infer_spec``).
+    Any safetensors file of canonical names is read (e.g. a timm ``model.safetensors``); the spec
+    is None when the file has none. When it has one, the weights are checked against it.
 
     Returns:
         ``(weights, spec)``: ``{name: np.ndarray}`` (dtypes as stored; in the plan's order when
@@ -403,10 +401,9 @@ def load_weights(path) -> tuple[dict[str, np.ndarray], "ResNetSpec | None"]:
     from safetensors import safe_open
 
     path = Path(path)
-    if path.suffix.lower() != NEUTRAL_SUFFIX:  # another format: its backend's reader
-        from .convert import read_canonical
-
-        return read_canonical(path)
+    if path.suffix.lower() != NEUTRAL_SUFFIX:  # another format: convert.load_weights (rm.load_weights) reads it
+        raise ValueError(f"{path}: resnet_multi.weights.load_weights reads the neutral {NEUTRAL_SUFFIX} file only; "
+                         f"rm.load_weights (resnet_multi.convert.load_weights) reads every format")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:

@@ -516,8 +516,6 @@ def test_pdparams_arrays_may_not_hold_more_bytes_than_the_file(tmp_path, protoco
         pdparams.read(path)
 
 
-@pytest.mark.xfail(strict=True, reason="the Paddle backend's load_native keeps its own unpickler; it must read "
-                                      "through formats.pdparams.read (issue 19 item 6)")
 def test_inspect_refuses_a_small_pdparams_declaring_a_huge_tensor(tmp_path):
     """The issue's 104-byte file declaring 4 GB: refused quickly, naming the file, with little memory."""
     import tracemalloc
