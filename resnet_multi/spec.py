@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 SPEC_FORMAT_VERSION = 1
+ADDED_FIELD = "resnet_multi.added_field"
+"""Metadata of a field added after format version 1: it is written only when set, so that every
+spec that does not use it (every file written before it existed) reads and writes as before."""
 
 DEFAULT_EXPANSION = {"basic": 1, "bottleneck": 4, "basic_1x1": 1}
 """``block.expansion`` when unset, by residual kind (output channels = ``channels * expansion``)."""
@@ -93,7 +96,8 @@ class BlockSpec:
     layer is BN-ReLU-Conv3x3 as in d2l; default 4), ``compression`` (a transition keeps
     ``floor(channels * compression)`` channels; default 0.5) and ``drop_rate`` (in train mode,
     dropout on each layer's new features before they are concatenated, torchvision's
-    ``drop_rate``; default 0). Other kinds leave them unset. A ``ghost`` block (GhostNet) is set
+    ``drop_rate``; default 0). Other kinds leave them unset. A ``vgg`` block (VGG) reads
+``batch_norm``: a BatchNorm after every conv (torchvision's ``vgg*_bn``). A ``ghost`` block (GhostNet) is set
     per block in ``stages[i].blocks``.
     """
 
@@ -107,6 +111,7 @@ class BlockSpec:
     bn_size: int | None = None
     compression: float | None = None
     drop_rate: float | None = None
+    batch_norm: bool = field(default=False, metadata={ADDED_FIELD: True})
 
     @property
     def resolved_expansion(self) -> int:
@@ -480,7 +485,8 @@ def validate_spec(spec: ResNetSpec) -> None:
 
 def _to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(ADDED_FIELD) and getattr(obj, f.name) == f.default)}
     if isinstance(obj, tuple):
         return [_to_plain(v) for v in obj]
     return obj

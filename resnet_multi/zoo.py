@@ -119,7 +119,25 @@ def _ghost(name, width) -> ResNetSpec:
 _GHOSTNETS = {name: _ghost(name, width) for name, width in
               (("ghostnet_050", 0.5), ("ghostnet_100", 1.0), ("ghostnet_130", 1.3))}
 
-_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS}
+_VGG_DEPTHS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+"""Convs per VGG block (torchvision's cfgs A, B, D, E; blocks of 64, 128, 256, 512, 512 channels)."""
+
+
+def _vgg(name: str, batch_norm: bool) -> ResNetSpec:
+    first, *rest = _VGG_DEPTHS[name]
+    return ResNetSpec(
+        name=name + ("_bn" if batch_norm else ""),
+        block=BlockSpec(kind="vgg", batch_norm=batch_norm),
+        stem=StemSpec(widths=(64,) * first, kernel_size=3, stride=1, pool=False),
+        stages=tuple(StageSpec(depth=d, channels=c, stride=2) for d, c in zip(rest, (128, 256, 512, 512))),
+        head=HeadSpec(num_classes=1000, dropout=0.5, hidden_channels=4096),
+        conv_bias=True,
+    )
+
+
+_VGGS = {spec.name: spec for name in _VGG_DEPTHS for spec in (_vgg(name, False), _vgg(name, True))}
+
+_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS, **_VGGS}
 
 
 def list_specs(pattern: str = "*") -> list[str]:

@@ -3,7 +3,8 @@ and its plan builder, registered by block kind (``spec.register_block_family``):
 
 - ``residual``: basic, bottleneck, basic_1x1 (torchvision, timm, PaddleOCR, d2l ResNets);
 - ``dense``: DenseNet (torchvision, paddle.vision, d2l);
-- ``ghost``: GhostNet (timm).
+- ``ghost``: GhostNet (timm);
+- ``vgg``: VGG (torchvision, paddle.vision; P2PNet's backbone).
 
 ``layers`` holds what they share (the parameter-table builder, stem, squeeze-excite, head).
 Nothing here is framework code, and no consumer of the plan (backends, oracle, folding, taps,
@@ -16,7 +17,7 @@ from ..ir import Plan
 from ..spec import ResNetSpec, block_family
 # each registers its block kinds; this order is the order `block.kind` errors list them in
 from . import residual  # noqa: I001,F401
-from . import dense, ghost  # noqa: F401
+from . import dense, ghost, vgg  # noqa: F401
 from .layers import ParamBuilder
 
 

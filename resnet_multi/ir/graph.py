@@ -88,6 +88,12 @@ class Part:
                 out.setdefault(node.op.name, []).append(node)
         return {name: tuple(nodes) for name, nodes in out.items()}
 
+    @property
+    def is_flat(self) -> bool:
+        """Its modules sit on the model itself (the stem, neck and head; a VGG stage), not in a
+        module of its own: it is run op by op by the model, never called as a block module."""
+        return not self.prefix
+
     def local_name(self, op) -> str:
         """``op.name`` relative to the module that runs this part."""
         return op.name[len(self.prefix):]

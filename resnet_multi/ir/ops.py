@@ -14,10 +14,11 @@ that path, so a model's state_dict names are canonical:
 - ``Act``        relu | sigmoid | hard_sigmoid (``relu6(x + 3) / 6``, timm's).
 - ``MaxPool``    padding counts as -inf.  ``AvgPool``: ``ceil_mode``/``count_include_pad`` spelled out.
 - ``GlobalAvgPool``  mean over H, W; ``flatten`` gives (N, C), else (N, C, 1, 1).
+- ``AdaptiveAvgPool``  average pooling to size x size (PyTorch's adaptive windows).
 - ``Flatten``, ``Add`` (sum of its inputs), ``Mul`` (product, broadcasting a gate),
   ``Concat`` (along channels), ``Slice`` (channels ``start:stop``).
 
-``Act``, ``MaxPool``, ``AvgPool`` and ``GlobalAvgPool`` may carry a ``name`` too: the path of the
+``Act`` and the pools may carry a ``name`` too: the path of the
 reference model's own parameterless module for them (torchvision's ``relu``, ``maxpool``,
 ``avgpool``, ``layer1.0.relu``). The torch and Paddle backends register a module there and call
 it, so ``model.maxpool = nn.Identity()`` or a hook on ``model.relu`` acts as on the reference
@@ -163,6 +164,24 @@ class GlobalAvgPool(Op):
 
 
 @dataclass(frozen=True)
+class AdaptiveAvgPool(Op):
+    """Average pooling to ``size`` x ``size`` whatever the input size: output cell ``i`` averages
+    rows ``floor(i * H / size)`` to ``ceil((i + 1) * H / size)`` (exclusive), and so for columns,
+    as ``nn.AdaptiveAvgPool2d`` (torchvision's VGG: ``avgpool``, 7 x 7)."""
+
+    size: int
+    name: str = ""
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return (*shapes[0][:2], self.size, self.size)
+
+
+def adaptive_windows(in_size: int, out_size: int) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` of each output cell's window along one axis (see AdaptiveAvgPool)."""
+    return tuple((i * in_size // out_size, -(-(i + 1) * in_size // out_size)) for i in range(out_size))
+
+
+@dataclass(frozen=True)
 class Flatten(Op):
     def out_shape(self, *shapes: Shape) -> Shape:
         return (shapes[0][0], math.prod(shapes[0][1:]))
@@ -195,12 +214,13 @@ class Slice(Op):
         return (shapes[0][0], self.stop - self.start, *shapes[0][2:])
 
 
-OPS = (Conv, BatchNorm, Linear, Dropout, Act, MaxPool, AvgPool, GlobalAvgPool, Flatten, Add, Mul, Concat, Slice)
+OPS = (Conv, BatchNorm, Linear, Dropout, Act, MaxPool, AvgPool, GlobalAvgPool, AdaptiveAvgPool, Flatten, Add, Mul,
+       Concat, Slice)
 """Every op type of the IR. Each backend's op table and the oracle's cover exactly these (a
 contract test checks it), so an op added here without a primitive everywhere fails the tests."""
 MODULE_OPS = (Conv, BatchNorm, Linear, Dropout)
 """Ops that are modules of the model (registered under ``op.name``); all others are functions."""
-NAMEABLE_OPS = (Act, MaxPool, AvgPool, GlobalAvgPool)
+NAMEABLE_OPS = (Act, MaxPool, AvgPool, GlobalAvgPool, AdaptiveAvgPool)
 """Parameterless ops that may name the reference model's module for them (``op.name``)."""
 BROADCASTING_OPS = (Add, Mul)
 """Ops of several inputs whose shapes must agree up to a (N, C, 1, 1) gate."""
