@@ -36,7 +36,9 @@ DEFAULT_BN_SIZE = 4
 """DenseNet's bottleneck: the 1x1 conv of a dense layer has ``bn_size * growth_rate`` outputs."""
 DEFAULT_COMPRESSION = 0.5
 """DenseNet's transitions keep ``floor(channels * compression)`` channels (torchvision: ``c // 2``)."""
-CONV_INITS = ("kaiming_normal_fan_out", "kaiming_normal_fan_in", "torch_default")
+CONV_INITS = ("kaiming_normal_fan_out", "kaiming_normal_fan_in", "torch_default", "trunc_normal")
+"""trunc_normal: a normal of std 0.02 truncated at +-2 (absolute), for convs and linears alike, biases
+zero (torchvision's ConvNeXt, HorNet)."""
 LINEAR_BIAS_INITS = ("torch_default", "zeros")
 """torch_default: uniform in +-1/sqrt(fan_in), as nn.Linear. zeros: torchvision's DenseNet."""
 RUNNING_VAR_ESTIMATORS = ("unbiased", "biased")
@@ -97,7 +99,10 @@ class BlockSpec:
     ``floor(channels * compression)`` channels; default 0.5) and ``drop_rate`` (in train mode,
     dropout on each layer's new features before they are concatenated, torchvision's
     ``drop_rate``; default 0). Other kinds leave them unset. A ``vgg`` block (VGG) reads
-``batch_norm``: a BatchNorm after every conv (torchvision's ``vgg*_bn``). A ``ghost`` block (GhostNet) is set
+``batch_norm``: a BatchNorm after every conv (torchvision's ``vgg*_bn``). ``convnext`` and
+    ``hornet`` blocks read ``drop_path_rate`` (the stochastic depth of the last block; earlier
+    blocks get a linear ramp from 0, as their references) and ``layer_scale`` (the initial value
+    of every layer-scale parameter; 0: none). A ``ghost`` block (GhostNet) is set
     per block in ``stages[i].blocks``.
     """
 
@@ -112,6 +117,8 @@ class BlockSpec:
     compression: float | None = None
     drop_rate: float | None = None
     batch_norm: bool = field(default=False, metadata={ADDED_FIELD: True})
+    drop_path_rate: float = field(default=0.0, metadata={ADDED_FIELD: True})
+    layer_scale: float = field(default=0.0, metadata={ADDED_FIELD: True})
 
     @property
     def resolved_expansion(self) -> int:
@@ -408,6 +415,12 @@ def _check_unread_settings(spec: "ResNetSpec", family: BlockFamily) -> None:
             check(False, path, message.format(kind=kind), value)
 
 
+def check_odd_stem_kernel(spec: "ResNetSpec") -> None:
+    """The stem's convs pad symmetrically ('same'-style), which needs an odd kernel."""
+    check(spec.stem.kernel_size % 2 == 1, "stem.kernel_size", "must be odd (symmetric padding)",
+          spec.stem.kernel_size)
+
+
 def _check_stage(i: int, stage: StageSpec) -> None:
     """What every stage must be, whatever the family."""
     p = f"stages[{i}]"
@@ -430,7 +443,6 @@ def validate_spec(spec: ResNetSpec) -> None:
     for i, w in enumerate(stem.widths):
         check_positive_int(w, f"stem.widths[{i}]")
     check_positive_int(stem.kernel_size, "stem.kernel_size")
-    check(stem.kernel_size % 2 == 1, "stem.kernel_size", "must be odd (symmetric padding)", stem.kernel_size)
     check_positive_int(stem.stride, "stem.stride")
     check(isinstance(stem.pool, bool), "stem.pool", "must be true or false", stem.pool)
 

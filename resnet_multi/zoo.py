@@ -137,7 +137,27 @@ def _vgg(name: str, batch_norm: bool) -> ResNetSpec:
 
 _VGGS = {spec.name: spec for name in _VGG_DEPTHS for spec in (_vgg(name, False), _vgg(name, True))}
 
-_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS, **_VGGS}
+_CONVNEXTS_CFG = {"convnext_tiny": ((3, 3, 9, 3), 96, 0.1), "convnext_small": ((3, 3, 27, 3), 96, 0.4),
+                  "convnext_base": ((3, 3, 27, 3), 128, 0.5), "convnext_large": ((3, 3, 27, 3), 192, 0.5)}
+"""torchvision's ConvNeXts: depths, the first stage's width (doubled per stage), stochastic depth."""
+
+
+def _convnext(name: str) -> ResNetSpec:
+    depths, width, drop_path = _CONVNEXTS_CFG[name]
+    return ResNetSpec(
+        name=name,
+        block=BlockSpec(kind="convnext", drop_path_rate=drop_path, layer_scale=1e-6),
+        stem=StemSpec(widths=(width,), kernel_size=4, stride=4, pool=False),
+        stages=tuple(StageSpec(depth=d, channels=width * 2 ** i, stride=1 if i == 0 else 2)
+                     for i, d in enumerate(depths)),
+        norm=NormSpec(eps=1e-6),
+        init=InitSpec(conv="trunc_normal", linear_bias="zeros"),
+    )
+
+
+_CONVNEXTS = {name: _convnext(name) for name in _CONVNEXTS_CFG}
+
+_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS, **_VGGS, **_CONVNEXTS}
 
 
 def list_specs(pattern: str = "*") -> list[str]:

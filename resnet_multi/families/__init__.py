@@ -4,7 +4,8 @@ and its plan builder, registered by block kind (``spec.register_block_family``):
 - ``residual``: basic, bottleneck, basic_1x1 (torchvision, timm, PaddleOCR, d2l ResNets);
 - ``dense``: DenseNet (torchvision, paddle.vision, d2l);
 - ``ghost``: GhostNet (timm);
-- ``vgg``: VGG (torchvision, paddle.vision; P2PNet's backbone).
+- ``vgg``: VGG (torchvision, paddle.vision; P2PNet's backbone);
+- ``convnext``: ConvNeXt (torchvision).
 
 ``layers`` holds what they share (the parameter-table builder, stem, squeeze-excite, head).
 Nothing here is framework code, and no consumer of the plan (backends, oracle, folding, taps,
@@ -15,9 +16,15 @@ from __future__ import annotations
 
 from ..ir import Plan
 from ..spec import ResNetSpec, block_family
+
 # each registers its block kinds; this order is the order `block.kind` errors list them in
-from . import residual  # noqa: I001,F401
-from . import dense, ghost, vgg  # noqa: F401
+from . import (  # noqa: F401
+    convnext,
+    dense,
+    ghost,
+    residual,  # noqa: I001,F401
+    vgg,
+)
 from .layers import ParamBuilder
 
 

@@ -112,7 +112,8 @@ class Stage:
         return self.blocks[-1].out_channels
 
 
-ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias", "bn_mean", "bn_var", "linear_weight", "linear_bias")
+ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias", "bn_mean", "bn_var", "linear_weight", "linear_bias",
+         "ln_weight", "ln_bias", "layer_scale", "complex_weight")
 """Every parameter role. A backend's weight layout says, per role, its native name and axis order."""
 BUFFER_ROLES = ("bn_mean", "bn_var")
 """The roles that are buffers (running statistics), not trainable parameters."""
