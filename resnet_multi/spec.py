@@ -171,7 +171,8 @@ class StageSpec:
     (layers), no ``channels`` (``block.growth_rate`` sets them); every stage but the first
     starts with a transition (BN-ReLU-Conv1x1, then AvgPool ``stride`` x ``stride`` when
     ``stride`` > 1), so the first stage's stride must be 1. ``ghost`` takes ``blocks`` (one
-    BlockSettings per block) and nothing else.
+    BlockSettings per block) and nothing else. ``hornet`` reads ``order`` (the gnconv's order) and
+    ``global_filter`` ((h, w) of the global filter's weight; null: a depthwise 7x7 conv instead).
     """
 
     depth: int | None = None
@@ -179,6 +180,8 @@ class StageSpec:
     stride: int = 1
     dilate: bool = False
     blocks: tuple[BlockSettings, ...] | None = None
+    order: int | None = field(default=None, metadata={ADDED_FIELD: True})
+    global_filter: tuple[int, int] | None = field(default=None, metadata={ADDED_FIELD: True})
 
     def __post_init__(self):
         _freeze_lists(self, "blocks")

@@ -6,8 +6,18 @@ import fnmatch
 from dataclasses import replace
 
 from . import families  # noqa: F401  (registers the block kinds the presets use)
-from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, StageSpec,
-                   StemSpec, make_divisible)
+from .spec import (
+    BlockSettings,
+    BlockSpec,
+    HeadSpec,
+    InitSpec,
+    NormSpec,
+    ResNetSpec,
+    ShortcutSpec,
+    StageSpec,
+    StemSpec,
+    make_divisible,
+)
 
 
 def _stages(depths, channels=(64, 128, 256, 512), strides=(1, 2, 2, 2)) -> tuple[StageSpec, ...]:
@@ -157,7 +167,29 @@ def _convnext(name: str) -> ResNetSpec:
 
 _CONVNEXTS = {name: _convnext(name) for name in _CONVNEXTS_CFG}
 
-_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS, **_VGGS, **_CONVNEXTS}
+_HORNET_WIDTHS = {"tiny": 64, "small": 96, "base": 128}
+_HORNET_FILTERS = {"7x7": (None, None, None, None), "gf": (None, None, (14, 8), (7, 4))}
+"""The official HorNets: depths (2, 3, 18, 2), gnconv orders 2..5, base width; the _gf presets put the
+global filter (its weight's h, w) in stages 3 and 4."""
+
+
+def _hornet(size: str, spatial: str) -> ResNetSpec:
+    width = _HORNET_WIDTHS[size]
+    return ResNetSpec(
+        name=f"hornet_{size}_{spatial}",
+        block=BlockSpec(kind="hornet", layer_scale=1e-6),
+        stem=StemSpec(widths=(width,), kernel_size=4, stride=4, pool=False),
+        stages=tuple(StageSpec(depth=d, channels=width * 2 ** i, stride=1 if i == 0 else 2, order=i + 2,
+                               global_filter=gf)
+                     for i, (d, gf) in enumerate(zip((2, 3, 18, 2), _HORNET_FILTERS[spatial]))),
+        norm=NormSpec(eps=1e-6),
+        init=InitSpec(conv="trunc_normal", linear_bias="zeros"),
+    )
+
+
+_HORNETS = {spec.name: spec for size in _HORNET_WIDTHS for spec in (_hornet(size, "7x7"), _hornet(size, "gf"))}
+
+_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS, **_VGGS, **_CONVNEXTS, **_HORNETS}
 
 
 def list_specs(pattern: str = "*") -> list[str]:

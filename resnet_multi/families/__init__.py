@@ -5,7 +5,8 @@ and its plan builder, registered by block kind (``spec.register_block_family``):
 - ``dense``: DenseNet (torchvision, paddle.vision, d2l);
 - ``ghost``: GhostNet (timm);
 - ``vgg``: VGG (torchvision, paddle.vision; P2PNet's backbone);
-- ``convnext``: ConvNeXt (torchvision).
+- ``convnext``: ConvNeXt (torchvision);
+- ``hornet``: HorNet (the official code).
 
 ``layers`` holds what they share (the parameter-table builder, stem, squeeze-excite, head).
 Nothing here is framework code, and no consumer of the plan (backends, oracle, folding, taps,
@@ -15,17 +16,12 @@ summary) knows which family it walks.
 from __future__ import annotations
 
 from ..ir import Plan
-from ..spec import ResNetSpec, block_family
-
-# each registers its block kinds; this order is the order `block.kind` errors list them in
-from . import (  # noqa: F401
-    convnext,
-    dense,
-    ghost,
-    residual,  # noqa: I001,F401
-    vgg,
-)
+from ..spec import ResNetSpec, block_family, register_block_family
+from . import convnext, dense, ghost, hornet, residual, vgg
 from .layers import ParamBuilder
+
+FAMILIES = tuple(register_block_family(module.FAMILY) for module in (residual, dense, ghost, vgg, convnext, hornet))
+"""Every block family, registered in this order (the order ``block.kind`` errors list the kinds in)."""
 
 
 def make_plan(spec: ResNetSpec) -> Plan:

@@ -15,7 +15,7 @@ then ``layer_scale`` (C, 1, 1), row-mode ``stochastic_depth`` and the residual a
 from __future__ import annotations
 
 from ..ir import INPUT, Act, Add, DropPath, Flatten, GlobalAvgPool, GraphBuilder, Part, Stage
-from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, is_number, register_block_family
+from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, is_number
 from .layers import ParamBuilder
 
 KINDS = ("convnext",)
@@ -106,6 +106,6 @@ def build(b: ParamBuilder):
     return stem, tuple(stages), None, head
 
 
-FAMILY = register_block_family(BlockFamily(
+FAMILY = BlockFamily(
     name="convnext", kinds=KINDS, block_fields=("drop_path_rate", "layer_scale"),
-    stage_fields=("depth", "channels", "stride"), spec_fields=(), validate=validate, build=build))
+    stage_fields=("depth", "channels", "stride"), spec_fields=(), validate=validate, build=build)

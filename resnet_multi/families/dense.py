@@ -18,7 +18,6 @@ from ..spec import (
     check_odd_stem_kernel,
     check_positive_int,
     is_number,
-    register_block_family,
 )
 from .layers import ParamBuilder, classifier_head, single_conv_stem
 
@@ -160,6 +159,6 @@ def build(b: ParamBuilder):
     return stem, tuple(stages), neck, head
 
 
-FAMILY = register_block_family(BlockFamily(
+FAMILY = BlockFamily(
     name="dense", kinds=KINDS, block_fields=("growth_rate", "bn_size", "compression", "drop_rate", "se_ratio"),
-    stage_fields=("depth", "stride"), spec_fields=(), validate=validate, build=build))
+    stage_fields=("depth", "stride"), spec_fields=(), validate=validate, build=build)

@@ -17,7 +17,6 @@ from ..spec import (
     check_positive_int,
     is_number,
     make_divisible,
-    register_block_family,
 )
 from .layers import ParamBuilder, classifier_head, single_conv_stem
 
@@ -115,6 +114,6 @@ def build(b: ParamBuilder):
     return stem, tuple(stages), neck, head
 
 
-FAMILY = register_block_family(BlockFamily(
+FAMILY = BlockFamily(
     name="ghost", kinds=KINDS, block_fields=("se_ratio",), stage_fields=("blocks", "stride"), spec_fields=(),
-    validate=validate, build=build))
+    validate=validate, build=build)

@@ -105,8 +105,9 @@ class ParamBuilder:
         self._add(name, shape, "layer_scale", ("constant", float(value)))
         return LayerScale(name, tuple(shape))
 
-    def global_filter(self, name, channels, h, w) -> GlobalFilter:
-        self._add(f"{name}.complex_weight", (channels, h, w, 2), "complex_weight", ("normal", 0.02))
+    def global_filter(self, name, channels, h, w, init=("trunc_normal", 0.02)) -> GlobalFilter:
+        """HorNet's global filter and its complex weight, a parameter called ``name``."""
+        self._add(name, (channels, h, w, 2), "complex_weight", init)
         return GlobalFilter(name, channels, h, w)
 
     def squeeze_excite(self, g: GraphBuilder, name: str, x: str, channels: int, gate: str = "sigmoid",

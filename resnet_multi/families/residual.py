@@ -18,7 +18,6 @@ from ..spec import (
     check_one_of,
     check_positive_int,
     is_number,
-    register_block_family,
 )
 from .layers import ParamBuilder, classifier_head
 
@@ -166,9 +165,9 @@ def build(b: ParamBuilder):
     return stem, tuple(stages), None, head
 
 
-FAMILY = register_block_family(BlockFamily(
+FAMILY = BlockFamily(
     name="residual", kinds=KINDS,
     block_fields=("expansion", "stride_on", "groups", "width_per_group", "se_ratio"),
     stage_fields=("depth", "channels", "stride", "dilate"),
     spec_fields=("shortcut", "init.zero_init_last_bn", "stem.widths"),
-    validate=validate, build=build))
+    validate=validate, build=build)

@@ -14,7 +14,7 @@ at ``features.N``, as in torchvision, with no block module of their own.
 from __future__ import annotations
 
 from ..ir import AdaptiveAvgPool, Dropout, Flatten, GraphBuilder, MaxPool, ReLU, Stage
-from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, register_block_family
+from ..spec import BlockFamily, ResNetSpec, check, check_positive_int
 from .layers import ParamBuilder
 
 KINDS = ("vgg",)
@@ -103,6 +103,6 @@ def build(b: ParamBuilder):
     return stem, tuple(stages), neck, head
 
 
-FAMILY = register_block_family(BlockFamily(
+FAMILY = BlockFamily(
     name="vgg", kinds=KINDS, block_fields=("batch_norm",), stage_fields=("depth", "channels", "stride"),
-    spec_fields=("stem.widths",), validate=validate, build=build))
+    spec_fields=("stem.widths",), validate=validate, build=build)

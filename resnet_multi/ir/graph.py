@@ -181,7 +181,9 @@ class GraphBuilder:
     def add(self, op, *inputs: str) -> str:
         # a module's output is named after it; any other value (a named function such as a block's
         # relu may be called several times) after its position, so that every name is unique
-        output = op.name if isinstance(op, MODULE_OPS) else f"{len(self.nodes)}.{type(op).__name__.lower()}"
+        output = f"{len(self.nodes)}.{type(op).__name__.lower()}"
+        if isinstance(op, MODULE_OPS) and all(node.output != op.name for node in self.nodes):
+            output = op.name  # a module called again (HorNet's drop_path) names its value by position
         assert all(node.output != output for node in self.nodes), f"plan error: {output!r} made twice"
         self.nodes.append(Node(op, tuple(inputs), output))
         return output

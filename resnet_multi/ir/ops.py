@@ -299,9 +299,11 @@ class Interleave(Op):
 @dataclass(frozen=True)
 class GlobalFilter(Op):
     """HorNet's global filter: in float32, ``irfft2(rfft2(x, norm="ortho") * W, s=(H, W),
-    norm="ortho")`` over H and W, where ``W`` is the complex weight ``<name>.complex_weight`` stored
-    as a real (C, h, w, 2) parameter; when (h, w) is not (H, W // 2 + 1) the weight is first
-    resized to it bilinearly with ``align_corners=True``. MACs count the weight product only."""
+    norm="ortho")`` over H and W, where ``W`` is the complex weight called ``name`` (a whole
+    parameter name, ``...gnconv.dwconv.complex_weight``, held by the module that runs the part)
+    stored as a real (C, h, w, 2) parameter; when (h, w) is not (H, W // 2 + 1) the weight is
+    first resized to it bilinearly with ``align_corners=True``. MACs count the weight product only
+    (the FFTs' own cost, O(HW log HW) per channel, is left out)."""
 
     name: str
     channels: int
@@ -317,10 +319,10 @@ OPS = (Conv, BatchNorm, Linear, Dropout, Act, MaxPool, AvgPool, GlobalAvgPool, A
        Concat, Slice, LayerNorm, ChannelLinear, LayerScale, DropPath, Scale, Interleave, GlobalFilter)
 """Every op type of the IR. Each backend's op table and the oracle's cover exactly these (a
 contract test checks it), so an op added here without a primitive everywhere fails the tests."""
-MODULE_OPS = (Conv, BatchNorm, Linear, Dropout, LayerNorm, ChannelLinear, DropPath, GlobalFilter)
+MODULE_OPS = (Conv, BatchNorm, Linear, Dropout, LayerNorm, ChannelLinear, DropPath)
 """Ops that are modules of the model (registered under ``op.name``); all others are functions."""
 NAMEABLE_OPS = (Act, MaxPool, AvgPool, GlobalAvgPool, AdaptiveAvgPool, Flatten)
-PARAMETER_OPS = (LayerScale,)
+PARAMETER_OPS = (LayerScale, GlobalFilter)
 """Ops whose ``name`` is one parameter's whole name, held by the module that runs their part."""
 """Parameterless ops that may name the reference model's module for them (``op.name``)."""
 BROADCASTING_OPS = (Add, Mul)
