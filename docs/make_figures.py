@@ -1,8 +1,9 @@
 """Regenerate the README's figures: ``python docs/make_figures.py`` (needs ``.[all,plot]``).
 
-- docs/parity.svg: a real parity check of resnet50 in torch, Paddle and Flax against the float64
-  oracle, with one porting bug planted in the Paddle model (layer3.2.bn2's running variance
-  replaced), so that the picture shows what a failure and its first divergence look like.
+- docs/parity.svg: a real parity check of resnet50 in every backend (torch, Paddle and Flax)
+  against the float64 oracle, with one porting bug planted in the Paddle model (layer3.2.bn2's
+  running variance replaced), so that the picture shows what a failure and its first divergence
+  look like.
 - docs/resnet50.svg: the architecture diagram of resnet50 at 224x224, drawn from the plan.
 """
 
@@ -22,7 +23,7 @@ DOCS = Path(__file__).resolve().parent
 def parity_figure(path: Path) -> rm.ParityReport:
     spec = rm.get_spec("resnet50")
     weights = random_weights(rm.make_plan(spec), seed=0)
-    models = {name: rm.build(spec, backend=name, weights=weights) for name in ("torch", "paddle", "flax")}
+    models = {name: rm.build(spec, backend=name, weights=weights) for name in rm.backend_names()}
     # The planted bug: Paddle's model gets another BN running variance for one layer, as a
     # converter that mixes up two layers' statistics would give it.
     wrong = weights["layer3.2.bn2.running_var"] * np.float32(1.5)

@@ -5,6 +5,7 @@ the first time that backend is used.
 """
 
 from . import families  # noqa: F401  (registers every block kind before any spec is made)
+from .adopt import Adoption, adopt
 from .api import build, export_weights, forward, import_weights, optimize_for_inference, plan_of
 from .convert import CheckpointError, InspectReport, convert, infer_spec, inspect_file
 from .export import export
@@ -22,6 +23,7 @@ from .zoo import get_spec, list_specs
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adoption", "adopt",
     "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "NormSpec",
     "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "TrainingReport",
     "WeightsError", "available_backends", "backend_names", "build", "check_parity", "check_training", "convert", "diagram",

@@ -1,4 +1,4 @@
-"""The ``resnet-multi`` command: list | summary | convert | inspect | parity.
+"""The ``resnet-multi`` command: list | summary | convert | inspect | parity | adopt.
 
 Exit codes: 0 success, 1 a failed check or unreadable/invalid file, 2 bad arguments.
 """
@@ -50,7 +50,7 @@ def _cmd_summary(args) -> int:
         raise UsageError(str(exc)) from None
     print(table)
     if args.diagram:
-        from .plot import diagram
+        from .reports.diagram import diagram
 
         diagram(spec, args.diagram, input_shape=shape)
         print(f"wrote {args.diagram}", file=sys.stderr)
@@ -181,7 +181,7 @@ def _cmd_parity(args) -> int:
     if args.html:
         import shlex
 
-        from .html_report import write_html
+        from .reports.html import write_html
 
         write_html(report, args.html, spec=spec, command=shlex.join(["resnet-multi", *args.argv]))
         print(f"wrote {args.html}", file=sys.stderr)
@@ -196,7 +196,7 @@ def _output_file(suffixes: tuple[str, ...]):
 
         if Path(text).suffix.lower() not in suffixes:
             raise argparse.ArgumentTypeError(f"{text!r}: expected a file name ending in {', '.join(suffixes)}")
-        from .plot import require_matplotlib
+        from .reports.canvas import require_matplotlib
 
         try:
             require_matplotlib()
@@ -229,7 +229,18 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _bounds_text(which: int) -> str:
+    """The forward parity default of rtol (0) or atol (1) per dtype, as the help says it: '1e-5 float32, ...'."""
+    from .reports.tolerances import BOUNDS, short_number
+
+    return ", ".join(f"{short_number(bound[which])} {dtype}" for dtype, bound in BOUNDS.items())
+
+
 def make_parser() -> argparse.ArgumentParser:
+    from .registry import backend_names
+    from .reports.tolerances import BOUNDS, TRAINING_RTOL, short_number
+
+    every_backend = ",".join(backend_names())
     parser = argparse.ArgumentParser(
         prog="resnet-multi",
         description="One ResNet spec, native PyTorch / PaddlePaddle / Flax models, shared weights.")
@@ -271,8 +282,8 @@ def make_parser() -> argparse.ArgumentParser:
                                    "reference. A tap passes when max|out - ref| <= atol + rtol * max|ref|. "
                                    "Exit code 0: all pass; 1: some tap fails; 2: bad arguments.")
     p.add_argument("spec", help="preset name or spec file (.json/.yaml)")
-    p.add_argument("--backends", default="torch,paddle,flax",
-                   help="comma-separated backends (default torch,paddle,flax); 'numpy' adds the oracle as a row "
+    p.add_argument("--backends", default=every_backend,
+                   help=f"comma-separated backends (default {every_backend}); 'numpy' adds the oracle as a row "
                         "when --reference is a backend")
     p.add_argument("--reference", default="numpy",
                    help="what the backends are compared with: 'numpy' (float64 oracle, default) or a backend")
@@ -282,11 +293,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="input shape N,C,H,W (default 1,C,33,47: odd and non-square)")
     p.add_argument("--seed", type=int, default=0, help="seed of the default weights and input")
     p.add_argument("--rtol", type=_tolerance, default=None,
-                   help="relative to max |reference| per tap (default by --dtype: 1e-5 float32, 1e-10 float64, "
-                        "3e-2 bfloat16); with --train per tensor (default "
-                        "1e-9 in float64; none in float32, where errors are reported as noise)")
+                   help=f"relative to max |reference| per tap (default by --dtype: {_bounds_text(0)}); with --train "
+                        f"per tensor (default {short_number(TRAINING_RTOL)} in float64; none in float32, where errors "
+                        "are reported as noise)")
     p.add_argument("--atol", type=_tolerance, default=None,
-                   help="absolute floor (default by --dtype: 1e-6 float32, 1e-12 float64, 1e-3 bfloat16)")
+                   help=f"absolute floor (default by --dtype: {_bounds_text(1)})")
     p.add_argument("--all-taps", action="store_true", help="list every tap, not only the failing ones")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="also write the report as JSON to FILE ('-': JSON on stdout instead of the table)")
@@ -308,11 +319,16 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float, default=None, help="sgd momentum (default 0.875)")
     t.add_argument("--weight-decay", type=float, default=None,
                    help="sgd: L2 before momentum (default 2**-10); adamw: decoupled (default 2**-7)")
-    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default=None,
+    p.add_argument("--dtype", choices=tuple(BOUNDS), default=None,
                    help="the models' dtype. Forward parity: float32 (default), float64 or bfloat16, each with its "
-                        "own default bound. --train: float64 (default; a 1e-9 bound proves agreement) or float32 "
+                        f"own default bound. --train: float64 (default; a {short_number(TRAINING_RTOL)} bound proves "
+                        "agreement) or float32 "
                         "(norm-relative noise only: exit 0 unless a tensor is missing or not finite)")
     p.set_defaults(func=_cmd_parity)
+
+    from .adopt import add_adopt_command  # resnet-multi adopt: see resnet_multi/adopt.py
+
+    add_adopt_command(sub)
     return parser
 
 

@@ -10,10 +10,11 @@ The formats:
   ``load_native``/``save_native``, which translate names and layouts to and from canonical.
 
 Safety, as the CLI promises it: the format is detected from the suffix and checked against the
-content before the framework is asked to parse it; any reader failure becomes a CheckpointError
-naming the file; an existing output is refused without ``force``, and a missing output directory
-is refused (never created), before any work is done; the output is written to a temporary file
-and renamed only when complete, with normal file permissions (``io_util``); the input is only read.
+content before the framework is asked to parse it (``formats.sniff``); any reader failure becomes a
+CheckpointError naming the file; an existing output is refused without ``force``, and a missing
+output directory is refused (never created), before any work is done; the output is written to a
+temporary file and renamed only when complete, with normal file permissions (``formats.atomic``:
+``write_canonical`` is the one layer that does it, one temporary file per write); the input is only read.
 
 Conversion moves bits, not values: tensors keep their dtype and bytes. float16, bfloat16, float32
 and float64 are kept by every format, bit for bit (tested for every pair of formats). bfloat16 is
@@ -35,124 +36,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 from ._lazy import np
-from .io_util import atomic_path, check_output_dir
+from .formats.atomic import atomic_path, check_output_dir
+# the format names, suffixes and content sniffing live in formats.sniff; these names stay importable from here
+from .formats.sniff import NEUTRAL, CheckpointError, detect_format, format_of_suffix, formats
 from .plan import Linear, make_plan
-from .registry import get_backend, native_suffixes
+from .registry import get_backend
 from .spec import HeadSpec, ResNetSpec, SpecError
-from .weights import (FRAMEWORK_EXTRAS, NEUTRAL_SUFFIX, WeightsError, cast_weights, check_weights, load_weights,
-                      resolve_dtype, save_weights, warn_nonfinite)
+from .weights import (FRAMEWORK_EXTRAS, WeightsError, cast_weights, check_weights, load_weights, resolve_dtype,
+                      save_weights, warn_nonfinite)
 from .zoo import get_spec, list_specs, resolve_spec
-
-NEUTRAL = "neutral"
-"""The format name of the neutral ``.safetensors`` file (the other format names are backend names)."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read: wrong content for its suffix, truncated or corrupt.
-    The message names the file."""
-
-
-# --------------------------------------------------------------------------- formats
-
-
-def formats() -> dict[str, str]:
-    """Every supported checkpoint suffix -> format name (a backend name, or "neutral")."""
-    return {**native_suffixes(), NEUTRAL_SUFFIX: NEUTRAL}
-
-
-def format_of_suffix(path: str | os.PathLike) -> str:
-    """The format a file of this name has (or will have), from its suffix alone.
-
-    Raises:
-        ValueError: an unknown suffix (the message lists the known ones).
-    """
-    suffix = Path(path).suffix.lower()
-    table = formats()
-    if suffix not in table:
-        raise ValueError(f"{path}: unknown checkpoint suffix {suffix or '(none)'!r}; known: "
-                         + ", ".join(f"{s} ({f})" for s, f in table.items()))
-    return table[suffix]
-
-
-# What the first bytes of each kind of file look like. Checked before a framework parses the
-# file, so a misnamed or garbage file gets a message saying what it is instead of a framework
-# traceback, and a renamed file of another format is recognised.
-_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # pickled torch magic number
-
-
-def _looks_like(head: bytes, size: int) -> str | None:
-    """What ``head`` (the first bytes of a file of ``size`` bytes) looks like, or None."""
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"  # torch.save since torch 1.6
-    if head.startswith(_TORCH_LEGACY_MAGIC):
-        return "torch_legacy"  # torch.save(..., _use_new_zipfile_serialization=False)
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"  # paddle.save (pickle protocol 2-4)
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if 2 <= header_len <= size - 8 and head[8:9] == b"{":
-            return "safetensors"  # u64 little-endian header length, then a JSON object
-    if head and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
-        return "msgpack_map"  # flax.serialization.to_bytes of a state dict
-    return None
-
-
-_LOOKS = {
-    "zip": "a zip archive (as torch.save writes)",
-    "torch_legacy": "a legacy torch.save pickle",
-    "pickle": "a Python pickle (as paddle.save writes)",
-    "safetensors": "a safetensors file",
-    "msgpack_map": "a msgpack map (as flax.serialization writes)",
-}
-# format -> the kinds of content it may have. A backend without an entry gets no content
-# pre-check; its reader's errors are still turned into a CheckpointError naming the file.
-_CONTENT = {
-    "torch": ("zip", "torch_legacy"),
-    "paddle": ("pickle",),
-    "flax": ("msgpack_map",),
-    NEUTRAL: ("safetensors",),
-}
-
-
-def detect_format(path: str | os.PathLike) -> str:
-    """The format of an existing checkpoint: from its suffix, checked against its first bytes.
-
-    Returns:
-        "torch", "paddle", "flax" (backend names) or "neutral".
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: unknown suffix.
-        CheckpointError: empty file, or content that is not what the suffix says (the message
-            says what it looks like instead).
-    """
-    path = Path(path)
-    fmt = format_of_suffix(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: the file is empty")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    allowed = _CONTENT.get(fmt)
-    if allowed is None:
-        return fmt
-    looks = _looks_like(head, size)
-    if looks not in allowed:
-        expected = " or ".join(_LOOKS[k] for k in allowed)
-        found = _LOOKS.get(looks, f"unrecognised content (starts with {head[:8]!r})")
-        others = [s for s, f in formats().items() if looks in _CONTENT.get(f, ())]
-        hint = f"; is it a {'/'.join(others)} file?" if others else ""
-        raise CheckpointError(f"{path}: not a {fmt} checkpoint: expected {expected}, found {found}{hint}")
-    return fmt
-
 
 # --------------------------------------------------------------------------- reading and writing
 

@@ -7,251 +7,38 @@ compares every tap (stem, each block, each stage, pre_logits, logits) against th
     a tap passes when  max|out - ref| <= atol + rtol * max|ref|
 
 The bound is relative to the scale of the tap compared (deep nets with random weights reach
-activations of 1e6), with an absolute floor for taps that are near zero. The defaults
-(rtol 1e-5, atol 1e-6) sit several times above float32 summation-order noise (1e-7 to 3e-6
-relative on the presets, growing slowly with depth); a real porting bug (padding, pooling,
-BN convention, a transpose) gives relative errors of 1e-2 and more.
+activations of 1e6), with an absolute floor for taps that are near zero. The defaults per dtype
+(``BOUNDS``, from ``resnet_multi.reports.tolerances``) sit several times above summation-order
+noise; a real porting bug (padding, pooling, BN convention, a transpose) gives relative errors of
+1e-2 and more.
 
 ``check_models`` does the same for models that are already built (e.g. after loading
-different weights into one of them); both end in ``compare_outputs``.
+different weights into one of them); both end in ``compare_outputs``. The report itself
+(``ParityReport``, ``TapResult``, ``Divergence``) is ``resnet_multi.reports.parity``'s, re-exported here.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ._lazy import np
 from . import api
 from .plan import Plan, make_plan
 from .reference import reference_forward
-from .registry import BackendError, get_backend
+from .registry import BackendError, backend_names, get_backend
+from .reports.parity import NUMPY, Divergence, ParityReport, TapResult  # noqa: F401 (re-exported: their old home)
+from .reports.tolerances import BOUNDS, parity_bound
 from .weights import check_weights, random_weights
 from .zoo import resolve_spec
-
-NUMPY = "numpy"
-"""The name of the float64 numpy oracle, as a reference or as one more row in the report."""
 
 DEFAULT_HW = (33, 47)
 """Default input height and width: small (fast), odd and non-square. Padding and ceil_mode
 mistakes show only at some sizes; at 33x47 a torchvision ResNet's stride-2 layers see
 17x24, 9x12, 5x6, 3x3: odd and even, square and not."""
 
-
-BOUNDS: dict[str, tuple[float, float]] = {
-    "float32": (1e-5, 1e-6),
-    "float64": (1e-10, 1e-12),
-    "bfloat16": (3e-2, 1e-3),
-}
-"""Default (rtol, atol) per model dtype, about 10x (bfloat16: 2x) the noise measured against the
-float64 oracle on the presets at 33x47 with random BN statistics. float32: 1e-7 to 3e-6 relative.
-float64: up to 1.3e-12 (paddle, resnet50d). bfloat16 (8-bit mantissa, weights and input rounded
-to bfloat16 first): inner taps up to 1.5e-2 (resnet50), logits 5e-3 to 7e-3. A porting bug gives
-1e-2 and more in float32 and float64; in bfloat16 only gross ones (a transpose, a swapped mean and
-variance) stand out, so prove a port in float32 or float64 and use bfloat16 to bound its drift."""
-
-
-@dataclass(frozen=True)
-class TapResult:
-    """One backend's error on one tap. ``max_abs`` = max|out - ref|; ``max_ref`` = max|ref|;
-    ``rel`` = max_abs / max_ref; ``bound`` = atol + rtol * max_ref; ``ok`` = max_abs <= bound.
-    ``note`` explains a failure that is not a number (a missing tap, a shape mismatch)."""
-
-    backend: str
-    tap: str
-    shape: tuple[int, ...]
-    max_abs: float
-    max_ref: float
-    rel: float
-    bound: float
-    ok: bool
-    note: str = ""
-
-
-class Divergence(NamedTuple):
-    """Where outputs first disagree: ``(backend, tap, max_abs, rel)``."""
-
-    backend: str
-    tap: str
-    max_abs: float
-    rel: float
-
-
-def _json_number(value: float):
-    """JSON has no inf/nan: they become null (the row's ``note`` or ``ok`` says why)."""
-    return value if math.isfinite(value) else None
-
-
-def _json_row(result) -> dict:
-    """One comparison (a TapResult or a training record) as a JSON-ready dict."""
-    row = asdict(result)
-    row["shape"] = list(result.shape)
-    for key in ("max_abs", "max_ref", "rel", "bound"):
-        row[key] = _json_number(row[key])
-    return row
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    """Per-(backend, tap) errors of a parity check against one reference.
-
-    Attributes:
-        spec_name, input_shape, reference (a backend name or "numpy"), backends (compared,
-        in order), taps (every tap, in execution order), rtol, atol, results (TapResult per
-        backend and tap, backend-major, taps in execution order), dtype (of the models compared).
-    """
-
-    spec_name: str
-    input_shape: tuple[int, ...]
-    reference: str
-    backends: tuple[str, ...]
-    taps: tuple[str, ...]
-    rtol: float
-    atol: float
-    results: tuple[TapResult, ...]
-    dtype: str = "float32"
-
-    @property
-    def ok(self) -> bool:
-        """True when every tap of every backend is within the bound."""
-        return all(r.ok for r in self.results)
-
-    def rows(self, backend: str) -> list[TapResult]:
-        """The results of one backend, in execution order."""
-        return [r for r in self.results if r.backend == backend]
-
-    def failures(self, backend: str | None = None) -> list[TapResult]:
-        """The failing results (of one backend, or of all), in report order."""
-        return [r for r in self.results if not r.ok and (backend is None or r.backend == backend)]
-
-    @property
-    def divergences(self) -> dict[str, Divergence]:
-        """Each failing backend's first failing tap in execution order."""
-        first: dict[str, Divergence] = {}
-        for r in self.failures():
-            first.setdefault(r.backend, Divergence(r.backend, r.tap, r.max_abs, r.rel))
-        return first
-
-    @property
-    def first_divergence(self) -> Divergence | None:
-        """None when all pass; otherwise the earliest failing tap in execution order over all
-        backends (ties: the backend listed first), as ``(backend, tap, max_abs, rel)``.
-
-        A bug's first tap is where to look: later taps inherit its error. Comparing by
-        execution order (not by backend order) means that when one backend is wrong at
-        ``layer2.0`` and another only at ``logits``, the report points at ``layer2.0``.
-        """
-        order = {tap: i for i, tap in enumerate(self.taps)}
-        candidates = self.divergences.values()
-        if not candidates:
-            return None
-        return min(candidates, key=lambda d: (order.get(d.tap, len(order)), self.backends.index(d.backend)))
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (inf/nan errors become null)."""
-        results = [_json_row(r) for r in self.results]
-        first = self.first_divergence
-        return {
-            "spec": self.spec_name,
-            "input_shape": list(self.input_shape),
-            "reference": self.reference,
-            "backends": list(self.backends),
-            "dtype": self.dtype,
-            "rtol": self.rtol,
-            "atol": self.atol,
-            "ok": self.ok,
-            "first_divergence": None if first is None else {
-                "backend": first.backend, "tap": first.tap,
-                "max_abs": _json_number(first.max_abs), "rel": _json_number(first.rel)},
-            "summary": {b: self._summary(b, json_ready=True) for b in self.backends},
-            "results": results,
-        }
-
-    def _summary(self, backend: str, json_ready: bool = False) -> dict:
-        """Taps compared and passed, and the worst relative error (nan counts as worst)."""
-        rows = self.rows(backend)
-        worst = max(rows, key=lambda r: (r.rel if not math.isnan(r.rel) else math.inf), default=None)
-        worst_rel = None if worst is None else worst.rel
-        if json_ready and worst_rel is not None:
-            worst_rel = _json_number(worst_rel)
-        return {"taps": len(rows), "passed": sum(r.ok for r in rows), "worst_rel": worst_rel,
-                "worst_tap": None if worst is None else worst.tap}
-
-    def format(self, *, all_taps: bool = False, max_failures: int = 5) -> str:
-        """The report as a table: a summary line per backend, then the failing taps.
-
-        Args:
-            all_taps: list every tap of every backend (resnet152 has 57 taps per backend).
-            max_failures: failing taps listed per backend when ``all_taps`` is False (the
-                first ones matter: later taps inherit the error).
-        """
-        bw = max([len("backend"), *map(len, self.backends)])
-        tw = max([len("tap"), len("at tap"), *map(len, self.taps)])
-        lines = [f"parity of {self.spec_name}: input {tuple(self.input_shape)}, reference {self.reference}"
-                 f"{' (float64)' if self.reference == NUMPY else ''}, {self.dtype} models; "
-                 f"a tap passes when max|a-b| <= {self.atol:g} + {self.rtol:g} * max|ref|"
-                 f"{' (the ' + self.dtype + ' bound)' if self.dtype != 'float32' else ''}",
-                 "",
-                 f"{'backend':<{bw}}  {'passed':>7}  {'worst rel':>9}  {'at tap':<{tw}}  result"]
-        for b in self.backends:
-            s = self._summary(b)
-            worst = "-" if s["worst_rel"] is None else f"{s['worst_rel']:.2e}"
-            first = self.divergences.get(b)
-            result = "ok" if first is None else f"FAIL from {first.tap}"
-            passed = f"{s['passed']}/{s['taps']}"
-            lines.append(f"{b:<{bw}}  {passed:>7}  {worst:>9}  {s['worst_tap'] or '-':<{tw}}  {result}")
-
-        if all_taps:
-            shown, title = list(self.results), "all taps"
-        else:
-            shown, title = [], "failing taps (later taps inherit the first one's error)"
-            for b in self.backends:
-                failing = self.failures(b)
-                shown += failing[:max_failures]
-                if len(failing) > max_failures:
-                    shown.append(f"{b:<{bw}}  ... and {len(failing) - max_failures} more failing taps")
-        if shown:
-            lines += ["", f"{title}:",
-                      f"{'backend':<{bw}}  {'tap':<{tw}}  {'shape':<16}  {'max abs':>9}  {'max|ref|':>9}  "
-                      f"{'rel':>9}  result"]
-            for r in shown:
-                if isinstance(r, str):
-                    lines.append(r)
-                    continue
-                verdict = "ok" if r.ok else "FAIL" + (f" ({r.note})" if r.note else "")
-                shape = "x".join(map(str, r.shape))
-                lines.append(f"{r.backend:<{bw}}  {r.tap:<{tw}}  {shape:<16}  {r.max_abs:>9.2e}  {r.max_ref:>9.2e}  "
-                             f"{r.rel:>9.2e}  {verdict}")
-        first = self.first_divergence
-        lines.append("")
-        if first is None:
-            lines.append(f"all {len(self.results)} comparisons pass")
-        else:
-            lines.append(f"first divergence: {first.backend} at {first.tap} "
-                         f"(max abs {first.max_abs:.3g}, relative {first.rel:.3g})")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.format()
-
-    def plot(self, path: str | os.PathLike):
-        """Draw the report to ``path`` (.png, .svg or .pdf): the relative error of every tap per
-        backend on a log scale against the bound, failing taps marked, the first divergence
-        annotated. Needs matplotlib (``pip install 'resnet_multi[plot]'``).
-
-        Args:
-            path: the file to write; its suffix chooses the format.
-        Returns:
-            The path written (a ``pathlib.Path``).
-        Example:
-            >>> rm.check_parity("resnet18", backends=("torch", "paddle")).plot("parity.svg")
-            PosixPath('parity.svg')
-        """
-        from .plot import plot_parity
-
-        return plot_parity(self, path)
+FLOAT32_RTOL, FLOAT32_ATOL = BOUNDS["float32"]  # compare_outputs' defaults
 
 
 # --------------------------------------------------------------------------- comparing
@@ -276,7 +63,7 @@ def compare_tap(backend: str, tap: str, out, ref, *, rtol: float, atol: float) -
 
 def compare_outputs(plan: Plan, outputs: Mapping[str, Mapping[str, np.ndarray]],
                     reference_outputs: Mapping[str, np.ndarray], *, input_shape: Sequence[int],
-                    reference: str = NUMPY, rtol: float = 1e-5, atol: float = 1e-6,
+                    reference: str = NUMPY, rtol: float = FLOAT32_RTOL, atol: float = FLOAT32_ATOL,
                     dtype: str = "float32") -> ParityReport:
     """A ParityReport from outputs already computed: ``outputs[backend][tap]`` against
     ``reference_outputs[tap]``, for every tap of ``plan.tap_names``."""
@@ -337,8 +124,9 @@ def check_models(models: Mapping[str, object], inputs: np.ndarray, *, weights: M
         raise ValueError(f"check_models: the models have different dtypes ({dtypes}); parity needs one")
     dtype = next(iter(dtypes.values()))
     dtype = dtype if dtype in BOUNDS else "float32"
-    rtol = BOUNDS[dtype][0] if rtol is None else rtol
-    atol = BOUNDS[dtype][1] if atol is None else atol
+    default_rtol, default_atol = parity_bound(dtype)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
     _check_tolerances(rtol, atol)
     x = _as_input(plan, inputs)
     if dtype == "bfloat16":
@@ -365,8 +153,14 @@ def check_models(models: Mapping[str, object], inputs: np.ndarray, *, weights: M
 # --------------------------------------------------------------------------- the public entry point
 
 
-def _resolve_weights(spec, weights, caller: str = "check_parity"):
-    """(spec, weights or None) from a spec argument and a dict or a checkpoint path."""
+def resolve_spec_and_weights(spec, weights, caller: str = "check_parity"):
+    """(spec, weights or None) of a check, from its ``spec`` argument (a ResNetSpec, preset name,
+    spec file or None) and its ``weights`` argument (a dict, a checkpoint path of any supported
+    format, or None). With ``spec`` None, the spec stored in the checkpoint is used.
+
+    Raises:
+        ValueError: no spec given and the weights carry none (the message names ``caller``).
+    """
     file_spec = None
     if isinstance(weights, (str, os.PathLike)):
         from .convert import read_canonical  # any supported checkpoint format
@@ -379,7 +173,7 @@ def _resolve_weights(spec, weights, caller: str = "check_parity"):
     return resolve_spec(spec), weights
 
 
-def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), weights=None, inputs=None,
+def check_parity(spec, backends: Iterable[str] = backend_names(), weights=None, inputs=None,
                  input_shape: Sequence[int] | None = None, seed: int = 0, rtol: float | None = None,
                  atol: float | None = None, reference: str = NUMPY, dtype: str = "float32") -> ParityReport:
     """Check that backends compute the same function as a reference, tap by tap.
@@ -391,8 +185,9 @@ def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), we
     Args:
         spec: a ResNetSpec, a preset name or a spec file (None: the spec stored in the
             ``weights`` file).
-        backends: the backends to compare; "numpy" may be listed too when ``reference`` is a
-            backend (the oracle then appears as one more row).
+        backends: the backends to compare (default every registered backend,
+            ``rm.backend_names()``); "numpy" may be listed too when ``reference`` is a backend
+            (the oracle then appears as one more row).
         weights: canonical weights (dict) or a checkpoint file of any supported format.
             Default: ``random_weights(plan, seed)``: random convs and linears, BN scales,
             biases, running means and variances away from 1 and 0, no zero-init, so a
@@ -415,12 +210,11 @@ def check_parity(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), we
         >>> report.ok, report.first_divergence
         (True, None)
     """
-    spec, weights = _resolve_weights(spec, weights)
+    spec, weights = resolve_spec_and_weights(spec, weights)
     plan = make_plan(spec)
-    if dtype not in BOUNDS:
-        raise ValueError(f"dtype: expected one of {', '.join(BOUNDS)}, got {dtype!r}")
-    rtol = BOUNDS[dtype][0] if rtol is None else rtol
-    atol = BOUNDS[dtype][1] if atol is None else atol
+    default_rtol, default_atol = parity_bound(dtype)  # an unknown dtype: ValueError
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
     _check_tolerances(rtol, atol)
     backends = tuple(dict.fromkeys(backends))  # keep order, drop repeats
     if not backends:

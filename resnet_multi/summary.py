@@ -41,6 +41,12 @@ class Summary:
         return "\n".join(lines)
 
 
+def trainable_count(plan, *parts) -> int:
+    """Trainable parameter values of the modules of ``parts`` (buffers, the running statistics, left out)."""
+    return sum(math.prod(plan.params[name].shape) for part in parts for name in plan.part_params(part)
+               if not plan.params[name].is_buffer)
+
+
 def summary(spec, input_shape=None) -> Summary:
     """Output shapes, parameter counts and multiply-accumulates per stage, from the plan.
 
@@ -62,8 +68,7 @@ def summary(spec, input_shape=None) -> Summary:
     figures = trace(p, input_shape)
 
     def count(*parts):
-        return sum(math.prod(p.params[name].shape) for part in parts for name in p.part_params(part)
-                   if not p.params[name].is_buffer)
+        return trainable_count(p, *parts)
 
     rows = [SummaryRow("stem", figures["stem"][0], count(p.stem), figures["stem"][1])]
     for stage in p.stages:

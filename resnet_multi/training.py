@@ -17,21 +17,24 @@ framework's own optimizer (``torch.optim.SGD``/``AdamW``, ``paddle.optimizer.Mom
   with ``stop_gradient=True``: they are left out).
 
 ``check_training(spec, ...)`` runs the same few training steps in several backends and reports,
-per step, where they first disagree (see ``TrainingReport``).
+per step, where they first disagree (see ``TrainingReport``, ``resnet_multi.reports.training``'s,
+re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, field, fields
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Iterable, Mapping, Sequence
 
 from ._lazy import np
 from . import api
-from .parity import _json_number, _json_row, _resolve_weights
+from .parity import resolve_spec_and_weights
 from .plan import Dropout, Plan, make_plan
-from .registry import BackendError, backend_of, get_backend
+from .registry import Backend, BackendError, backend_names, backend_of, get_backend
+from .reports.tolerances import FLOOR, TRAINING_RTOL
+# the report and its records: their old home is this module
+from .reports.training import LOSS, PHASES, TrainingDivergence, TrainingRecord, TrainingReport  # noqa: F401
 from .weights import check_weights, random_weights
 
 # --------------------------------------------------------------------------- optimizer descriptions
@@ -144,13 +147,21 @@ def optimizer_spec(name, **settings) -> OptimizerSpec:
     return cls(**settings)
 
 
-def _hook(backend, name: str):
-    """The backend's training hook ``name`` (a missing one is a clear error, not an AttributeError)."""
-    function = getattr(backend, name, None)
-    if function is None:
-        raise BackendError(f"backend {getattr(backend, 'NAME', backend.__name__)!r} has no training support "
-                           f"(its module defines no {name}())")
-    return function
+def _contract_members() -> tuple[str, ...]:
+    """What the Backend protocol asks of a backend module (its attributes and functions)."""
+    functions = [name for name, value in vars(Backend).items() if callable(value) and not name.startswith("_")]
+    return (*Backend.__annotations__, *functions)
+
+
+def _trainer(backend):
+    """``backend``, once it keeps the backend contract, training included (``registry.Backend``:
+    ``make_optimizer`` and ``train_step``); otherwise a BackendError naming what it lacks."""
+    if not isinstance(backend, Backend):
+        missing = [name for name in _contract_members() if name not in dir(backend)]
+        raise BackendError(f"backend {getattr(backend, 'NAME', backend.__name__)!r} does not keep the backend "
+                           f"contract (resnet_multi.registry.Backend), so it cannot train: its module defines no "
+                           f"{', '.join(missing)}")
+    return backend
 
 
 def optimizer(model, name: str | OptimizerSpec = "sgd", **settings):
@@ -176,250 +187,14 @@ def optimizer(model, name: str | OptimizerSpec = "sgd", **settings):
         >>> opt = rm.optimizer(model, "sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)
     """
     spec = optimizer_spec(name, **settings)
-    return _hook(backend_of(model), "make_optimizer")(model, spec)
+    return _trainer(backend_of(model)).make_optimizer(model, spec)
 
 
 # --------------------------------------------------------------------------- the report
 
-PHASES = ("running_stats", "loss", "gradient", "update")
-"""The phases of one step in execution order: the forward pass updates BatchNorm's running
-statistics and gives the loss, the backward pass the gradients, the optimizer the update."""
-
-LOSS = "loss"
-"""The tensor name of the loss in a record."""
-
-FLOAT64_RTOL = 1e-9
-"""float64 bound, relative per tensor. Measured noise between correct backends (torch vs Paddle
-vs Flax, tests/test_training.py: 3 steps, batch 2 at 33x47): SGD up to 2e-11, AdamW up to 2e-10
-(Adam divides each element by its own gradient's size, so elements near eps amplify the ~1e-12
-gradient noise). A convention bug (momentum 1-m, biased variance, eps, decay order, a frozen
-tensor) gives 5e-5 to 0.2, or a missing tensor (tests/test_training_faults.py, tiny resnet18).
-BatchNorm over very few values per channel (batch 2 with a 1x1 last stage) makes gradients
-depend on eps to first order and amplifies noise: keep at least ~8 values per channel (the
-default input gives 16)."""
-
-FLOOR = 1e-6
-"""A tensor's errors are relative to max(max|ref|, FLOOR x the largest max|ref| of its phase and
-step): a gradient that is zero in exact arithmetic (the bias of a conv before BatchNorm in
-train mode) is computed as rounding noise of the gradients around it, not of its own size."""
-
-
-@dataclass(frozen=True)
-class TrainingRecord:
-    """One backend's error on one tensor at one step and phase.
-
-    ``max_abs`` = max|out - ref| and ``max_ref`` = max|ref| (float64 report); in a float32 report
-    ``max_abs`` = ||out - ref||_2 and ``max_ref`` = ||ref||_2 (norm-relative). ``rel`` = max_abs /
-    scale, scale = max(max_ref, FLOOR x the phase's largest max_ref); ``bound`` is the relative
-    bound ``rel`` is held to; ``ok`` = rel <= bound. ``note`` explains a failure that is not a
-    number (a missing gradient, a shape mismatch).
-    """
-
-    step: int
-    phase: str
-    backend: str
-    tensor: str
-    shape: tuple[int, ...]
-    max_abs: float
-    max_ref: float
-    rel: float
-    bound: float
-    ok: bool
-    note: str = ""
-
-
-class TrainingDivergence(NamedTuple):
-    """Where training first disagrees: ``(step, phase, backend, tensor, rel)``."""
-
-    step: int
-    phase: str
-    backend: str
-    tensor: str
-    rel: float
-
-
-@dataclass(frozen=True)
-class TrainingReport:
-    """Per-step, per-tensor errors of training runs against a reference run.
-
-    Attributes:
-        spec_name, input_shape, dtype ("float64" or "float32"), optimizer (the SGD/AdamW
-        description), reference (the backend compared against), backends (the compared ones,
-        in order), steps, rtol (the relative bound per tensor; inf for a float32 report: noise
-        only), losses (backend -> loss per step, the reference's included), records (every
-        TrainingRecord, in execution order: step, phase, backend, tensor).
-    """
-
-    spec_name: str
-    input_shape: tuple[int, ...]
-    dtype: str
-    optimizer: OptimizerSpec
-    reference: str
-    backends: tuple[str, ...]
-    steps: int
-    rtol: float
-    losses: dict[str, tuple[float, ...]]
-    records: tuple[TrainingRecord, ...]
-
-    @property
-    def ok(self) -> bool:
-        """True when every record is within the bound."""
-        return all(r.ok for r in self.records)
-
-    @property
-    def noise_only(self) -> bool:
-        """A float32 report: the errors are measured noise, not a pass/fail proof (see ``format``)."""
-        return self.dtype != "float64"
-
-    def failures(self, backend: str | None = None) -> list[TrainingRecord]:
-        return [r for r in self.records if not r.ok and (backend is None or r.backend == backend)]
-
-    def _order(self) -> dict[tuple[int, str, str], int]:
-        order: dict[tuple[int, str, str], int] = {}
-        for r in self.records:
-            order.setdefault((r.step, r.phase, r.tensor), len(order))
-        return order
-
-    @property
-    def divergences(self) -> dict[str, TrainingDivergence]:
-        """Each failing backend's first failing record in execution order."""
-        first: dict[str, TrainingDivergence] = {}
-        order = self._order()
-        for r in sorted(self.failures(), key=lambda r: order[(r.step, r.phase, r.tensor)]):
-            first.setdefault(r.backend, TrainingDivergence(r.step, r.phase, r.backend, r.tensor, r.rel))
-        return first
-
-    @property
-    def first_divergence(self) -> TrainingDivergence | None:
-        """None when all pass; otherwise the earliest failing (step, phase, tensor) in execution
-        order over all backends (ties: the backend listed first). Later steps, phases and tensors
-        inherit the first error, so that is where to look."""
-        order = self._order()
-        candidates = list(self.divergences.values())
-        if not candidates:
-            return None
-        return min(candidates, key=lambda d: (order[(d.step, d.phase, d.tensor)], self.backends.index(d.backend)))
-
-    @property
-    def reference_suspect(self) -> bool:
-        """True when there are two or more compared backends and all diverge first at the same
-        (step, phase, tensor): then the reference is the likelier culprit."""
-        firsts = {(d.step, d.phase, d.tensor) for d in self.divergences.values()}
-        return len(self.backends) > 1 and len(self.divergences) == len(self.backends) and len(firsts) == 1
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (inf/nan become null)."""
-        records = [_json_row(r) for r in self.records]
-        first = self.first_divergence
-        return {
-            "spec": self.spec_name,
-            "input_shape": list(self.input_shape),
-            "dtype": self.dtype,
-            "optimizer": {"name": self.optimizer.name, **{k: (list(v) if isinstance(v, tuple) else v)
-                                                          for k, v in asdict(self.optimizer).items() if k != "name"}},
-            "reference": self.reference,
-            "backends": list(self.backends),
-            "steps": self.steps,
-            "rtol": _json_number(self.rtol),
-            "metric": self._metric(),
-            "ok": self.ok,
-            "noise_only": self.noise_only,
-            "reference_suspect": self.reference_suspect,
-            "first_divergence": None if first is None else {
-                "step": first.step, "phase": first.phase, "backend": first.backend, "tensor": first.tensor,
-                "rel": _json_number(first.rel)},
-            "losses": {name: [_json_number(v) for v in values] for name, values in self.losses.items()},
-            "summary": {b: self._summary(b, json_ready=True) for b in self.backends},
-            "records": records,
-        }
-
-    def _metric(self) -> str:
-        return "max_abs_relative" if self.dtype == "float64" else "norm_relative"
-
-    def _summary(self, backend: str, json_ready: bool = False) -> dict:
-        rows = [r for r in self.records if r.backend == backend]
-        worst = max(rows, key=lambda r: (r.rel if not math.isnan(r.rel) else math.inf), default=None)
-        worst_rel = None if worst is None else worst.rel
-        if json_ready and worst_rel is not None:
-            worst_rel = _json_number(worst_rel)
-        return {"compared": len(rows), "passed": sum(r.ok for r in rows), "worst_rel": worst_rel,
-                "worst": None if worst is None else f"step {worst.step} {worst.phase} {worst.tensor}"}
-
-    def format(self, *, max_failures: int = 5) -> str:
-        """The report as text: settings, losses per step, a line per backend, the failing tensors."""
-        opt = ", ".join(f"{k}={v}" for k, v in asdict(self.optimizer).items() if k != "name")
-        lines = [f"training parity of {self.spec_name}: input {tuple(self.input_shape)}, {self.dtype}, "
-                 f"{self.steps} step(s) of {self.optimizer.name}({opt}), cross-entropy, reference {self.reference}"]
-        if self.noise_only:
-            lines.append("float32: errors are norm-relative (||a-b|| / ||ref||) and are measured NOISE, not a "
-                         "verdict: train-mode float32 gradients of two correct implementations differ by up to "
-                         "~0.1 (a pre-ReLU value within rounding of zero flips sign; BatchNorm over few values "
-                         "amplifies it). Prove a training with dtype='float64'."
-                         + ("" if math.isinf(self.rtol) else f" Bound asked for: {self.rtol:g}."))
-        else:
-            lines.append(f"a tensor passes when max|a-b| <= {self.rtol:g} x max(max|ref|, {FLOOR:g} x the largest "
-                         f"max|ref| of its step and phase)")
-        nw = max(len("backend"), *map(len, self.losses))
-        lines += ["", f"{'loss':<{nw}}  " + "  ".join(f"{'step ' + str(s):>22}" for s in range(self.steps))]
-        for name, values in self.losses.items():
-            lines.append(f"{name:<{nw}}  " + "  ".join(f"{v:>22.16g}" for v in values))
-        lines += ["", f"{'backend':<{nw}}  {'passed':>9}  {'worst rel':>9}  worst at / result"]
-        for b in self.backends:
-            s = self._summary(b)
-            worst = "-" if s["worst_rel"] is None else f"{s['worst_rel']:.2e}"
-            first = self.divergences.get(b)
-            result = f"ok (worst: {s['worst']})" if first is None else \
-                f"FAIL from step {first.step} {first.phase} {first.tensor}"
-            lines.append(f"{b:<{nw}}  {str(s['passed']) + '/' + str(s['compared']):>9}  {worst:>9}  {result}")
-        shown = []
-        for b in self.backends:
-            failing = sorted(self.failures(b), key=lambda r: self._order()[(r.step, r.phase, r.tensor)])
-            shown += failing[:max_failures]
-            if len(failing) > max_failures:
-                shown.append(f"{b}  ... and {len(failing) - max_failures} more failing tensors")
-        if shown:
-            tw = max(len("tensor"), *(len(r.tensor) for r in shown if not isinstance(r, str)))
-            lines += ["", "failing tensors (later ones inherit the first one's error):",
-                      f"{'step':>4}  {'phase':<13}  {'backend':<{nw}}  {'tensor':<{tw}}  {'max abs':>9}  "
-                      f"{'max|ref|':>9}  {'rel':>9}  result"]
-            for r in shown:
-                if isinstance(r, str):
-                    lines.append(r)
-                    continue
-                verdict = "FAIL" + (f" ({r.note})" if r.note else "")
-                lines.append(f"{r.step:>4}  {r.phase:<13}  {r.backend:<{nw}}  {r.tensor:<{tw}}  {r.max_abs:>9.2e}  "
-                             f"{r.max_ref:>9.2e}  {r.rel:>9.2e}  {verdict}")
-        first = self.first_divergence
-        lines.append("")
-        if first is None and self.noise_only and math.isinf(self.rtol):
-            lines.append(f"{len(self.records)} comparisons measured, all finite and of matching shape (noise only, "
-                         "no bound)")
-        elif first is None:
-            lines.append(f"all {len(self.records)} comparisons pass")
-        else:
-            lines.append(f"first divergence: {first.backend} at step {first.step}, {first.phase}, {first.tensor} "
-                         f"(relative {first.rel:.3g})")
-            if self.reference_suspect:
-                lines.append(f"every compared backend diverges there first: suspect the reference "
-                             f"({self.reference}) itself")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.format()
-
-    def plot(self, path: str | os.PathLike):
-        """Draw the report to ``path`` (.png, .svg or .pdf): per backend, the loss per step and the
-        worst gradient, update and running-statistic error per step against the bound, the first
-        divergence annotated. Needs matplotlib (``pip install 'resnet_multi[plot]'``).
-
-        Returns:
-            The path written (a ``pathlib.Path``).
-        Example:
-            >>> rm.check_training("resnet18", backends=("torch", "paddle")).plot("training.svg")
-        """
-        from .plot import plot_training
-
-        return plot_training(self, path)
+FLOAT64_RTOL = TRAINING_RTOL
+"""float64 bound, relative per tensor (``resnet_multi.reports.tolerances.TRAINING_RTOL``: the
+measured noise and what a bug gives are documented there)."""
 
 
 # --------------------------------------------------------------------------- comparing
@@ -487,19 +262,17 @@ class _Run:
 
 
 def _build(name: str, spec, weights, dtype: str):
-    """The backend's model and its training hooks (every model is built before any trains, so a
-    backend that cannot build, e.g. float64 Flax without JAX's 64-bit mode, fails fast)."""
-    backend = get_backend(name)
-    hooks = _hook(backend, "make_optimizer"), _hook(backend, "train_step")
-    return backend, api.build(spec, backend=name, weights=weights, dtype=dtype), hooks
+    """The backend and its model (every model is built before any trains, so a backend that cannot
+    build or train, e.g. float64 Flax without JAX's 64-bit mode, fails fast)."""
+    backend = _trainer(get_backend(name))
+    return backend, api.build(spec, backend=name, weights=weights, dtype=dtype)
 
 
-def _train(backend, model, hooks, opt: OptimizerSpec, x, labels, steps: int) -> _Run:
-    make_optimizer, train_step = hooks
-    native = make_optimizer(model, opt)
+def _train(backend, model, opt: OptimizerSpec, x, labels, steps: int) -> _Run:
+    native = backend.make_optimizer(model, opt)
     run = _Run()
     for _ in range(steps):
-        loss, grads = train_step(model, native, x, labels)
+        loss, grads = backend.train_step(model, native, x, labels)
         run.losses.append(float(loss))
         run.gradients.append(grads)
         run.weights.append(backend.export_weights(model))
@@ -528,7 +301,7 @@ def training_classes(plan: Plan) -> int:
     return sum(out[name] for name in plan.output_names())
 
 
-def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), steps: int = 3,
+def check_training(spec, backends: Iterable[str] = backend_names(), steps: int = 3,
                    optimizer: OptimizerSpec | str | None = None, dtype: str = "float64", weights=None, inputs=None,
                    labels=None, *, input_shape: Sequence[int] | None = None, seed: int = 0,
                    rtol: float | None = None, reference: str | None = None) -> TrainingReport:
@@ -560,7 +333,8 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
 
     Args:
         spec: a ResNetSpec, preset name or spec file (None: the spec stored in ``weights``).
-        backends: the backends to run (at least two, or one beside ``reference``).
+        backends: the backends to run (at least two, or one beside ``reference``; default every
+            registered backend, ``rm.backend_names()``).
         steps: optimizer steps (>= 1).
         optimizer: an ``SGD``/``AdamW`` description, or "sgd"/"adamw" with ``DEFAULT_SETTINGS``
             (sgd: lr 0.1, momentum 0.875, weight_decay 2**-10; adamw: lr 1e-3, weight_decay
@@ -583,7 +357,7 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
         >>> report.ok, report.first_divergence
         (True, None)
     """
-    spec, weights = _resolve_weights(spec, weights, "check_training")
+    spec, weights = resolve_spec_and_weights(spec, weights, "check_training")
     plan = make_plan(spec)
     if dtype not in ("float64", "float32"):
         raise ValueError(f"dtype: expected 'float64' or 'float32', got {dtype!r}")
@@ -598,7 +372,7 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
     elif not isinstance(optimizer, (SGD, AdamW)):
         raise ValueError(f"optimizer: expected an SGD or AdamW description or 'sgd'/'adamw', got {optimizer!r}")
     if rtol is None:
-        rtol = FLOAT64_RTOL if dtype == "float64" else math.inf
+        rtol = TRAINING_RTOL if dtype == "float64" else math.inf
     elif isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
         raise ValueError(f"rtol: expected a number >= 0, got {rtol!r}")
     dropouts = [op for part in plan.parts for op in part.modules if isinstance(op, Dropout) and op.rate > 0]
@@ -637,8 +411,7 @@ def check_training(spec, backends: Iterable[str] = ("torch", "paddle", "flax"), 
     weights = random_weights(plan, seed) if weights is None else check_weights(plan, weights)
 
     built = {name: _build(name, spec, weights, dtype) for name in (reference, *compared)}
-    runs = {name: _train(backend, model, hooks, optimizer, x, y, steps)
-            for name, (backend, model, hooks) in built.items()}
+    runs = {name: _train(backend, model, optimizer, x, y, steps) for name, (backend, model) in built.items()}
     del built  # the models: only their trajectories are kept
 
     trainable = [n for n, info in plan.params.items() if not info.is_buffer]

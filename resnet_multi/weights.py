@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from ._lazy import np
+from .formats.sniff import NEUTRAL_SUFFIX  # noqa: F401 (the neutral file's suffix, importable from here too)
 from .plan import Plan, make_plan
 
 if TYPE_CHECKING:
@@ -299,7 +300,6 @@ def random_weights(plan: Plan, seed: int = 0) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- the neutral file (.safetensors)
 
-NEUTRAL_SUFFIX = ".safetensors"
 FORMAT_KEY = "resnet_multi.format"
 """Metadata key holding the neutral file's format version (a string, as safetensors requires)."""
 FORMAT_VERSION = "1"
@@ -336,7 +336,8 @@ def save_weights(path, weights: Mapping[str, object], spec=None, *, force: bool 
     With a spec, the weights are first checked against its plan (every missing, unexpected and
     mis-shaped tensor reported at once) and the spec's JSON is stored, so that ``load_weights``
     alone can rebuild the model. The file is written to a temporary file and renamed when
-    complete, so a failure never leaves a partial file; it gets normal permissions (umask). The
+    complete (this is the one layer that does it: safetensors writes the temporary file in place),
+    so a failure never leaves a partial file; it gets normal permissions (umask). The
     directory must exist: it is not created (FileNotFoundError naming it).
 
     Args:
@@ -349,7 +350,7 @@ def save_weights(path, weights: Mapping[str, object], spec=None, *, force: bool 
     """
     from safetensors.numpy import save_file
 
-    from .io_util import atomic_path
+    from .formats.atomic import atomic_path
 
     path = Path(path)
     metadata = {FORMAT_KEY: FORMAT_VERSION}

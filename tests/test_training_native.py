@@ -14,9 +14,9 @@ relative per tensor (measured: ~1e-11), and the running statistics have moved.
 
 Cost: each preset is ``tiny`` (its stem, block kind, shortcut and head; 1/8 of the channels; one
 block per stage), since a Flax train step's jit compile time grows with the number of blocks
-(small(resnet152) took ~2 min to compile on the loaded CI machine, tiny ~10-20 s). With one block
-per stage resnet34 is resnet18's architecture and resnet101/152 are resnet50's: each such group
-is one test case (id "resnet50/resnet101/resnet152").
+(benchmarks/RESULTS.md, "Flax train-step compile time"). With one block per stage resnet34 is
+resnet18's architecture and resnet101/152 are resnet50's: each such group is one test case (id
+"resnet50/resnet101/resnet152").
 """
 
 from __future__ import annotations
