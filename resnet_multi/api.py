@@ -8,7 +8,7 @@ from typing import Mapping
 from ._lazy import np
 from .inference import build_inference
 from .plan import Plan, make_plan
-from .registry import backend_of, get_backend
+from .registry import backend_of, default_backend, get_backend
 from .spec import ResNetSpec
 from .weights import check_weights, init_weights, warn_nonfinite, widen_bfloat16
 from .zoo import resolve_spec
@@ -31,13 +31,14 @@ def _source(weights) -> str:
     return str(weights) if isinstance(weights, (str, os.PathLike)) else "weights"
 
 
-def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed: int = 0,
+def build(spec: ResNetSpec | str, backend: str | None = None, weights=None, *, seed: int = 0,
           strict: bool = True, inference: bool = False, dtype: str = "float32"):
     """Compile ``spec`` into a native model of ``backend``.
 
     Args:
         spec: a ResNetSpec, a preset name (``"resnet50"``) or a spec file (.json/.yaml).
-        backend: "torch", "paddle" or "flax" (see ``available_backends()``).
+        backend: "torch", "paddle" or "flax" (see ``available_backends()``); default: the
+            registry's first, "torch".
         weights: canonical weights (dict name -> array) or a checkpoint file of any supported
             format; without them the model is initialised as ``spec.init`` says, from ``seed``,
             identically in every backend. Half-precision weights (float16, bfloat16) give a
@@ -58,7 +59,7 @@ def build(spec: ResNetSpec | str, backend: str = "torch", weights=None, *, seed:
         >>> model = rm.build("resnet18", backend="torch")
     """
     spec = resolve_spec(spec)
-    module = get_backend(backend)
+    module = get_backend(default_backend() if backend is None else backend)
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     plan = make_plan(spec)

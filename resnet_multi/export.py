@@ -1,7 +1,7 @@
 """Export for deployment: a model's inference fast path, written in its framework's serving format.
 
 One function for every backend, ``export(model, path, input_shape)``; the format is the
-backend's own, declared by two optional hooks in its module:
+backend's own, given by two hooks of its package, present when its ``FEATURES`` declare "export":
 
 - ``EXPORT_SUFFIX``: the suffix of the main file (torch: ``.onnx``; paddle: ``.json``, the
   PIR program that ``paddle.jit.save`` writes beside ``.pdiparams``).
@@ -10,7 +10,7 @@ backend's own, declared by two optional hooks in its module:
 
 torch writes ONNX (``torch.onnx.export``; run it with onnxruntime), paddle a static inference
 model (``paddle.jit.save``; load it with ``paddle.jit.load`` or Paddle Inference). A backend
-without the hooks (flax) raises BackendError naming the backends that have them.
+without the feature (flax) raises BackendError naming the backends that have it.
 
 What is exported is always the eval-only fast path: a model that still has BatchNorms is first
 passed through ``optimize_for_inference`` (the model given is not changed). Files are written
@@ -26,18 +26,12 @@ import tempfile
 from pathlib import Path
 
 from .inference import build_inference, is_folded
-from .registry import BackendError, backend_names, backend_of, get_backend
+from .registry import BackendError, available_backends, backend_of, backends_with
 
 
 def _exporting_backends() -> list[str]:
-    names = []
-    for name in backend_names():
-        try:
-            if hasattr(get_backend(name), "export_model"):
-                names.append(name)
-        except BackendError:  # not installed
-            continue
-    return names
+    """The installed backends that declare the "export" feature."""
+    return [name for name in backends_with("export") if name in available_backends()]
 
 
 def export(model, path: str | os.PathLike, input_shape: tuple[int, int, int, int], *,
@@ -62,8 +56,7 @@ def export(model, path: str | os.PathLike, input_shape: tuple[int, int, int, int
         >>> rm.export(rm.build("resnet50", "torch", weights="r50.pth"), "r50.onnx", (1, 3, 224, 224))
     """
     backend = backend_of(model)
-    hook = getattr(backend, "export_model", None)
-    if hook is None:
+    if "export" not in backend.FEATURES:
         raise BackendError(f"backend {backend.NAME!r} has no deployment export; backends that have one: "
                            f"{', '.join(_exporting_backends()) or 'none installed'}")
     plan = backend.plan_of(model)
@@ -81,7 +74,7 @@ def export(model, path: str | os.PathLike, input_shape: tuple[int, int, int, int
     directory.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".export", dir=directory))
     try:
-        written = [Path(p) for p in hook(model, os.fspath(tmp_dir / stem), input_shape)]
+        written = [Path(p) for p in backend.export_model(model, os.fspath(tmp_dir / stem), input_shape)]
         targets = [directory / p.name for p in written]
         if not force:
             existing = [os.fspath(t) for t in targets if t.exists()]

@@ -11,8 +11,8 @@ This module rewrites a Plan and its canonical weights that way, ONCE, in numpy (
 float32), so every backend gets the fast path by compiling the folded plan with its ordinary
 ``build()``: backends hold no folding code. A backend may add its own speed-ups (torch:
 memory format; paddle: a Paddle Inference engine; flax: 1x1 convs as products) through an
-optional ``optimize(model) -> model`` function in its module; ``build_inference`` calls it
-when present.
+optional ``optimize(model) -> model`` function, declared by the feature "optimize" in its ``FEATURES``;
+``build_inference`` calls it then.
 
 The folded plan has the same ``spec``, the same taps (``plan.tap_names``) and the same output
 names as the original. Its parameter table differs: no BatchNorm entries, and every conv that
@@ -168,7 +168,8 @@ def fold_batchnorm(plan: P.Plan, weights: Mapping[str, np.ndarray], *,
 def build_inference(backend: ModuleType, plan: P.Plan, weights: Mapping[str, np.ndarray], *,
                     dtype: str = "float32"):
     """The inference model of ``backend``: ``backend.build`` of the folded plan, then the
-    backend's optional ``optimize(model) -> model`` hook (its own eval-only speed-ups).
+    backend's ``optimize(model) -> model`` hook (its own eval-only speed-ups) if its ``FEATURES``
+    declare "optimize".
 
     Args:
         backend: a backend module (see ``registry.get_backend``).
@@ -177,5 +178,4 @@ def build_inference(backend: ModuleType, plan: P.Plan, weights: Mapping[str, np.
     """
     folded_plan, folded = fold_batchnorm(plan, weights, dtype=dtype)
     model = backend.build(folded_plan, folded, dtype=dtype)
-    optimize = getattr(backend, "optimize", None)
-    return optimize(model) if optimize is not None else model
+    return backend.optimize(model) if "optimize" in backend.FEATURES else model

@@ -152,41 +152,49 @@ def hard_sigmoid(x: np.ndarray) -> np.ndarray:
 _ACTIVATIONS = {"relu": relu, "sigmoid": sigmoid, "hard_sigmoid": hard_sigmoid}
 
 
+def _conv(op: P.Conv, inputs, weights):
+    bias = weights[f"{op.name}.bias"] if op.bias else None
+    return conv2d(inputs[0], weights[f"{op.name}.weight"], bias, stride=op.stride, padding=op.padding,
+                  dilation=op.dilation, groups=op.groups)
+
+
+def _batch_norm(op: P.BatchNorm, inputs, weights):
+    return batch_norm(inputs[0], weights[f"{op.name}.weight"], weights[f"{op.name}.bias"],
+                      weights[f"{op.name}.running_mean"], weights[f"{op.name}.running_var"], op.eps)
+
+
+def _global_avg_pool(op: P.GlobalAvgPool, inputs, weights):
+    pooled = global_avg_pool(inputs[0])
+    return pooled if op.flatten else pooled[:, :, None, None]
+
+
+OPS = {
+    P.Conv: _conv,
+    P.BatchNorm: _batch_norm,
+    P.Act: lambda op, inputs, weights: _ACTIVATIONS[op.kind](inputs[0]),
+    P.MaxPool: lambda op, inputs, weights: max_pool2d(inputs[0], op.kernel_size, op.stride, op.padding),
+    P.AvgPool: lambda op, inputs, weights: avg_pool2d(inputs[0], op.kernel_size, op.stride, op.padding,
+                                                      ceil_mode=op.ceil_mode,
+                                                      count_include_pad=op.count_include_pad),
+    P.GlobalAvgPool: _global_avg_pool,
+    P.Flatten: lambda op, inputs, weights: inputs[0].reshape(inputs[0].shape[0], -1),
+    P.Linear: lambda op, inputs, weights: linear(inputs[0], weights[f"{op.name}.weight"],
+                                                 weights[f"{op.name}.bias"]),
+    P.Dropout: lambda op, inputs, weights: inputs[0],  # eval mode
+    P.Add: lambda op, inputs, weights: sum(inputs[1:], inputs[0]),
+    P.Mul: lambda op, inputs, weights: inputs[0] * inputs[1],
+    P.Concat: lambda op, inputs, weights: np.concatenate(inputs, axis=1),
+    P.Slice: lambda op, inputs, weights: inputs[0][:, op.start:op.stop],
+}
+"""IR op type -> its numpy function ``f(op, inputs, weights)`` (NCHW, float64)."""
+
+
 def run_op(op, inputs: list[np.ndarray], weights: Mapping[str, np.ndarray]) -> np.ndarray:
     """Apply one plan op to its ``inputs``, taking its parameters from canonical ``weights``."""
-    x = inputs[0]
-    if isinstance(op, P.Conv):
-        bias = weights[f"{op.name}.bias"] if op.bias else None
-        return conv2d(x, weights[f"{op.name}.weight"], bias, stride=op.stride, padding=op.padding,
-                      dilation=op.dilation, groups=op.groups)
-    if isinstance(op, P.BatchNorm):
-        return batch_norm(x, weights[f"{op.name}.weight"], weights[f"{op.name}.bias"],
-                          weights[f"{op.name}.running_mean"], weights[f"{op.name}.running_var"], op.eps)
-    if isinstance(op, P.Act):
-        return _ACTIVATIONS[op.kind](x)
-    if isinstance(op, P.MaxPool):
-        return max_pool2d(x, op.kernel_size, op.stride, op.padding)
-    if isinstance(op, P.AvgPool):
-        return avg_pool2d(x, op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
-                          count_include_pad=op.count_include_pad)
-    if isinstance(op, P.GlobalAvgPool):
-        pooled = global_avg_pool(x)
-        return pooled if op.flatten else pooled[:, :, None, None]
-    if isinstance(op, P.Flatten):
-        return x.reshape(x.shape[0], -1)
-    if isinstance(op, P.Linear):
-        return linear(x, weights[f"{op.name}.weight"], weights[f"{op.name}.bias"])
-    if isinstance(op, P.Dropout):
-        return x  # eval mode
-    if isinstance(op, P.Add):
-        return sum(inputs[1:], inputs[0])
-    if isinstance(op, P.Mul):
-        return inputs[0] * inputs[1]
-    if isinstance(op, P.Concat):
-        return np.concatenate(inputs, axis=1)
-    if isinstance(op, P.Slice):
-        return x[:, op.start:op.stop]
-    raise TypeError(f"reference: no numpy implementation of plan op {op!r}")
+    function = OPS.get(type(op))
+    if function is None:
+        raise TypeError(f"reference: no numpy implementation of plan op {op!r}")
+    return function(op, inputs, weights)
 
 
 def reference_forward(plan: P.Plan, weights: Mapping[str, np.ndarray], x_nchw: np.ndarray, *,

@@ -1,7 +1,7 @@
 """Deliberately wrong toy backends, for testing that parity checks catch real porting bugs.
 
 Each toy backend is a plain numpy backend implementing the backend contract (the same
-functions as ``backends/torch_backend.py``), walking the plan with the oracle's primitives
+names as ``resnet_multi.backends.torch``), walking the plan with the oracle's primitives
 (``resnet_multi.reference``), with ONE classic porting bug injected:
 
 - ``"swap_mean_var"``  BN running mean and variance swapped on import (a rename table mixing up
@@ -14,8 +14,8 @@ functions as ``backends/torch_backend.py``), walking the plan with the oracle's 
   at stride 2 on an even size, so it shows only at some sizes.
 - ``None``             no bug: the control showing the toy backend itself is right.
 
-They are registered for a test only (``register`` with pytest's ``monkeypatch``), never in the
-production registry.
+They are registered for a test only (``register`` with pytest's ``monkeypatch``), as a real
+backend is: one ``registry.BackendInfo`` row, never in the production registry.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from resnet_multi import plan as P
 from resnet_multi import reference as R
 from resnet_multi import registry
+from resnet_multi.backends.torch.layout import LAYOUT as CANONICAL_LAYOUT
 from resnet_multi.walk import run_plan
 
 BUGS = ("swap_mean_var", "kernel_hw", "same_padding")
@@ -91,6 +92,9 @@ def make_backend(bug: str | None) -> types.ModuleType:
     module = types.ModuleType(f"_resnet_multi_test_backend_{name}")  # no dots: no parent package to import
     module.NAME = name
     module.SUFFIXES = ()
+    module.DTYPES = ("float32", "float64")
+    module.FEATURES = frozenset()
+    module.LAYOUT = CANONICAL_LAYOUT  # the toy holds canonical names and layout (bugs aside)
 
     def is_model(model) -> bool:
         return isinstance(model, ToyModel) and model.bug == bug
@@ -119,7 +123,13 @@ def make_backend(bug: str | None) -> types.ModuleType:
         raise NotImplementedError("toy backend: no native files")
 
     save_native = load_native
-    for fn in (is_model, plan_of, build, export_weights, import_weights, forward, load_native, save_native):
+
+    def make_optimizer(model, settings):
+        raise NotImplementedError("toy backend: no training")
+
+    train_step = make_optimizer
+    for fn in (is_model, plan_of, build, export_weights, import_weights, forward, load_native, save_native,
+               make_optimizer, train_step):
         setattr(module, fn.__name__, fn)
     return module
 
@@ -128,6 +138,7 @@ def register(monkeypatch, bug: str | None) -> str:
     """Register the toy backend with ``bug`` for the current test only; returns its name."""
     module = make_backend(bug)
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    # (module path, package that must be installed, pip extra): numpy is always there
-    monkeypatch.setitem(registry._BACKENDS, module.NAME, (module.__name__, "numpy", "test"))
+    # one row, as every backend; its framework is numpy, which is always there
+    info = registry.BackendInfo(module.NAME, module.__name__, "numpy", "test", module.SUFFIXES, module.FEATURES)
+    monkeypatch.setitem(registry.BACKENDS, module.NAME, info)
     return module.NAME

@@ -18,7 +18,6 @@ import resnet_multi as rm
 from conftest import BACKENDS, PRESETS, assert_close, odd_input
 from resnet_multi import plan as P
 from resnet_multi.inference import fold_batchnorm, is_folded, kept_batchnorms
-from resnet_multi.registry import get_backend
 from resnet_multi.weights import WeightsError, random_weights
 
 
@@ -312,7 +311,8 @@ def test_flax_inference_model_runs_pointwise_convs_as_products_under_jit():
     import jax.numpy as jnp
     from flax import nnx
 
-    flax_backend = get_backend("flax")
+    from resnet_multi.backends.flax.fastpath import _is_pointwise
+
     spec = _tiny_spec()
     weights = random_weights(rm.make_plan(spec), seed=2)
     fast = rm.build(spec, "flax", weights=weights, inference=True)
@@ -328,8 +328,8 @@ def test_flax_inference_model_runs_pointwise_convs_as_products_under_jit():
 
     # what is not a plain 1x1 conv keeps the convolution primitive
     rngs = nnx.Rngs(0)
-    assert flax_backend._is_pointwise(nnx.Conv(4, 4, (1, 1), strides=(2, 2), padding=((0, 0), (0, 0)), rngs=rngs))
+    assert _is_pointwise(nnx.Conv(4, 4, (1, 1), strides=(2, 2), padding=((0, 0), (0, 0)), rngs=rngs))
     for conv in (nnx.Conv(4, 4, (1, 1), padding=((1, 1), (1, 1)), rngs=rngs),
                  nnx.Conv(4, 4, (1, 1), padding=((0, 0), (0, 0)), feature_group_count=2, rngs=rngs),
                  nnx.Conv(4, 4, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)):
-        assert not flax_backend._is_pointwise(conv), conv
+        assert not _is_pointwise(conv), conv

@@ -14,8 +14,9 @@ import torch
 import resnet_multi as rm
 from conftest import PRESETS, assert_close, odd_input
 from resnet_multi import plan as P
-from resnet_multi.backends import paddle_backend as pb
-from resnet_multi.backends import torch_backend
+from resnet_multi.backends import paddle as pb
+from resnet_multi.backends.paddle import ops as paddle_ops
+from resnet_multi.backends.torch import ops as torch_ops
 from resnet_multi.registry import native_suffixes
 from resnet_multi.weights import random_weights
 
@@ -196,8 +197,8 @@ def test_bn_momentum_eps_and_pool_flags_reach_paddle(monkeypatch):
     assert (model.bn1._momentum, model.bn1._epsilon) == (1.0 - 0.01, 1.001e-5)
     # the shortcut pool is a function of the walk: its flags reach F.avg_pool2d
     calls = []
-    real = pb.F.avg_pool2d
-    monkeypatch.setattr(pb.F, "avg_pool2d", lambda *args, **kwargs: calls.append(kwargs) or real(*args, **kwargs))
+    real = paddle_ops.F.avg_pool2d
+    monkeypatch.setattr(paddle_ops.F, "avg_pool2d", lambda *args, **kwargs: calls.append(kwargs) or real(*args, **kwargs))
     model(paddle.to_tensor(odd_input(spec)))
     assert calls and all((c["ceil_mode"], c["exclusive"]) == (True, True) for c in calls)  # count_include_pad=False
 
@@ -213,9 +214,9 @@ def test_pool_layers_match_torch(op):
     x = np.random.default_rng(0).standard_normal((2, 3, 33, 47)).astype(np.float32) - 2.0
     node = P.Node(op, (P.INPUT,), "out")  # pools are functions of the walk, not modules
     with paddle.no_grad():
-        actual = pb._Runner()._run_node(node, paddle.to_tensor(x)).numpy()
+        actual = paddle_ops.OPS[type(op)].apply(node, paddle.to_tensor(x)).numpy()
     with torch.no_grad():
-        expected = torch_backend._Runner()._run_node(node, torch.from_numpy(x)).numpy()
+        expected = torch_ops.OPS[type(op)].apply(node, torch.from_numpy(x)).numpy()
     assert actual.shape[2:] == (op.out_size(33), op.out_size(47))
     assert_close(actual, expected, repr(op))
 

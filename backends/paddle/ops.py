@@ -1,0 +1,224 @@
+"""Paddle's primitives: one table (``OPS``) from IR op type to its function and, for ops that
+are modules or named parameterless ops, the factory of Paddle's layer (paddle.vision's own
+type). The walk is the only dispatch; ``_module_tree.run_node`` picks the row.
+
+Numerics that differ from PyTorch and are translated here (see docs/NUMERICS.md):
+- BN momentum: Paddle's is the weight of the OLD running value, so it gets ``1 - momentum``.
+- AvgPool: Paddle's ``exclusive`` is ``not count_include_pad`` (its default, True, is the
+  opposite of PyTorch's default), always passed explicitly with ``ceil_mode``.
+- Train-mode BN: Paddle stores the biased batch variance in ``_variance``; a spec with
+  ``norm.running_var: unbiased`` (PyTorch's, every torchvision preset) gets ``BatchNorm2D``,
+  which stores the unbiased one.
+- float64 BN: Paddle's kernel holds momentum and epsilon as float32 attributes, so float64
+  models normalize with ``BatchNorm2D``'s elementary ops instead (exact momentum and epsilon, in
+  train and eval mode).
+"""
+
+from __future__ import annotations
+
+import paddle
+from paddle import ParamAttr, nn
+from paddle.nn import functional as F
+from paddle.nn.initializer import Constant
+
+from resnet_multi import plan as P
+from resnet_multi.backends._contract import Op
+
+# build() overwrites every parameter, so none is initialised by Paddle: layers are created under
+# paddle.LazyGuard (no memory allocated until set_value), and the initializer recorded for a
+# later param.initialize() is a cheap zero fill, not Paddle's random ones.
+_PLACEHOLDER = Constant(0.0)
+
+
+def _param() -> ParamAttr:
+    return ParamAttr(initializer=_PLACEHOLDER)
+
+
+class BatchNorm2D(nn.BatchNorm2D):
+    """``nn.BatchNorm2D`` that follows the spec exactly where Paddle's own kernel does not: the
+    UNBIASED running variance (PyTorch's estimator, ``norm.running_var: unbiased``, torchvision's
+    models), and in float64 the exact momentum and epsilon.
+
+    float32 models run Paddle's kernel; in training, the kernel updates copies of the running
+    statistics, from which the batch statistics are recovered exactly (a per-channel equation, no
+    second pass over the activations) and the spec's update is assigned. The running statistics
+    themselves are never inputs of the op, so the in-place assignment does not disturb the
+    backward pass (also under ``paddle.jit.to_static``).
+
+    float64 models compute the normalization from Paddle's elementary ops (``_exact_forward``):
+    the kernel takes momentum AND epsilon as float32 attributes, so it normalizes by
+    ``sqrt(var + float32(eps))``: 1.2e-9 relative off where a channel's variance is 1e-4, 1.2e-8
+    at 1e-6 (a trained model's small running variances, or a batch with few values per channel),
+    too coarse to prove two float64 models equal (docs/NUMERICS.md).
+    """
+
+    def __init__(self, *args, unbiased: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._unbiased = unbiased
+
+    def forward(self, x):
+        if x.dtype == paddle.float64:
+            return self._exact_forward(x)
+        if not self.training or self._use_global_stats:
+            return super().forward(x)
+        mean, var = self._mean.detach().clone(), self._variance.detach().clone()
+        out = F.batch_norm(x, mean, var, weight=self.weight, bias=self.bias, training=True, momentum=self._momentum,
+                           epsilon=self._epsilon, data_format=self._data_format)
+        kept = self._momentum  # Paddle's: the weight of the old value
+        if kept == 1.0:  # spec momentum 0: the statistics never move
+            return out
+        with paddle.no_grad():
+            if paddle.in_dynamic_mode():
+                # the kernel updated the copies in place: recover the batch statistics from them
+                batch_mean = (mean - kept * self._mean.detach()) / (1.0 - kept)
+                batch_var = (var - kept * self._variance.detach()) / (1.0 - kept)  # biased
+            else:  # a static program (to_static) has no in-place copies to read: reduce once more
+                batch_mean = paddle.mean(x, axis=[0, 2, 3])
+                batch_var = paddle.mean(paddle.square(x - batch_mean.reshape([1, -1, 1, 1])), axis=[0, 2, 3])
+            self._update_running_stats(x, batch_mean, batch_var)
+        return out
+
+    def _update_running_stats(self, x, batch_mean, batch_var) -> None:
+        """Move the running statistics towards the batch's (``batch_var`` biased), the spec's way."""
+        kept = self._momentum
+        if kept == 1.0:
+            return
+        if self._unbiased:
+            n = paddle.numel(x).astype(batch_var.dtype) / x.shape[1]  # a tensor: right under to_static too
+            batch_var = batch_var * n / (n - 1.0)
+        # momentum as tensors of the statistics' dtype: in a static program `0.9 * t` is a scale
+        # op with a float32 attribute, which would round it again
+        keep, take = (paddle.full([], value, dtype=self._mean.dtype) for value in (kept, 1.0 - kept))
+        paddle.assign(keep * self._mean.detach() + take * batch_mean, self._mean)
+        paddle.assign(keep * self._variance.detach() + take * batch_var, self._variance)
+
+    def _exact_forward(self, x):
+        """``(x - mean) / sqrt(var + eps) * weight + bias`` from elementary ops, with the batch's
+        statistics in training (the gradient is autograd's, through the mean and variance) and
+        the running ones in eval; epsilon is a tensor, never a float32 attribute."""
+        shape = [1, -1, 1, 1]
+        if self.training and not self._use_global_stats:
+            mean = paddle.mean(x, axis=[0, 2, 3])
+            centered = x - mean.reshape(shape)
+            var = paddle.mean(paddle.square(centered), axis=[0, 2, 3])  # biased: what normalizes
+            with paddle.no_grad():
+                # copies, not detach(): in a to_static program a detached value shares its
+                # buffer, which the executor may then overwrite in place (rsqrt of var + eps):
+                # the running variance came out 16-21% off, nondeterministically
+                self._update_running_stats(x, mean.clone(), var.clone())
+        else:
+            centered = x - self._mean.reshape(shape)
+            var = self._variance
+        epsilon = paddle.full([], self._epsilon, dtype=x.dtype)
+        out = centered * paddle.rsqrt(var + epsilon).reshape(shape)
+        if self.weight is not None:
+            out = out * self.weight.reshape(shape)
+        if self.bias is not None:
+            out = out + self.bias.reshape(shape)
+        return out
+
+
+def _hard_sigmoid(x):
+    return F.relu6(x + 3.0) / 6.0
+
+
+class HardSigmoid(nn.Layer):
+    """timm's hard-sigmoid gate as a layer: ``relu6(x + 3) / 6``."""
+
+    def forward(self, x):
+        return _hard_sigmoid(x)
+
+
+# --------------------------------------------------------------------------- functions
+
+_ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "hard_sigmoid": _hard_sigmoid}
+
+
+def add(node, *inputs):
+    out = inputs[0]
+    for other in inputs[1:]:
+        out = out + other
+    return out
+
+
+def max_pool(node, x):
+    op = node.op
+    return F.max_pool2d(x, op.kernel_size, op.stride, op.padding, ceil_mode=False)
+
+
+def avg_pool(node, x):
+    op = node.op
+    # exclusive=True means "padding not counted", i.e. PyTorch's count_include_pad=False.
+    return F.avg_pool2d(x, op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                        exclusive=not op.count_include_pad)
+
+
+def global_avg_pool(node, x):
+    if node.op.flatten:  # paddle.vision's own head ops (AdaptiveAvgPool2D + flatten): identical outputs
+        return paddle.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+    return paddle.mean(x, axis=[2, 3], keepdim=True)
+
+
+# --------------------------------------------------------------------------- layers
+# Every argument passed explicitly (Paddle's defaults differ).
+
+
+def conv_layer(op: P.Conv, callers) -> nn.Layer:
+    return nn.Conv2D(op.in_channels, op.out_channels, op.kernel_size, stride=op.stride, padding=op.padding,
+                     dilation=op.dilation, groups=op.groups, padding_mode="zeros", weight_attr=_param(),
+                     bias_attr=_param() if op.bias else False, data_format="NCHW")
+
+
+def batch_norm_layer(op: P.BatchNorm, callers) -> nn.Layer:
+    # Paddle's momentum weighs the old running value: the plan's (PyTorch's) m becomes 1 - m.
+    args = dict(momentum=1.0 - op.momentum, epsilon=op.eps, weight_attr=_param(), bias_attr=_param(),
+                data_format="NCHW")
+    if op.running_var == "biased" and paddle.get_default_dtype() != "float64":
+        return nn.BatchNorm2D(op.channels, **args)  # Paddle's own update is the spec's
+    return BatchNorm2D(op.channels, unbiased=op.running_var == "unbiased", **args)
+
+
+def avg_pool_layer(op: P.AvgPool, callers) -> nn.Layer:
+    # exclusive=True means "padding not counted", i.e. PyTorch's count_include_pad=False.
+    return nn.AvgPool2D(op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                        exclusive=not op.count_include_pad)
+
+
+def global_avg_pool_layer(op: P.GlobalAvgPool, callers) -> nn.Layer:
+    if op.flatten:
+        raise TypeError(f"paddle backend: no layer for named plan op {op!r}")
+    return nn.AdaptiveAvgPool2D(1)
+
+
+def _no_function(node, *inputs):
+    raise TypeError(f"paddle backend: plan op {node.op!r} runs only as a registered layer")
+
+
+OPS: dict[type, Op] = {
+    P.Conv: Op(_no_function, conv_layer),
+    P.BatchNorm: Op(_no_function, batch_norm_layer),
+    P.Linear: Op(_no_function, lambda op, callers: nn.Linear(op.in_features, op.out_features,
+                                                             weight_attr=_param(), bias_attr=_param())),
+    P.Dropout: Op(_no_function, lambda op, callers: nn.Dropout(op.rate, mode="upscale_in_train")),
+    P.Act: Op(lambda node, x: _ACTIVATIONS[node.op.kind](x),
+              lambda op, callers: {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid}[op.kind]()),
+    P.MaxPool: Op(max_pool, lambda op, callers: nn.MaxPool2D(op.kernel_size, op.stride, op.padding,
+                                                             ceil_mode=False)),
+    P.AvgPool: Op(avg_pool, avg_pool_layer),
+    P.GlobalAvgPool: Op(global_avg_pool, global_avg_pool_layer),
+    P.Flatten: Op(lambda node, x: paddle.flatten(x, 1)),
+    P.Add: Op(add),
+    P.Mul: Op(lambda node, x, gate: x * gate),
+    P.Concat: Op(lambda node, *inputs: paddle.concat(list(inputs), axis=1)),
+    P.Slice: Op(lambda node, x: x[:, node.op.start:node.op.stop]),
+}
+"""IR op type -> how Paddle runs it."""
+
+
+def spatial_mean(x):
+    """Mean over H and W of an NCHW tensor (training logits of a headless model)."""
+    return x.mean(axis=[2, 3])
+
+
+def concat_channels(tensors):
+    return paddle.concat(tensors, axis=1)
