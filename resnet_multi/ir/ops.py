@@ -186,6 +186,18 @@ def adaptive_windows(in_size: int, out_size: int) -> tuple[tuple[int, int], ...]
     return tuple((i * in_size // out_size, -(-(i + 1) * in_size // out_size)) for i in range(out_size))
 
 
+def align_corners_weights(in_size: int, out_size: int) -> tuple[tuple[int, int, float], ...]:
+    """Bilinear resizing with ``align_corners=True`` along one axis: per output position, the two
+    input positions it mixes and the weight of the second, ``(lo, hi, frac)``; output ``i`` sits at
+    input ``i * (in - 1) / (out - 1)`` (PyTorch's ``F.interpolate``; GlobalFilter's weight)."""
+    out = []
+    for i in range(out_size):
+        pos = 0.0 if out_size == 1 else i * (in_size - 1) / (out_size - 1)
+        lo = min(int(pos), in_size - 1)
+        out.append((lo, min(lo + 1, in_size - 1), pos - lo))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Flatten(Op):
     name: str = ""  # torchvision's ConvNeXt has a Flatten module (classifier.1)
