@@ -53,6 +53,23 @@ def _hard_sigmoid(x):
     return F.hardsigmoid(x)
 
 
+def _gelu(x):
+    """Exact GELU (erf, never the tanh approximation). A map held channels-last (between the
+    Linears of ConvNeXt's and HorNet's MLPs, as ``ChannelLinear`` leaves it) goes through on its
+    channels-last view, the contiguous tensor the reference models pass: torch's GELU kernel rounds
+    the strided NCHW view of the same memory differently (1e-7)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous():
+        return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return F.gelu(x)
+
+
+class GELU(nn.GELU):
+    """``nn.GELU`` (exact), on a channels-last map's channels-last view (see ``_gelu``)."""
+
+    def forward(self, x):
+        return _gelu(x)
+
+
 class HardSigmoid(nn.Module):
     """timm's hard-sigmoid gate as a module (``_hard_sigmoid``: exact in float64)."""
 
@@ -72,7 +89,7 @@ def act(node, x):
     if kind == "sigmoid":
         return torch.sigmoid(x)
     if kind == "gelu":
-        return F.gelu(x)  # exact (erf), never the tanh approximation
+        return _gelu(x)
     raise TypeError(f"torch backend: no activation {kind!r}")
 
 
@@ -123,7 +140,7 @@ def act_module(op: P.Act, callers) -> nn.Module:
     calling it may overwrite its input (``Node.inplace``)."""
     if op.kind == "relu":
         return nn.ReLU(inplace=all(caller.inplace for caller in callers))
-    return {"sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid, "gelu": nn.GELU}[op.kind]()
+    return {"sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid, "gelu": GELU}[op.kind]()
 
 
 def global_avg_pool_module(op: P.GlobalAvgPool, callers) -> nn.Module:
