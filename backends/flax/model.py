@@ -47,7 +47,9 @@ def _attach(owner: nnx.Module, named: Mapping[str, nnx.Module]) -> None:
 
 def _child(root: nnx.Module, path: tuple) -> nnx.Module:
     for part in path:
-        root = root[part] if isinstance(part, int) else getattr(root, part)
+        # a block whose own modules are numbered (ConvNeXt's downsample ``features.2.0``) holds
+        # them as attributes "0", "1": only nnx.List is indexed
+        root = root[part] if isinstance(root, nnx.List) else getattr(root, str(part))
     return root
 
 
