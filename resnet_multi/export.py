@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from .inference import build_inference, is_folded
-from .registry import BackendError, available_backends, backend_of, backends_with
+from .registry import BackendError, available_backends, backend_of, backends_with, has_feature
 
 
 def _exporting_backends() -> list[str]:
@@ -56,7 +56,7 @@ def export(model, path: str | os.PathLike, input_shape: tuple[int, int, int, int
         >>> rm.export(rm.build("resnet50", "torch", weights="r50.pth"), "r50.onnx", (1, 3, 224, 224))
     """
     backend = backend_of(model)
-    if "export" not in backend.FEATURES:
+    if not has_feature(backend, "export"):
         raise BackendError(f"backend {backend.NAME!r} has no deployment export; backends that have one: "
                            f"{', '.join(_exporting_backends()) or 'none installed'}")
     plan = backend.plan_of(model)

@@ -30,6 +30,7 @@ from typing import Mapping
 
 from ._lazy import np
 from . import plan as P
+from .registry import has_feature
 from .weights import check_weights
 
 
@@ -178,4 +179,4 @@ def build_inference(backend: ModuleType, plan: P.Plan, weights: Mapping[str, np.
     """
     folded_plan, folded = fold_batchnorm(plan, weights, dtype=dtype)
     model = backend.build(folded_plan, folded, dtype=dtype)
-    return backend.optimize(model) if "optimize" in backend.FEATURES else model
+    return backend.optimize(model) if has_feature(backend, "optimize") else model

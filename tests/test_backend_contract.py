@@ -129,3 +129,19 @@ def test_defaults_come_from_the_registry():
     assert registry.native_suffixes() == {s: n for n, i in registry.BACKENDS.items() for s in i.suffixes}
     with pytest.raises(rm.BackendError, match="unknown backend"):
         registry.layout_of("tensorflow")
+
+
+@pytest.mark.parametrize("module", ["api", "inference", "export", "reference", "layout", "walk"])
+def test_core_code_names_no_backend(module):
+    """Defaults such as "the default backend" come from the registry: no backend name is a string
+    constant in the code (docstrings aside) of these core modules."""
+    import ast
+
+    source = importlib.import_module(f"resnet_multi.{module}").__file__
+    tree = ast.parse(open(source).read())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    named = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and id(node) not in docstrings
+             and isinstance(node.value, str) and node.value in registry.backend_names()]
+    assert not named, f"resnet_multi/{module}.py names backends {named}"

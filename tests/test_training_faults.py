@@ -68,7 +68,8 @@ def test_weight_decay_added_after_momentum(monkeypatch):
     second update differs by lr m wd p."""
     import optax
 
-    module = get_backend("flax")
+    from resnet_multi.backends.flax import train as module  # make_optimizer calls it there
+
     transform = module.optax_transform
 
     def decay_after_momentum(spec):
