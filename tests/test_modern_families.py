@@ -233,6 +233,13 @@ def test_vgg_out_indices_are_p2pnets_four_maps():
 # --------------------------------------------------------------------------- every backend against the oracle
 
 
+def _x64() -> None:
+    """Flax float64 needs JAX's process-wide 64-bit mode (the other float64 tests switch it on too)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
 def _small(name: str) -> rm.ResNetSpec:
     """The preset's structure at small widths and depths (the parity proves the ops and wiring;
     size proves nothing here)."""
@@ -256,10 +263,26 @@ def _small(name: str) -> rm.ResNetSpec:
 @pytest.mark.parametrize("name", ["vgg11_bn", "vgg13", "convnext_tiny", "hornet_tiny_7x7", "hornet_tiny_gf"])
 def test_every_backend_matches_the_oracle(name):
     """At an odd size (the filter's weight resized in both filter stages), float32 and float64."""
-    import jax
-
-    jax.config.update("jax_enable_x64", True)  # Flax float64 (the other tests that need it do the same)
+    _x64()
     spec = _small(name)
     for dtype in ("float32", "float64"):
         report = rm.check_parity(spec, backends=BACKENDS, input_shape=(2, 3, 97, 75), dtype=dtype)
         assert report.ok, report.format()
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "convnext_tiny", "hornet_tiny_gf"])
+def test_training_parity_in_float64_with_drop_path_0(name):
+    """Three SGD steps agree in every backend (float64; the layer scales and the filter are trained
+    too); a positive drop-path is refused as dropout is (different masks per framework)."""
+    import dataclasses
+
+    _x64()
+    small = _small(name)
+    head = dataclasses.replace(small.head, dropout=0.0)
+    spec = small.replace(head=head, block=dataclasses.replace(small.block, drop_path_rate=0.0))
+    report = rm.check_training(spec, backends=BACKENDS, steps=3, dtype="float64", input_shape=(2, 3, 67, 45))
+    assert report.ok, report.format()
+    if small.block.kind != "vgg":
+        with pytest.raises(ValueError, match="drop-path"):
+            rm.check_training(small.replace(head=head, block=dataclasses.replace(small.block, drop_path_rate=0.2)),
+                              backends=BACKENDS, steps=1, dtype="float64")

@@ -143,7 +143,7 @@ _OVERWRITABLE = (Conv, BatchNorm, Add, Mul, Concat)
 
 def mark_inplace(nodes, output: str, taps) -> tuple[Node, ...]:
     """``nodes`` with ``inplace`` set where a ReLU or an Add may overwrite its first input: that
-    value is read by no later node, is not the part's input, output or a tap, and was made by an
+    value is read by no other node, is not the part's input, output or a tap, and was made by an
     op whose backward pass does not need its own output."""
     producer = {node.output: node for node in nodes}
     kept = {output, INPUT} | {value for value, _ in taps}
@@ -163,7 +163,9 @@ def mark_inplace(nodes, output: str, taps) -> tuple[Node, ...]:
     marked = []
     for i, node in enumerate(nodes):
         first = node.inputs[0]
-        used_later = any(first in later.inputs for later in nodes[i + 1:]) or node.inputs.count(first) > 1
+        # any other reader, earlier ones included: an earlier op may have saved the value for its
+        # backward (HorNet's norm2 reads the first residual sum that the second add would overwrite)
+        used_later = readers[first] > 1
         relu = isinstance(node.op, Act) and node.op.kind == "relu"
         inplace = ((relu or isinstance(node.op, Add)) and first not in kept and not used_later
                    and overwritable(first))
