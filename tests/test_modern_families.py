@@ -286,3 +286,24 @@ def test_training_parity_in_float64_with_drop_path_0(name):
         with pytest.raises(ValueError, match="drop-path"):
             rm.check_training(small.replace(head=head, block=dataclasses.replace(small.block, drop_path_rate=0.2)),
                               backends=BACKENDS, steps=1, dtype="float64")
+
+
+def test_paddle_vision_vgg_loads_as_it_is():
+    """paddle.vision's vgg11(batch_norm=True) state_dict (Paddle's names: _mean, _variance, (in, out)
+    Linears) loads into the Paddle model with set_state_dict, and the logits equal paddle.vision's."""
+    import paddle
+    from paddle.vision.models import vgg11
+
+    paddle.seed(3)
+    reference = vgg11(batch_norm=True)
+    state = reference.state_dict()
+    for key, value in state.items():  # random BN statistics and affines, so a swap shows
+        if key.endswith(("_mean", "_variance")) or ".1." in key and value.ndim == 1:
+            value.set_value(paddle.uniform(value.shape, min=0.5, max=1.5))
+    reference.eval()
+    ours = rm.build("vgg11_bn", backend="paddle")
+    missing, unexpected = ours.set_state_dict(state)
+    assert not missing and not unexpected
+    x = paddle.randn([1, 3, 67, 93])
+    with paddle.no_grad():
+        np.testing.assert_array_equal(ours(x).numpy(), reference(x).numpy())
