@@ -45,7 +45,7 @@ from ._lazy import np
 from .formats.atomic import atomic_path, check_output_dir
 # the format names, suffixes and content sniffing live in formats.sniff; these names stay importable from here
 from .formats.sniff import NEUTRAL, CheckpointError, detect_format, format_of_suffix, formats
-from .plan import Linear, make_plan
+from .plan import make_plan
 from .registry import get_backend
 from .spec import HeadSpec, ResNetSpec, SpecError
 from .weights import (FRAMEWORK_EXTRAS, WeightsError, cast_weights, check_weights, load_weights, resolve_dtype,
@@ -201,15 +201,12 @@ def _adapt(preset: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[ResNetSp
     """The preset with in_channels and head read from the checkpoint's shapes, where they differ."""
     spec = get_spec(preset)
     adaptations: dict = {}
-    params = _param_shapes(spec)
-    stem_weight = next(iter(params))  # the plan lists the stem's first conv first
-    found = shapes.get(stem_weight)
+    found = shapes.get(f"{make_plan(spec).first_conv}.weight")  # the conv that reads the image
     if found is not None and len(found) == 4 and found[1] != spec.in_channels:
         adaptations["in_channels"] = found[1]
     head_spec = spec.head or HeadSpec()
-    head = make_plan(dataclasses.replace(spec, head=head_spec, out_indices=None)).head
-    head_name = [op for op in head.modules if isinstance(op, Linear)][-1].name  # the classifier
-    fc_weight, fc_bias = shapes.get(f"{head_name}.weight"), shapes.get(f"{head_name}.bias")
+    classifier = make_plan(dataclasses.replace(spec, head=head_spec, out_indices=None)).classifier
+    fc_weight, fc_bias = shapes.get(f"{classifier}.weight"), shapes.get(f"{classifier}.bias")
     if fc_weight is None and fc_bias is None:
         if spec.head is not None:
             adaptations["head"] = None

@@ -1,11 +1,16 @@
-"""Shared test helpers: the preset and backend matrices come from the zoo and the registry."""
+"""Shared test helpers: the preset and backend matrices come from the zoo and the registry; shared
+(cached) weights and oracle outputs; and the few framework idioms that truly differ (``idioms``)."""
 
 from __future__ import annotations
+
+import functools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import resnet_multi as rm
+from resnet_multi.weights import random_weights
 
 PRESETS = rm.list_specs()
 BACKENDS = rm.backend_names()  # CI installs every backend: an uninstalled one must fail, not skip
@@ -33,6 +38,161 @@ def assert_weights_equal(actual, expected) -> None:
         np.testing.assert_array_equal(actual[name], array, err_msg=name)
 
 
+def small(spec: rm.ResNetSpec, divisor: int = 8) -> rm.ResNetSpec:
+    """The same architecture and canonical names with 1/divisor of the channels (fast): for checks
+    that hold tensor by tensor or name by name, where the channel count proves nothing."""
+    stages = tuple(replace(s, channels=max(1, s.channels // divisor)) for s in spec.stages)
+    stem = replace(spec.stem, widths=tuple(max(1, w // divisor) for w in spec.stem.widths))
+    return spec.replace(stages=stages, stem=stem)
+
+
 @pytest.fixture(params=PRESETS)
 def preset(request) -> rm.ResNetSpec:
     return rm.get_spec(request.param)
+
+
+# --------------------------------------------------------------------------- shared, cached data
+# Weights and oracle outputs are pure functions of their arguments, so tests share them instead of
+# recomputing them (random_weights of resnet152 draws 60 million numbers). The caches are small
+# (maxsize): the matrix tests run preset-major, and full-size weights are large.
+
+
+@functools.lru_cache(maxsize=2)
+def preset_weights(name: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """``random_weights`` of a preset (random BN statistics, no zero-init). Callers must not
+    modify the arrays (copy first)."""
+    weights = random_weights(rm.make_plan(rm.get_spec(name)), seed=seed)
+    for array in weights.values():
+        array.flags.writeable = False  # a test that modifies shared weights fails loudly
+    return weights
+
+
+@functools.lru_cache(maxsize=1)
+def preset_oracle(name: str, hw: tuple[int, int] = ODD_HW, batch: int = 1):
+    """Weights, input and float64 oracle taps of a preset, shared by its backends."""
+    spec = rm.get_spec(name)
+    weights = preset_weights(name, 0)
+    x = np.random.default_rng(1).standard_normal((batch, spec.in_channels, *hw)).astype(np.float32)
+    return spec, weights, x, rm.reference_forward(rm.make_plan(spec), weights, x, taps=True)
+
+
+# --------------------------------------------------------------------------- framework idioms
+# What a user of each framework writes differently, and nothing else: a test body is written once
+# and asks ``idioms(backend)`` for these. A backend without an entry fails with a message saying
+# where to add one (never a silent fall-through to some other framework's idiom).
+
+
+class TorchIdioms:
+    name = "torch"
+
+    @staticmethod
+    def train_call(model, x_nchw: np.ndarray, seed: int) -> np.ndarray:
+        """One train-mode call, with the framework's dropout RNG seeded; NCHW / 2-D out."""
+        import torch
+
+        torch.manual_seed(seed)
+        return model.train()(torch.from_numpy(x_nchw)).detach().numpy()
+
+    @staticmethod
+    def named_layers(model) -> dict:
+        """Every module by dotted name, as the framework lists them."""
+        return dict(model.named_modules())
+
+    @staticmethod
+    def dropout_call(layer, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        return layer.train()(torch.from_numpy(x)).numpy()
+
+    @staticmethod
+    def optimizer_type(name: str):
+        import torch
+
+        return {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
+
+
+class PaddleIdioms:
+    name = "paddle"
+
+    @staticmethod
+    def train_call(model, x_nchw: np.ndarray, seed: int) -> np.ndarray:
+        import paddle
+
+        model.train()
+        paddle.seed(seed)
+        return model(paddle.to_tensor(x_nchw)).numpy()
+
+    @staticmethod
+    def named_layers(model) -> dict:
+        return dict(model.named_sublayers(include_self=True))
+
+    @staticmethod
+    def dropout_call(layer, x: np.ndarray) -> np.ndarray:
+        import paddle
+
+        layer.train()
+        return layer(paddle.to_tensor(x)).numpy()
+
+    @staticmethod
+    def optimizer_type(name: str):
+        import paddle
+
+        return {"sgd": paddle.optimizer.Momentum, "adamw": paddle.optimizer.AdamW}[name]
+
+
+class FlaxIdioms:
+    name = "flax"
+
+    @staticmethod
+    def train_call(model, x_nchw: np.ndarray, seed: int) -> np.ndarray:
+        from flax import nnx
+
+        model.train()
+        out = np.asarray(model(x_nchw.transpose(0, 2, 3, 1), rngs=nnx.Rngs(dropout=seed)))
+        return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out  # Flax computes in NHWC
+
+    @staticmethod
+    def named_layers(model) -> dict:
+        from flax import nnx
+
+        return {".".join(map(str, path)): m for path, m in nnx.iter_modules(model)}
+
+    @staticmethod
+    def dropout_call(layer, x: np.ndarray) -> np.ndarray:
+        from flax import nnx
+
+        return np.asarray(layer(x, deterministic=False, rngs=nnx.Rngs(dropout=0)))
+
+    @staticmethod
+    def optimizer_type(name: str):
+        from flax import nnx
+
+        return nnx.Optimizer  # one type for every optax transformation
+
+
+IDIOMS = {cls.name: cls for cls in (TorchIdioms, PaddleIdioms, FlaxIdioms)}
+
+
+def idioms(backend: str):
+    """The framework idioms of ``backend`` (see TorchIdioms for what each provides)."""
+    if backend not in IDIOMS:
+        raise KeyError(f"tests/conftest.py has no idioms for backend {backend!r}: add a class like TorchIdioms")
+    return IDIOMS[backend]
+
+
+
+# --------------------------------------------------------------------------- memory between files
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_memory_after_each_file():
+    """After each test file: drop JAX's compiled functions (one per model structure, kept for the
+    process's life otherwise, and rarely shared between files) and collect the models the file
+    left behind, so that peak memory is one file's, not the whole run's."""
+    yield
+    import gc
+    import sys
+
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+    gc.collect()

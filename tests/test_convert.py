@@ -104,6 +104,7 @@ def test_unknown_suffix():
 # --------------------------------------------------------------------------- exactness
 
 
+@pytest.mark.slow  # full size: the spec is inferred from every preset's real names and shapes
 @pytest.mark.parametrize("preset", rm.list_specs())
 def test_chain_through_every_format_is_bit_exact(tmp_path, preset):
     """torch -> paddle -> flax -> neutral -> torch gives back every tensor bit for bit; the spec is

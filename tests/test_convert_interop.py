@@ -19,6 +19,7 @@ import resnet_multi as rm
 from conftest import assert_close, odd_input
 
 SPEC = rm.get_spec("resnet50")
+pytestmark = pytest.mark.slow  # full size: the peers' own ResNet-50 files
 
 
 def _random_bn(rng, channels):

@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, assert_close, assert_weights_equal, odd_input
+from conftest import BACKENDS, assert_close, assert_weights_equal, idioms, odd_input
 
 import resnet_multi as rm
 from resnet_multi import plan as P
@@ -64,6 +64,7 @@ def test_parameter_count(name):
     assert rm.summary(name).total_params == PARAMS[name]
 
 
+@pytest.mark.slow  # full size: the reference library's own model
 @pytest.mark.parametrize("name", REFERENCE_LIBRARY)
 def test_torch_model_is_the_reference_model(name):
     """Same names and shapes both ways (strict loads), same logits for the same weights."""
@@ -88,6 +89,7 @@ def _legacy_keys(state_dict) -> dict:
     return {pattern.sub(r"\1.\2.\3", k): v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
 
 
+@pytest.mark.slow  # full size: torchvision's densenet121 file, its spec inferred from it
 def test_legacy_densenet_keys_load_everywhere(tmp_path):
     import torch
 
@@ -108,6 +110,7 @@ def test_legacy_densenet_keys_load_everywhere(tmp_path):
     assert_weights_equal(converted, weights)
 
 
+@pytest.mark.slow  # full size: paddle.vision's own densenet121
 def test_paddle_vision_densenet121_file_is_read_as_it_is(tmp_path, capsys):
     import paddle
     from paddle.vision.models import densenet121
@@ -332,50 +335,9 @@ DROPPING = _with_drop_rate(rm.ResNetSpec.from_dict(_changed("densenet121", {
     "stem.widths": [16], "head.num_classes": 5})), 0.5)
 
 
-def _train_forward(backend: str, model, x: np.ndarray, seed: int) -> np.ndarray:
-    """One train-mode call, each framework's own way, with its dropout RNG seeded."""
-    if backend == "torch":
-        import torch
-
-        torch.manual_seed(seed)
-        return model.train()(torch.from_numpy(x)).detach().numpy()
-    if backend == "paddle":
-        import paddle
-
-        model.train()
-        paddle.seed(seed)
-        return model(paddle.to_tensor(x)).numpy()
-    from flax import nnx
-
-    model.train()
-    return np.asarray(model(x.transpose(0, 2, 3, 1), rngs=nnx.Rngs(dropout=seed)))
-
-
 def _dropout_layers(backend: str, model) -> dict:
     """The model's dropout layers by name, as the framework lists its modules."""
-    if backend == "torch":
-        return {name: m for name, m in model.named_modules() if type(m).__name__ == "Dropout"}
-    if backend == "paddle":
-        return {name: m for name, m in model.named_sublayers() if type(m).__name__ == "Dropout"}
-    from flax import nnx
-
-    return {".".join(path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.Dropout)}
-
-
-def _drop_once(backend: str, layer, ones: np.ndarray) -> np.ndarray:
-    """``layer`` applied in train mode."""
-    if backend == "torch":
-        import torch
-
-        return layer.train()(torch.from_numpy(ones)).numpy()
-    if backend == "paddle":
-        import paddle
-
-        layer.train()
-        return layer(paddle.to_tensor(ones)).numpy()
-    from flax import nnx
-
-    return np.asarray(layer(ones, deterministic=False, rngs=nnx.Rngs(dropout=0)))
+    return {name: m for name, m in idioms(backend).named_layers(model).items() if type(m).__name__ == "Dropout"}
 
 
 DROPOUT_NAMES = {  # where torchvision / paddle.vision keep a dense layer's dropout
@@ -399,17 +361,18 @@ def test_dense_drop_rate_drops_in_train_mode_only(backend):
     assert len(layers) == 4 and DROPOUT_NAMES[backend] in layers
     assert not _dropout_layers(backend, plain)
     # each layer is inverted dropout: an element is dropped with probability 0.5, kept ones are doubled
-    dropped = _drop_once(backend, layers[DROPOUT_NAMES[backend]], np.ones((8, 8, 16, 16), np.float32))
+    dropped = idioms(backend).dropout_call(layers[DROPOUT_NAMES[backend]], np.ones((8, 8, 16, 16), np.float32))
     assert set(np.unique(dropped).tolist()) == {0.0, 2.0}
     assert 0.45 < (dropped == 0).mean() < 0.55  # 16,384 draws: 8 standard deviations of slack
 
     # "differs" below means beyond 1e-3 absolute: far past float noise, as dropping half the features does
-    first = _train_forward(backend, dropping, x, seed=0)
-    np.testing.assert_array_equal(_train_forward(backend, dropping, x, seed=0), first)  # seeded: repeatable
-    assert not np.allclose(_train_forward(backend, dropping, x, seed=1), first, atol=1e-3)
-    assert not np.allclose(_train_forward(backend, plain, x, seed=0), first, atol=1e-3)
+    first = idioms(backend).train_call(dropping, x, seed=0)
+    np.testing.assert_array_equal(idioms(backend).train_call(dropping, x, seed=0), first)  # seeded: repeatable
+    assert not np.allclose(idioms(backend).train_call(dropping, x, seed=1), first, atol=1e-3)
+    assert not np.allclose(idioms(backend).train_call(plain, x, seed=0), first, atol=1e-3)
 
 
+@pytest.mark.slow  # full size: torchvision's own densenet121
 def test_dense_drop_rate_drops_what_torchvision_drops():
     """Same weights, same seed, train mode: densenet121 with drop_rate 0.2 gives torchvision's logits."""
     import torch
@@ -420,9 +383,9 @@ def test_dense_drop_rate_drops_what_torchvision_drops():
     reference = torchvision.models.densenet121(weights=None, drop_rate=0.2)
     reference.load_state_dict(ours.state_dict(), strict=True)  # a dropout holds no tensors
     x = odd_input(spec, batch=2)
-    expected = _train_forward("torch", reference, x, seed=3)  # another seed must differ beyond float noise
-    np.testing.assert_array_equal(_train_forward("torch", ours, x, seed=3), expected)
-    assert not np.allclose(_train_forward("torch", ours, x, seed=4), expected, atol=1e-3)
+    expected = idioms("torch").train_call(reference, x, seed=3)  # another seed must differ beyond float noise
+    np.testing.assert_array_equal(idioms("torch").train_call(ours, x, seed=3), expected)
+    assert not np.allclose(idioms("torch").train_call(ours, x, seed=4), expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["densenet121", "d2l_densenet", "ghostnet_050"])

@@ -7,24 +7,16 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import _wrong_backends as wrong
 import resnet_multi as rm
-from conftest import BACKENDS, odd_input
+from conftest import BACKENDS, odd_input, small
 from resnet_multi import cli
 from resnet_multi.parity import Divergence, check_models
 from resnet_multi.weights import random_weights
-
-
-def small(spec: rm.ResNetSpec, divisor: int = 8) -> rm.ResNetSpec:
-    """The same architecture and canonical names with 1/divisor of the channels (fast)."""
-    stages = tuple(replace(s, channels=max(1, s.channels // divisor)) for s in spec.stages)
-    stem = replace(spec.stem, widths=tuple(max(1, w // divisor) for w in spec.stem.widths))
-    return spec.replace(stages=stages, stem=stem)
 
 
 SMALL_R18 = small(rm.get_spec("resnet18"))

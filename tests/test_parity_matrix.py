@@ -9,45 +9,76 @@ odd and non-square: the conditions under which a porting bug cannot hide.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import resnet_multi as rm
-from conftest import BACKENDS, ODD_HW, PRESETS
+from conftest import BACKENDS, ODD_HW, PRESETS, assert_close, assert_weights_equal, preset_oracle
 from resnet_multi.parity import check_models
 from resnet_multi.families.residual import KINDS as RESIDUAL_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
 from resnet_multi.weights import random_weights
 
 
-@functools.lru_cache(maxsize=1)  # one preset at a time: the matrix runs preset-major, weights are big
-def _oracle(name: str, hw: tuple[int, int]):
-    """Weights, input and oracle taps of a preset, shared by its backends."""
-    spec = rm.get_spec(name)
-    plan = rm.make_plan(spec)
-    weights = random_weights(plan, seed=0)
-    x = np.random.default_rng(1).standard_normal((1, spec.in_channels, *hw)).astype(np.float32)
-    return spec, weights, x, rm.reference_forward(plan, weights, x, taps=True)
-
-
-def _assert_matches_oracle(name: str, backend: str, hw: tuple[int, int]) -> None:
-    spec, weights, x, oracle = _oracle(name, hw)
+def _assert_matches_oracle(name: str, backend: str, hw: tuple[int, int], batch: int = 1):
+    """Builds ``name`` in ``backend`` with the preset's shared random weights and compares every tap
+    with the oracle's; returns the model, input and taps for further checks on the same model."""
+    spec, weights, x, oracle = preset_oracle(name, hw, batch)
     model = rm.build(spec, backend=backend, weights=weights)
     plan = rm.make_plan(spec)
-    outputs = {backend: rm.forward(model, x, taps=True)}
-    report = rm.parity.compare_outputs(plan, outputs, oracle, input_shape=x.shape)
+    taps = rm.forward(model, x, taps=True)
+    report = rm.parity.compare_outputs(plan, {backend: taps}, oracle, input_shape=x.shape)
     assert report.ok, "\n" + str(report)
+    return model, x, taps
 
 
-# preset-major, so that each preset's oracle is computed once for all backends
+_FIRST_TAPS: dict[str, dict[str, np.ndarray]] = {}  # one preset's taps at a time
+
+
+def _first_backend_taps(name: str) -> dict[str, np.ndarray]:
+    """The taps of the registry's first backend (torch) for the matrix's weights and input: every
+    other backend is also compared with it, framework to framework. In preset-major order they are
+    kept from the first backend's own test; in another order (``-k``) they are computed here."""
+    if name not in _FIRST_TAPS:
+        spec, weights, x, _ = preset_oracle(name, ODD_HW, 2)
+        _FIRST_TAPS.clear()
+        _FIRST_TAPS[name] = rm.forward(rm.build(spec, backend=BACKENDS[0], weights=weights), x, taps=True)
+    return _FIRST_TAPS[name]
+
+
+# Preset-major, so that each preset's weights and oracle are computed once for all backends. Each
+# preset is built once per backend at full size (the user's model) and checked for everything a
+# build must give: the oracle's values at every tap, the shapes rm.summary predicts (batch 2, so a
+# batch axis mixed up with another shows), finite outputs, the taps in the plan's order, the plain
+# forward equal to its tap, the exported weights equal to the given ones bit for bit, and every tap
+# within the float32 bound of the first backend's (torch's) tap, in execution order.
+@pytest.mark.slow
 @pytest.mark.parametrize("name, backend", [(n, b) for n in PRESETS for b in BACKENDS])
 def test_preset_matches_oracle_at_odd_size(name, backend):
-    _assert_matches_oracle(name, backend, ODD_HW)
+    model, x, taps = _assert_matches_oracle(name, backend, ODD_HW, batch=2)
+    spec, weights, _, _ = preset_oracle(name, ODD_HW, 2)
+    plan = rm.make_plan(spec)
+    expected = rm.summary(spec, input_shape=x.shape).output_shapes
+    (output_name,) = plan.output_names()
+    assert list(taps) == list(plan.tap_names)
+    assert {k: v.shape for k, v in taps.items()} == {k: expected[k] for k in taps}
+    out = rm.forward(model, x)
+    assert out.shape == expected[output_name] and np.isfinite(out).all()
+    np.testing.assert_array_equal(taps[output_name], out)
+    exported = rm.export_weights(model)
+    assert list(exported) == list(plan.params)
+    assert_weights_equal(exported, weights)
+    if backend == BACKENDS[0]:
+        _FIRST_TAPS.clear()
+        _FIRST_TAPS[name] = taps
+    else:
+        first = _first_backend_taps(name)
+        for tap in plan.tap_names:  # execution order: the first tap that diverges is the one reported
+            assert_close(taps[tap], first[tap], f"{name}: {backend} vs {BACKENDS[0]}, tap {tap}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_resnet50_matches_oracle_at_224(backend):
     """The standard size too: at 224 the stride-2 convs and pools see even sizes (the case

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import resnet_multi as rm
-from conftest import BACKENDS
+from conftest import BACKENDS, idioms
 from resnet_multi import training as T
 from resnet_multi.weights import random_weights
 
@@ -107,18 +107,46 @@ def models64():
     return weights, {b: rm.build(TINY, b, weights=weights, dtype="float64") for b in BACKENDS}
 
 
-def _native_type(backend: str, name: str):
-    if backend == "torch":
-        import torch
+def _torch_optimizer_holds(opt, model, name: str, trainable: list[str]) -> None:
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.5 if name == "sgd" else group["lr"] == 0.25
+    if name == "sgd":
+        assert (group["momentum"], group["nesterov"], group["weight_decay"], group["dampening"]) == \
+            (0.875, True, 2**-7, 0)
+    else:
+        assert (group["betas"], group["eps"], group["weight_decay"], group["amsgrad"]) == \
+            ((0.75, 0.875), 2**-20, 0.125, False)
+    assert len(group["params"]) == len(trainable)
 
-        return {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
-    if backend == "paddle":
-        import paddle
 
-        return {"sgd": paddle.optimizer.Momentum, "adamw": paddle.optimizer.AdamW}[name]
+def _paddle_optimizer_holds(opt, model, name: str, trainable: list[str]) -> None:
+    # BatchNorm's _mean/_variance are Paddle parameters (stop_gradient=True): never optimized
+    params = opt._parameter_list
+    names = {p.name for p in params}
+    stats = {p.name for n, p in model.named_parameters() if n.endswith(("._mean", "._variance"))}
+    assert stats and not names & stats
+    assert len(params) == len(trainable) and all(not p.stop_gradient for p in params)
+    if name == "sgd":
+        assert (opt._momentum, opt._use_nesterov) == (0.875, True)
+        # L2Decay is applied by the momentum kernel itself, before momentum
+        assert (opt._regularization_method, opt._regularization_coeff) == ("l2_decay", 2**-7)
+
+
+def _flax_optimizer_holds(opt, model, name: str, trainable: list[str]) -> None:
     from flax import nnx
 
-    return nnx.Optimizer
+    assert opt.wrt == nnx.Param
+    # the optimizer state covers the parameters, not BatchNorm's batch statistics
+    leaves = [path for path, _ in nnx.to_flat_state(nnx.state(opt.opt_state))]
+    assert leaves and not any("mean" in map(str, path) or "var" in map(str, path) for path in leaves)
+
+
+# How each framework's optimizer object shows its settings differs: one inspection per backend.
+OPTIMIZER_HOLDS = {"torch": _torch_optimizer_holds, "paddle": _paddle_optimizer_holds, "flax": _flax_optimizer_holds}
+
+
+def test_every_backend_has_an_optimizer_inspection():
+    assert sorted(OPTIMIZER_HOLDS) == sorted(BACKENDS)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -128,36 +156,9 @@ def _native_type(backend: str, name: str):
 def test_optimizer_is_the_frameworks_own(models64, backend, name, settings):
     _, models = models64
     opt = rm.optimizer(models[backend], name, **settings)
-    assert type(opt) is _native_type(backend, name)
+    assert type(opt) is idioms(backend).optimizer_type(name)
     trainable = [n for n, info in rm.make_plan(TINY).params.items() if not info.is_buffer]
-    if backend == "torch":
-        group = opt.param_groups[0]
-        assert group["lr"] == 0.5 if name == "sgd" else group["lr"] == 0.25
-        if name == "sgd":
-            assert (group["momentum"], group["nesterov"], group["weight_decay"], group["dampening"]) == \
-                (0.875, True, 2**-7, 0)
-        else:
-            assert (group["betas"], group["eps"], group["weight_decay"], group["amsgrad"]) == \
-                ((0.75, 0.875), 2**-20, 0.125, False)
-        assert len(group["params"]) == len(trainable)
-    elif backend == "paddle":
-        # BatchNorm's _mean/_variance are Paddle parameters (stop_gradient=True): never optimized
-        params = opt._parameter_list
-        names = {p.name for p in params}
-        stats = {p.name for n, p in models[backend].named_parameters() if n.endswith(("._mean", "._variance"))}
-        assert stats and not names & stats
-        assert len(params) == len(trainable) and all(not p.stop_gradient for p in params)
-        if name == "sgd":
-            assert (opt._momentum, opt._use_nesterov) == (0.875, True)
-            # L2Decay is applied by the momentum kernel itself, before momentum
-            assert (opt._regularization_method, opt._regularization_coeff) == ("l2_decay", 2**-7)
-    else:
-        from flax import nnx
-
-        assert opt.wrt == nnx.Param
-        # the optimizer state covers the parameters, not BatchNorm's batch statistics
-        leaves = [path for path, _ in nnx.to_flat_state(nnx.state(opt.opt_state))]
-        assert leaves and not any("mean" in map(str, path) or "var" in map(str, path) for path in leaves)
+    OPTIMIZER_HOLDS[backend](opt, models[backend], name, trainable)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
