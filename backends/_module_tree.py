@@ -23,13 +23,18 @@ from resnet_multi.walk import stage_container
 @dataclass(frozen=True)
 class Adapter:
     """How one framework holds child modules: ``children(module)`` (its dict of children by
-    name), ``add_child(module, name, child)``, and the ``sequential`` and plain ``container``
-    classes (called with no arguments)."""
+    name), ``add_child(module, name, child)``, the ``sequential`` and plain ``container``
+    classes (called with no arguments), and how a module holds a parameter of its own
+    (``ir.PARAMETER_OPS``: torchvision's ``layer_scale``, HorNet's ``gamma1``)."""
 
     children: Callable[[Any], Mapping[str, Any]]
     add_child: Callable[[Any, str, Any], None]
     sequential: Callable[[], Any]
     container: Callable[[], Any]
+    add_parameter: Callable[[Any, str, tuple], None]
+    """``add_parameter(module, name, shape)``: a new parameter of the framework on ``module``."""
+    parameter: Callable[[Any, str], Any]
+    """``parameter(module, name)``: that parameter, looked up now."""
 
 
 def attach(adapter: Adapter, root, dotted: str, module) -> None:
@@ -53,8 +58,28 @@ def call(adapter: Adapter, root, path: tuple, x):
 
 
 def module_key(op) -> str:
-    """The plan's module path of an op that is a module or a named parameterless op, else ""."""
-    return op.name if isinstance(op, P.MODULE_OPS) else P.module_name(op)
+    """The plan's module path of an op that is a module or a named parameterless op, or the
+    parameter name of a parameter op, else ""."""
+    return op.name if isinstance(op, P.MODULE_OPS + P.PARAMETER_OPS) else P.module_name(op)
+
+
+def _module_at(adapter: Adapter, root, path: tuple):
+    module = root
+    for part in path:
+        module = adapter.children(module)[part]
+    return module
+
+
+def add_parameter(adapter: Adapter, root, dotted: str, shape: tuple) -> None:
+    """A parameter of ``shape`` at ``dotted`` below ``root``, on the module that holds it (made as
+    a plain container when the path has none yet)."""
+    *parents, leaf = dotted.split(".")
+    module = root
+    for part in parents:
+        if part not in adapter.children(module):
+            adapter.add_child(module, part, adapter.container())
+        module = adapter.children(module)[part]
+    adapter.add_parameter(module, leaf, tuple(shape))
 
 
 def register_part(adapter: Adapter, runner, part: P.Part, ops: Mapping, names: Mapping[str, str]) -> dict:
@@ -81,7 +106,10 @@ def register_part(adapter: Adapter, runner, part: P.Part, ops: Mapping, names: M
         if not native.startswith(prefix):
             raise ValueError(f"plan aliases: {native!r} is not inside {prefix!r}")
         local = native[len(prefix):]
-        attach(adapter, runner, local, ops[type(op)].module(op, callers.get(name, (node,))))
+        if isinstance(op, P.PARAMETER_OPS):
+            add_parameter(adapter, runner, local, _parameter_shape(op))
+        else:
+            attach(adapter, runner, local, ops[type(op)].module(op, callers.get(name, (node,))))
         paths[name] = tuple(local.split("."))
     return paths
 
@@ -95,9 +123,18 @@ def run_node(adapter: Adapter, runner, paths: Mapping[str, tuple], ops: Mapping,
         raise TypeError(f"no primitive for plan op {op!r}")
     name = module_key(op)
     path = paths.get(name) if name else None
+    if path is not None and isinstance(op, P.PARAMETER_OPS):  # the parameter, looked up now
+        return entry.apply(node, *inputs, adapter.parameter(_module_at(adapter, runner, path[:-1]), path[-1]))
     if path is not None:
         return call(adapter, runner, path, inputs[0])
     return entry.apply(node, *inputs)
+
+
+def _parameter_shape(op) -> tuple:
+    """The shape of a parameter op's parameter (canonical: the reference's own)."""
+    if isinstance(op, P.LayerScale):
+        return op.shape
+    return (op.channels, op.height, op.width, 2)  # GlobalFilter: a complex weight as (..., 2) reals
 
 
 def build_tree(adapter: Adapter, model, plan: P.Plan, ops: Mapping, names: Mapping[str, str],
@@ -116,6 +153,9 @@ def build_tree(adapter: Adapter, model, plan: P.Plan, ops: Mapping, names: Mappi
     for stage in plan.stages:
         split = stage_container(stage, lambda name: names.get(name, name))
         for i, block in enumerate(stage.blocks):
+            if block.is_flat:  # its modules sit on the model itself (a VGG stage's features.N)
+                paths.update(register_part(adapter, model, block, ops, names))
+                continue
             if split is not None and i == split[0]:
                 attach(adapter, model, split[1], adapter.sequential())
             attach(adapter, model, names.get(block.name, block.name), make_block(block))
@@ -124,5 +164,5 @@ def build_tree(adapter: Adapter, model, plan: P.Plan, ops: Mapping, names: Mappi
     for part in plan.flat_parts[1:]:  # neck, head
         paths.update(register_part(adapter, model, part, ops, names))
     blocks = {block.name: tuple(names.get(block.name, block.name).split("."))
-              for stage in plan.stages for block in stage.blocks}
+              for stage in plan.stages for block in stage.blocks if not block.is_flat}
     return paths, stages, blocks

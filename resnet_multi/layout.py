@@ -35,8 +35,15 @@ CANONICAL_LEAVES: dict[str, tuple[str, int]] = {
     "bn_var": ("running_var", 1),
     "linear_weight": ("weight", 2),  # (out, in)
     "linear_bias": ("bias", 1),
+    "ln_weight": ("weight", 1),
+    "ln_bias": ("bias", 1),
+    # parameters that are their own leaf (ir.PARAMETER_OPS: torchvision's layer_scale, HorNet's
+    # gamma1 and complex_weight): no fixed leaf or rank, never renamed, never transposed
+    "layer_scale": (None, None),
+    "complex_weight": (None, None),
 }
-"""Every parameter role -> its canonical leaf name and rank (PyTorch's names and layout)."""
+"""Every parameter role -> its canonical leaf name and rank (PyTorch's names and layout); (None,
+None): the parameter is its own leaf, kept as it is by every layout (``Leaf(None)``)."""
 
 ROLES = tuple(CANONICAL_LEAVES)
 
@@ -46,7 +53,7 @@ class Leaf:
     """A role's native form: the leaf name and the ``np.transpose`` axes canonical -> native
     (None: the canonical layout)."""
 
-    name: str
+    name: str | None  # None: the canonical leaf (a parameter that is its own leaf)
     axes: tuple[int, ...] | None = None
 
     @property
@@ -89,6 +96,8 @@ def file_rules(layout: Layout) -> dict[str, dict]:
     for role in ROLES:
         canonical, rank = CANONICAL_LEAVES[role]
         leaf = layout.leaves[role]
+        if canonical is None:  # its own leaf: passes unchanged (see _renamed)
+            continue
         for table, key, value in ((to_canonical, (leaf.name, rank), (canonical, leaf.inverse)),
                                   (to_native, (canonical, rank), (leaf.name, leaf.axes))):
             if table.setdefault(key, value) != value:
@@ -104,6 +113,8 @@ def _transposed(array: np.ndarray, axes) -> np.ndarray:
 def _renamed(name: str, table: Mapping, rank: int, loose: bool) -> tuple[str, tuple | None] | None:
     prefix, _, last = name.rpartition(".")
     rule = table.get((last, rank))
+    if rule is None and not any(leaf == last for leaf, _ in table):
+        return name, None  # a leaf no role renames (a parameter that is its own leaf) is kept
     if rule is None and loose:  # another rank: the leaf renamed if every rank agrees, never transposed
         renames = {new for (leaf, _), (new, _) in table.items() if leaf == last}
         rule = (renames.pop(), None) if len(renames) == 1 else None
@@ -133,7 +144,7 @@ def native_name(layout: Layout, plan: Plan, name: str) -> str:
     owner, _, _ = name.rpartition(".")
     if layout.naming is not None:
         owner = plan.aliases.get(layout.naming, {}).get(owner, owner)
-    leaf = layout.leaves[plan.params[name].role].name
+    leaf = layout.leaves[plan.params[name].role].name or name.rpartition(".")[2]
     return f"{owner}.{leaf}" if owner else leaf
 
 

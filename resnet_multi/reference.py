@@ -20,6 +20,8 @@ Speed: convolutions are one BLAS matmul each; resnet152 at 1x3x33x47 takes about
 
 from __future__ import annotations
 
+import math
+
 from typing import Mapping
 
 from ._lazy import np
@@ -149,7 +151,79 @@ def hard_sigmoid(x: np.ndarray) -> np.ndarray:
     return np.clip(x + 3.0, 0.0, 6.0) / 6.0
 
 
-_ACTIVATIONS = {"relu": relu, "sigmoid": sigmoid, "hard_sigmoid": hard_sigmoid}
+# --------------------------------------------------------------------------- the ConvNeXt generation
+
+def layer_norm(x: np.ndarray, weight, bias, eps: float) -> np.ndarray:
+    """Over axis 1 (channels) of an NCHW map or (N, C) vector, in float64."""
+    mean = x.mean(axis=1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=1, keepdims=True)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return (x - mean) / np.sqrt(var + eps) * weight.reshape(shape) + bias.reshape(shape)
+
+
+def gelu(x):
+    """Exact GELU, x * (1 + erf(x / sqrt(2))) / 2 (numpy has no erf: math.erf per element)."""
+    erf = np.frompyfunc(math.erf, 1, 1)  # made per call: numpy is imported on first use (resnet_multi._lazy)
+    return x * (1.0 + erf(x / math.sqrt(2.0)).astype(x.dtype)) / 2.0
+
+
+def channel_linear(x, weight, bias):
+    out = np.einsum("nchw,oc->nohw", x, weight)
+    return out + bias.reshape(1, -1, 1, 1)
+
+
+def layer_scale(x, scale):
+    return x * scale.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def interleave(a, b):
+    n, c, h, w = a.shape
+    return np.stack([a, b], axis=2).reshape(n, 2 * c, h, w)
+
+
+def _bilinear_align_corners(weight, out_h, out_w):
+    """(C, h, w, 2) -> (C, out_h, out_w, 2), bilinear with align_corners=True (F.interpolate's)."""
+    c, h, w, _ = weight.shape
+
+    def axis(n_in, n_out):
+        if n_out == 1:
+            pos = np.zeros(1)
+        else:
+            pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1))
+        lo = np.floor(pos).astype(int).clip(0, n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = pos - lo
+        return lo, hi, frac
+
+    ylo, yhi, fy = axis(h, out_h)
+    xlo, xhi, fx = axis(w, out_w)
+    top = weight[:, ylo][:, :, xlo] * (1 - fx)[None, None, :, None] + weight[:, ylo][:, :, xhi] * fx[None, None, :, None]
+    bot = weight[:, yhi][:, :, xlo] * (1 - fx)[None, None, :, None] + weight[:, yhi][:, :, xhi] * fx[None, None, :, None]
+    return top * (1 - fy)[None, :, None, None] + bot * fy[None, :, None, None]
+
+
+def global_filter(x, complex_weight):
+    n, c, h, w = x.shape
+    spectrum = np.fft.rfft2(x, axes=(2, 3), norm="ortho")
+    weight = complex_weight
+    if weight.shape[1:3] != spectrum.shape[2:4]:
+        weight = _bilinear_align_corners(weight, *spectrum.shape[2:4])
+    spectrum = spectrum * (weight[..., 0] + 1j * weight[..., 1])
+    return np.fft.irfft2(spectrum, s=(h, w), axes=(2, 3), norm="ortho")
+
+
+def adaptive_avg_pool(x, size):
+    n, c, h, w = x.shape
+    rows = [(i * h // size, -(-(i + 1) * h // size)) for i in range(size)]
+    cols = [(j * w // size, -(-(j + 1) * w // size)) for j in range(size)]
+    out = np.empty((n, c, size, size), x.dtype)
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+    return out
+
+
+_ACTIVATIONS = {"relu": relu, "sigmoid": sigmoid, "hard_sigmoid": hard_sigmoid, "gelu": gelu}
 
 
 def _conv(op: P.Conv, inputs, weights):
@@ -185,6 +259,16 @@ OPS = {
     P.Mul: lambda op, inputs, weights: inputs[0] * inputs[1],
     P.Concat: lambda op, inputs, weights: np.concatenate(inputs, axis=1),
     P.Slice: lambda op, inputs, weights: inputs[0][:, op.start:op.stop],
+    P.AdaptiveAvgPool: lambda op, inputs, weights: adaptive_avg_pool(inputs[0], op.size),
+    P.LayerNorm: lambda op, inputs, weights: layer_norm(inputs[0], weights[f"{op.name}.weight"],
+                                                        weights[f"{op.name}.bias"], op.eps),
+    P.ChannelLinear: lambda op, inputs, weights: channel_linear(inputs[0], weights[f"{op.name}.weight"],
+                                                                weights[f"{op.name}.bias"]),
+    P.LayerScale: lambda op, inputs, weights: layer_scale(inputs[0], weights[op.name]),
+    P.DropPath: lambda op, inputs, weights: inputs[0],  # eval mode
+    P.Scale: lambda op, inputs, weights: inputs[0] * op.factor,
+    P.Interleave: lambda op, inputs, weights: interleave(*inputs),
+    P.GlobalFilter: lambda op, inputs, weights: global_filter(inputs[0], weights[op.name]),
 }
 """IR op type -> its numpy function ``f(op, inputs, weights)`` (NCHW, float64)."""
 

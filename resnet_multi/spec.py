@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 SPEC_FORMAT_VERSION = 1
+ADDED_FIELD = "resnet_multi.added_field"
+"""Metadata of a field added after format version 1: it is written only when set, so that every
+spec that does not use it (every file written before it existed) reads and writes as before."""
 
 DEFAULT_EXPANSION = {"basic": 1, "bottleneck": 4, "basic_1x1": 1}
 """``block.expansion`` when unset, by residual kind (output channels = ``channels * expansion``)."""
@@ -35,7 +38,9 @@ DEFAULT_BN_SIZE = 4
 """DenseNet's bottleneck: the 1x1 conv of a dense layer has ``bn_size * growth_rate`` outputs."""
 DEFAULT_COMPRESSION = 0.5
 """DenseNet's transitions keep ``floor(channels * compression)`` channels (torchvision: ``c // 2``)."""
-CONV_INITS = ("kaiming_normal_fan_out", "kaiming_normal_fan_in", "torch_default")
+CONV_INITS = ("kaiming_normal_fan_out", "kaiming_normal_fan_in", "torch_default", "trunc_normal")
+"""trunc_normal: a normal of std 0.02 truncated at +-2 (absolute), for convs and linears alike, biases
+zero (torchvision's ConvNeXt, HorNet)."""
 LINEAR_BIAS_INITS = ("torch_default", "zeros")
 """torch_default: uniform in +-1/sqrt(fan_in), as nn.Linear. zeros: torchvision's DenseNet."""
 RUNNING_VAR_ESTIMATORS = ("unbiased", "biased")
@@ -95,7 +100,11 @@ class BlockSpec:
     layer is BN-ReLU-Conv3x3 as in d2l; default 4), ``compression`` (a transition keeps
     ``floor(channels * compression)`` channels; default 0.5) and ``drop_rate`` (in train mode,
     dropout on each layer's new features before they are concatenated, torchvision's
-    ``drop_rate``; default 0). Other kinds leave them unset. A ``ghost`` block (GhostNet) is set
+    ``drop_rate``; default 0). Other kinds leave them unset. A ``vgg`` block (VGG) reads
+``batch_norm``: a BatchNorm after every conv (torchvision's ``vgg*_bn``). ``convnext`` and
+    ``hornet`` blocks read ``drop_path_rate`` (the stochastic depth of the last block; earlier
+    blocks get a linear ramp from 0, as their references) and ``layer_scale`` (the initial value
+    of every layer-scale parameter; 0: none). A ``ghost`` block (GhostNet) is set
     per block in ``stages[i].blocks``.
     """
 
@@ -109,6 +118,9 @@ class BlockSpec:
     bn_size: int | None = None
     compression: float | None = None
     drop_rate: float | None = None
+    batch_norm: bool = field(default=False, metadata={ADDED_FIELD: True})
+    drop_path_rate: float = field(default=0.0, metadata={ADDED_FIELD: True})
+    layer_scale: float = field(default=0.0, metadata={ADDED_FIELD: True})
 
     @property
     def resolved_expansion(self) -> int:
@@ -161,7 +173,8 @@ class StageSpec:
     (layers), no ``channels`` (``block.growth_rate`` sets them); every stage but the first
     starts with a transition (BN-ReLU-Conv1x1, then AvgPool ``stride`` x ``stride`` when
     ``stride`` > 1), so the first stage's stride must be 1. ``ghost`` takes ``blocks`` (one
-    BlockSettings per block) and nothing else.
+    BlockSettings per block) and nothing else. ``hornet`` reads ``order`` (the gnconv's order) and
+    ``global_filter`` ((h, w) of the global filter's weight; null: a depthwise 7x7 conv instead).
     """
 
     depth: int | None = None
@@ -169,6 +182,8 @@ class StageSpec:
     stride: int = 1
     dilate: bool = False
     blocks: tuple[BlockSettings, ...] | None = None
+    order: int | None = field(default=None, metadata={ADDED_FIELD: True})
+    global_filter: tuple[int, int] | None = field(default=None, metadata={ADDED_FIELD: True})
 
     def __post_init__(self):
         _freeze_lists(self, "blocks")
@@ -437,6 +452,12 @@ def check_float_settings(spec: "ResNetSpec") -> None:
               "must be a finite number that float32 can hold (0, or a magnitude in [1.2e-38, 3.4e38])", value)
 
 
+def check_odd_stem_kernel(spec: "ResNetSpec") -> None:
+    """The stem's convs pad symmetrically ('same'-style), which needs an odd kernel."""
+    check(spec.stem.kernel_size % 2 == 1, "stem.kernel_size", "must be odd (symmetric padding)",
+          spec.stem.kernel_size)
+
+
 def _check_stage(i: int, stage: StageSpec) -> None:
     """What every stage must be, whatever the family."""
     p = f"stages[{i}]"
@@ -495,7 +516,6 @@ def _check_stem(stem) -> None:
     for i, w in enumerate(stem.widths):
         check_positive_int(w, f"stem.widths[{i}]")
     check_positive_int(stem.kernel_size, "stem.kernel_size")
-    check(stem.kernel_size % 2 == 1, "stem.kernel_size", "must be odd (symmetric padding)", stem.kernel_size)
     check_positive_int(stem.stride, "stem.stride")
     check(isinstance(stem.pool, bool), "stem.pool", "must be true or false", stem.pool)
 
@@ -546,7 +566,8 @@ def _check_init(init) -> None:
 
 def _to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(ADDED_FIELD) and getattr(obj, f.name) == f.default)}
     if isinstance(obj, tuple):
         return [_to_plain(v) for v in obj]
     return obj

@@ -30,7 +30,7 @@ from typing import Iterable, Mapping, Sequence
 from ._lazy import np
 from . import api
 from .parity import resolve_spec_and_weights
-from .plan import Dropout, Plan, make_plan
+from .plan import Dropout, DropPath, Plan, make_plan
 from .registry import Backend, BackendError, backend_names, backend_of, get_backend
 from .reports.tolerances import FLOOR, MIN_BN_VALUES, TRAINING_RTOL
 # the report and its records: their old home is this module
@@ -431,13 +431,13 @@ def check_training(spec, backends: Iterable[str] = backend_names(), steps: int =
         rtol = TRAINING_RTOL if dtype == "float64" else math.inf
     elif isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
         raise ValueError(f"rtol: expected a number >= 0, got {rtol!r}")
-    dropouts = [op for part in plan.parts for op in part.modules if isinstance(op, Dropout) and op.rate > 0]
-    if dropouts:  # found in the plan, so any field that makes one is caught (head.dropout, block.drop_rate)
+    dropouts = [op for part in plan.parts for op in part.modules if isinstance(op, (Dropout, DropPath)) and op.rate > 0]
+    if dropouts:  # found in the plan, so any field that makes one is caught (head.dropout, block.drop_rate, ...)
         raise ValueError(
-            f"check_training: {spec.name!r} has train-mode dropout ({len(dropouts)} module(s), the first "
-            f"{dropouts[0].name} at rate {dropouts[0].rate}); dropout draws different masks in every framework, "
-            "so trainings cannot be compared. Set head.dropout and block.drop_rate to 0, e.g. "
-            "spec.replace(head=HeadSpec(num_classes=..., dropout=0.0))")
+            f"check_training: {spec.name!r} has train-mode dropout or drop-path ({len(dropouts)} module(s), the "
+            f"first {dropouts[0].name} at rate {dropouts[0].rate}); they draw different masks in every framework, "
+            "so trainings cannot be compared. Set head.dropout, block.drop_rate and block.drop_path_rate to 0, "
+            "e.g. spec.replace(head=HeadSpec(num_classes=..., dropout=0.0))")
     backends = tuple(dict.fromkeys(backends))
     if not backends:
         raise BackendError("check_training: no backends to compare")

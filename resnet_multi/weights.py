@@ -273,6 +273,10 @@ def init_weights(plan: Plan, seed: int = 0) -> dict[str, np.ndarray]:
             out[name] = (rng.standard_normal(info.shape, dtype=np.float32) * np.float32(scale))
         elif scheme == "uniform":
             out[name] = rng.uniform(-scale, scale, info.shape).astype(np.float32)
+        elif scheme == "trunc_normal":  # torch's trunc_normal_(std=scale): cut at -2 and 2 (absolute)
+            out[name] = np.clip(rng.standard_normal(info.shape) * scale, -2.0, 2.0).astype(np.float32)
+        elif scheme == "constant":
+            out[name] = np.full(info.shape, scale, np.float32)
         elif scheme == "ones":
             out[name] = np.ones(info.shape, np.float32)
         else:
@@ -297,8 +301,10 @@ def random_weights(plan: Plan, seed: int = 0) -> dict[str, np.ndarray]:
             if info.init[0] == "uniform":
                 scale = scale / np.sqrt(3.0)
             w = rng.standard_normal(info.shape) * scale
-        elif role == "bn_weight":
+        elif role in ("bn_weight", "ln_weight", "layer_scale"):  # a layer scale of O(1), not 1e-6: the branch counts
             w = rng.uniform(0.5, 1.5, info.shape)
+        elif role == "complex_weight":
+            w = rng.standard_normal(info.shape) * 0.5
         elif role == "bn_var":
             w = rng.uniform(0.5, 2.0, info.shape)
         else:  # biases and running means

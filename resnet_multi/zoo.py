@@ -6,8 +6,18 @@ import fnmatch
 from dataclasses import replace
 
 from . import families  # noqa: F401  (registers the block kinds the presets use)
-from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, StageSpec,
-                   StemSpec, make_divisible)
+from .spec import (
+    BlockSettings,
+    BlockSpec,
+    HeadSpec,
+    InitSpec,
+    NormSpec,
+    ResNetSpec,
+    ShortcutSpec,
+    StageSpec,
+    StemSpec,
+    make_divisible,
+)
 
 
 def _stages(depths, channels=(64, 128, 256, 512), strides=(1, 2, 2, 2)) -> tuple[StageSpec, ...]:
@@ -119,7 +129,67 @@ def _ghost(name, width) -> ResNetSpec:
 _GHOSTNETS = {name: _ghost(name, width) for name, width in
               (("ghostnet_050", 0.5), ("ghostnet_100", 1.0), ("ghostnet_130", 1.3))}
 
-_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS}
+_VGG_DEPTHS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+"""Convs per VGG block (torchvision's cfgs A, B, D, E; blocks of 64, 128, 256, 512, 512 channels)."""
+
+
+def _vgg(name: str, batch_norm: bool) -> ResNetSpec:
+    first, *rest = _VGG_DEPTHS[name]
+    return ResNetSpec(
+        name=name + ("_bn" if batch_norm else ""),
+        block=BlockSpec(kind="vgg", batch_norm=batch_norm),
+        stem=StemSpec(widths=(64,) * first, kernel_size=3, stride=1, pool=False),
+        stages=tuple(StageSpec(depth=d, channels=c, stride=2) for d, c in zip(rest, (128, 256, 512, 512))),
+        head=HeadSpec(num_classes=1000, dropout=0.5, hidden_channels=4096),
+        conv_bias=True,
+    )
+
+
+_VGGS = {spec.name: spec for name in _VGG_DEPTHS for spec in (_vgg(name, False), _vgg(name, True))}
+
+_CONVNEXTS_CFG = {"convnext_tiny": ((3, 3, 9, 3), 96, 0.1), "convnext_small": ((3, 3, 27, 3), 96, 0.4),
+                  "convnext_base": ((3, 3, 27, 3), 128, 0.5), "convnext_large": ((3, 3, 27, 3), 192, 0.5)}
+"""torchvision's ConvNeXts: depths, the first stage's width (doubled per stage), stochastic depth."""
+
+
+def _convnext(name: str) -> ResNetSpec:
+    depths, width, drop_path = _CONVNEXTS_CFG[name]
+    return ResNetSpec(
+        name=name,
+        block=BlockSpec(kind="convnext", drop_path_rate=drop_path, layer_scale=1e-6),
+        stem=StemSpec(widths=(width,), kernel_size=4, stride=4, pool=False),
+        stages=tuple(StageSpec(depth=d, channels=width * 2 ** i, stride=1 if i == 0 else 2)
+                     for i, d in enumerate(depths)),
+        norm=NormSpec(eps=1e-6),
+        init=InitSpec(conv="trunc_normal", linear_bias="zeros"),
+    )
+
+
+_CONVNEXTS = {name: _convnext(name) for name in _CONVNEXTS_CFG}
+
+_HORNET_WIDTHS = {"tiny": 64, "small": 96, "base": 128}
+_HORNET_FILTERS = {"7x7": (None, None, None, None), "gf": (None, None, (14, 8), (7, 4))}
+"""The official HorNets: depths (2, 3, 18, 2), gnconv orders 2..5, base width; the _gf presets put the
+global filter (its weight's h, w) in stages 3 and 4."""
+
+
+def _hornet(size: str, spatial: str) -> ResNetSpec:
+    width = _HORNET_WIDTHS[size]
+    return ResNetSpec(
+        name=f"hornet_{size}_{spatial}",
+        block=BlockSpec(kind="hornet", layer_scale=1e-6),
+        stem=StemSpec(widths=(width,), kernel_size=4, stride=4, pool=False),
+        stages=tuple(StageSpec(depth=d, channels=width * 2 ** i, stride=1 if i == 0 else 2, order=i + 2,
+                               global_filter=gf)
+                     for i, (d, gf) in enumerate(zip((2, 3, 18, 2), _HORNET_FILTERS[spatial]))),
+        norm=NormSpec(eps=1e-6),
+        init=InitSpec(conv="trunc_normal", linear_bias="zeros"),
+    )
+
+
+_HORNETS = {spec.name: spec for size in _HORNET_WIDTHS for spec in (_hornet(size, "7x7"), _hornet(size, "gf"))}
+
+_PRESETS: dict[str, ResNetSpec] = {**_RESNETS, **_DENSENETS, **_GHOSTNETS, **_VGGS, **_CONVNEXTS, **_HORNETS}
 
 
 def list_specs(pattern: str = "*") -> list[str]:

@@ -19,7 +19,7 @@ from flax import nnx, serialization
 from torch.nn import functional as F
 
 import resnet_multi as rm
-from conftest import PRESETS, assert_close, assert_weights_equal, odd_input
+from conftest import BUILT_PRESETS, assert_close, assert_weights_equal, odd_input
 from resnet_multi import plan as P
 from resnet_multi.backends import flax as fb
 from resnet_multi.backends.flax import io as flax_io
@@ -54,7 +54,7 @@ def _assert_taps_close(actual: dict, expected: dict, what: str) -> None:
 # ten presets: eager 16 s in total, jit 59 s (resnet152 alone: eager 1 s, compile 24 s); eager ops
 # are compiled per primitive and shape and reused across presets. The same jnp code runs in both
 # modes; test_jit_forward_matches_eager_and_compiles_once checks the compiled path against it.
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", BUILT_PRESETS)
 def test_every_tap_matches_torch_at_odd_size(name):
     spec = rm.get_spec(name)
     flax_model, torch_model, _ = _flax_and_torch(spec)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import resnet_multi as rm
-from conftest import BACKENDS, PRESETS, assert_close, odd_input
+from conftest import BACKENDS, BUILT_PRESETS, assert_close, odd_input
 from resnet_multi import plan as P
 from resnet_multi.inference import fold_batchnorm, is_folded, kept_batchnorms
 from resnet_multi.weights import WeightsError, random_weights
@@ -36,7 +36,7 @@ def _tiny_spec() -> rm.ResNetSpec:
 # --------------------------------------------------------------------------- the fold itself (no framework)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", BUILT_PRESETS)
 def test_fold_removes_every_batchnorm_and_keeps_the_function(name):
     """Every BN that follows a conv is folded; the others (DenseNet's pre-activation BNs, none
     in the ResNets and GhostNets) stay, exactly those ``kept_batchnorms`` names."""
@@ -107,7 +107,7 @@ def _weights(name: str):
     return random_weights(rm.make_plan(rm.get_spec(name)), seed=0)
 
 
-@pytest.mark.parametrize("name, backend", [(n, b) for n in PRESETS for b in BACKENDS])
+@pytest.mark.parametrize("name, backend", [(n, b) for n in BUILT_PRESETS for b in BACKENDS])
 def test_inference_model_equals_ordinary_model(name, backend):
     spec = rm.get_spec(name)
     weights = _weights(name)

@@ -64,11 +64,29 @@ CASES: dict[type, list] = {
     P.GlobalAvgPool: [("flatten", [P.Node(P.GlobalAvgPool(), _X, "out")], {}),
                       ("keepdim", [P.Node(P.GlobalAvgPool(flatten=False), _X, "out")], {}),
                       ("named", [P.Node(P.GlobalAvgPool(flatten=False, name="gap"), _X, "out")], {})],
-    P.Flatten: [("flatten", [P.Node(P.Flatten(), _X, "out")], {})],
+    P.Flatten: [("flatten", [P.Node(P.Flatten(), _X, "out")], {}),
+                ("named", [P.Node(P.Flatten(name="flatten"), _X, "out")], {})],
     P.Add: [("add", [P.Node(P.Act("sigmoid"), _X, "s"), P.Node(P.Add(), ("x", "s"), "out")], {})],
     P.Mul: [("gate", [P.Node(P.GlobalAvgPool(flatten=False), _X, "g"), P.Node(P.Mul(), ("x", "g"), "out")], {})],
     P.Concat: [("concat", [P.Node(P.Act("sigmoid"), _X, "s"), P.Node(P.Concat(), ("x", "s"), "out")], {})],
     P.Slice: [("slice", [P.Node(P.Slice(1, 3), _X, "out")], {})],
+    P.AdaptiveAvgPool: [("to3", [P.Node(P.AdaptiveAvgPool(3), _X, "out")], {}),
+                        ("to7_named", [P.Node(P.AdaptiveAvgPool(7, name="avgpool"), _X, "out")], {})],
+    P.LayerNorm: [(f"{form}", [P.Node(P.LayerNorm("ln", C, 1e-6, form), _X, "out")],
+                   {"ln.weight": ((C,), "ln_weight"), "ln.bias": ((C,), "ln_bias")}) for form in P.LAYER_NORM_FORMS]
+    + [("vector", [P.Node(P.GlobalAvgPool(), _X, "pooled"), P.Node(P.LayerNorm("ln", C, 1e-6), ("pooled",), "out")],
+        {"ln.weight": ((C,), "ln_weight"), "ln.bias": ((C,), "ln_bias")})],
+    P.ChannelLinear: [("c_to_6", [P.Node(P.ChannelLinear("fc", C, 6), _X, "out")],
+                       {"fc.weight": ((6, C), "linear_weight"), "fc.bias": ((6,), "linear_bias")})],
+    P.LayerScale: [(f"shape{len(shape)}", [P.Node(P.LayerScale("gamma", shape), _X, "out")],
+                    {"gamma": (shape, "layer_scale")}) for shape in ((C, 1, 1), (C,))],
+    P.DropPath: [("eval", [P.Node(P.DropPath("drop_path", 0.3), _X, "out")], {})],
+    P.Scale: [("third", [P.Node(P.Scale(1 / 3), _X, "out")], {})],
+    P.Interleave: [("interleave", [P.Node(P.Act("sigmoid"), _X, "s"), P.Node(P.Interleave(), ("x", "s"), "out")],
+                    {})],
+    P.GlobalFilter: [(f"weight{h}x{w}", [P.Node(P.GlobalFilter("filter.complex_weight", C, h, w), _X, "out")],
+                      {"filter.complex_weight": ((C, h, w, 2), "complex_weight")})
+                     for h, w in ((H, W // 2 + 1), (5, 4))],  # the second is resized (align_corners)
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import resnet_multi as rm
-from conftest import PRESETS, assert_close, odd_input
+from conftest import BUILT_PRESETS, assert_close, odd_input
 from resnet_multi import plan as P
 from resnet_multi.backends import paddle as pb
 from resnet_multi.backends.paddle import ops as paddle_ops
@@ -20,7 +20,7 @@ from resnet_multi.backends.torch import ops as torch_ops
 from resnet_multi.registry import native_suffixes
 from resnet_multi.weights import random_weights
 
-PADDLE_VISION_PRESETS = [n for n in PRESETS if hasattr(paddle.vision.models, n)]
+PADDLE_VISION_PRESETS = [n for n in BUILT_PRESETS if hasattr(paddle.vision.models, n)]
 
 
 def _fill_random(layer: paddle.nn.Layer, seed: int = 0) -> None:
@@ -162,7 +162,7 @@ EXTRA_FORMS = {
 }
 
 
-@pytest.mark.parametrize("name", PRESETS + list(EXTRA_FORMS))
+@pytest.mark.parametrize("name", BUILT_PRESETS + list(EXTRA_FORMS))
 def test_torch_and_paddle_agree_on_every_tap(name):
     spec = EXTRA_FORMS[name] if name in EXTRA_FORMS else rm.get_spec(name)
     plan = rm.make_plan(spec)

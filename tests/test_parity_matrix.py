@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import resnet_multi as rm
-from conftest import BACKENDS, ODD_HW, PRESETS, assert_close, assert_weights_equal, preset_oracle
+from conftest import BACKENDS, BUILT_PRESETS, ODD_HW, assert_close, assert_weights_equal, preset_oracle
 from resnet_multi.parity import check_models
 from resnet_multi.families.residual import KINDS as RESIDUAL_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
 from resnet_multi.weights import random_weights
@@ -54,7 +54,7 @@ def _first_backend_taps(name: str) -> dict[str, np.ndarray]:
 # forward equal to its tap, the exported weights equal to the given ones bit for bit, and every tap
 # within the float32 bound of the first backend's (torch's) tap, in execution order.
 @pytest.mark.slow
-@pytest.mark.parametrize("name, backend", [(n, b) for n in PRESETS for b in BACKENDS])
+@pytest.mark.parametrize("name, backend", [(n, b) for n in BUILT_PRESETS for b in BACKENDS])
 def test_preset_matches_oracle_at_odd_size(name, backend):
     model, x, taps = _assert_matches_oracle(name, backend, ODD_HW, batch=2)
     spec, weights, _, _ = preset_oracle(name, ODD_HW, 2)

@@ -8,9 +8,9 @@ import torch
 import torchvision
 
 import resnet_multi as rm
-from conftest import PRESETS, odd_input
+from conftest import BUILT_PRESETS, odd_input
 
-TORCHVISION_PRESETS = [n for n in PRESETS if hasattr(torchvision.models, n)]
+TORCHVISION_PRESETS = [n for n in BUILT_PRESETS if hasattr(torchvision.models, n)]
 
 
 def _randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
@@ -40,7 +40,7 @@ def _compare_with_peer(peer: torch.nn.Module, spec: rm.ResNetSpec):
 
 @pytest.mark.parametrize("name", TORCHVISION_PRESETS)
 def test_torchvision_state_dict_loads_strict_and_matches(name):
-    assert len(TORCHVISION_PRESETS) == 11  # 7 ResNets, densenet121/161/169/201
+    assert len(TORCHVISION_PRESETS) == 12  # 7 ResNets, densenet121/161/169/201, convnext_tiny
     _compare_with_peer(getattr(torchvision.models, name)(), rm.get_spec(name))
 
 

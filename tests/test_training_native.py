@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import resnet_multi as rm
-from conftest import BACKENDS, PRESETS
+from conftest import BACKENDS, BUILT_PRESETS
 from resnet_multi.weights import random_weights
 from test_training import x64  # noqa: F401 (autouse: float64 Flax models)
 from test_training import tiny
@@ -136,7 +136,7 @@ def _architectures() -> list[str]:
     """Every preset, those whose tiny models are the same architecture (resnet34 and resnet18 with
     one block per stage, resnet101/152 and resnet50) joined under one id: "resnet50/resnet101"."""
     groups: dict = {}
-    for name in PRESETS:
+    for name in BUILT_PRESETS:
         groups.setdefault(tiny(name).replace(name="-"), []).append(name)
     return ["/".join(names) for names in groups.values()]
 

@@ -17,4 +17,8 @@ LAYOUT = Layout("flax", {
     # linear weight: canonical (out, in) as torch stores it, Flax kernel (in, out)
     "linear_weight": Leaf("kernel", (1, 0)),
     "linear_bias": Leaf("bias"),
+    "ln_weight": Leaf("scale"),
+    "ln_bias": Leaf("bias"),
+    "layer_scale": Leaf(None),  # its own leaf (torchvision's layer_scale, HorNet's gamma1), its own shape
+    "complex_weight": Leaf(None),
 })

@@ -47,7 +47,9 @@ def _attach(owner: nnx.Module, named: Mapping[str, nnx.Module]) -> None:
 
 def _child(root: nnx.Module, path: tuple) -> nnx.Module:
     for part in path:
-        root = root[part] if isinstance(part, int) else getattr(root, part)
+        # a block whose own modules are numbered (ConvNeXt's downsample ``features.2.0``) holds
+        # them as attributes "0", "1": only nnx.List is indexed
+        root = root[part] if isinstance(root, nnx.List) else getattr(root, str(part))
     return root
 
 
@@ -78,6 +80,13 @@ class _PlanRef:
 
 
 
+def _owned(part: P.Part, context: Context, local=lambda op: op.name) -> dict:
+    """``{local name: module or parameter}`` of what ``part`` holds: its modules, and the
+    parameters of its parameter ops (``ir.PARAMETER_OPS``), each made by its ``OPS`` row."""
+    return {local(op): OPS[type(op)].module(op, context) for op in part.ops
+            if isinstance(op, P.MODULE_OPS + P.PARAMETER_OPS)}
+
+
 class _Runner(nnx.Module):
     """Runs plan parts over its own submodules, each looked up by canonical name at call time, on
     NHWC arrays. ``_mode`` carries one call's mode overrides (``use_running_average``,
@@ -90,6 +99,8 @@ class _Runner(nnx.Module):
             raise TypeError(f"flax backend: cannot run plan op {op!r}")
         if entry.call is not None:  # a module: called with the call's mode
             return entry.call(_child(self, _path(self._local(op))), inputs[0], mode)
+        if isinstance(op, P.PARAMETER_OPS):  # its parameter, looked up now
+            return entry.apply(node, *inputs, _child(self, _path(self._local(op)))[...])
         return entry.apply(node, *inputs)
 
 
@@ -98,8 +109,7 @@ class Block(_Runner):
 
     def __init__(self, block: P.Part, *, rngs: nnx.Rngs, shape_only: bool = False, dtype=jnp.float32):
         self._part = _PlanRef(block)  # static: the frozen plan Part (its nodes drive __call__)
-        context = Context(rngs, shape_only, dtype)
-        _attach(self, {block.local_name(op): OPS[type(op)].module(op, context) for op in block.modules})
+        _attach(self, _owned(block, Context(rngs, shape_only, dtype), block.local_name))
 
     def _local(self, op) -> str:
         return self._part.plan.local_name(op)
@@ -126,12 +136,16 @@ class Network(_Runner):
     def __init__(self, plan: P.Plan, *, rngs: nnx.Rngs, shape_only: bool = False, dtype=jnp.float32):
         self._plan = _PlanRef(plan)
         self.compute_dtype = jnp.dtype(dtype).name  # static: read per call without walking the state
-        modules = {op.name: OPS[type(op)].module(op, Context(rngs, shape_only, dtype)) for op in plan.stem.modules}
+        context = Context(rngs, shape_only, dtype)
+        modules = _owned(plan.stem, context)
         for stage in plan.stages:
             for block in stage.blocks:
-                modules[block.name] = Block(block, rngs=rngs, shape_only=shape_only, dtype=dtype)
+                if block.is_flat:  # its modules sit on the model itself (a VGG stage)
+                    modules.update(_owned(block, context))
+                else:
+                    modules[block.name] = Block(block, rngs=rngs, shape_only=shape_only, dtype=dtype)
         for part in plan.flat_parts[1:]:  # neck, head
-            modules.update({op.name: OPS[type(op)].module(op, Context(rngs, shape_only, dtype)) for op in part.modules})
+            modules.update(_owned(part, context))
         _attach(self, modules)
 
     @property

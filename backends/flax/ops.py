@@ -144,12 +144,125 @@ def _hard_sigmoid(x):
     return jax.nn.relu6(x + 3.0) / 6.0
 
 
-_ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "hard_sigmoid": _hard_sigmoid}
+_ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "hard_sigmoid": _hard_sigmoid,
+                # exact: jax.nn.gelu's default is the tanh approximation (4.7e-4 off)
+                "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
 
 
 def flatten(node, x):
     # NCHW order, as the other backends flatten (identical for the 1x1 maps the plans flatten)
     return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1) if x.ndim == 4 else x
+
+
+# --------------------------------------------------------------------------- the ConvNeXt generation
+
+
+def _param(shape, dtype, ctx_shape_only: bool, value: float = 0.0) -> nnx.Param:
+    """A parameter of ``shape``: a placeholder (``build`` fills it) or a constant."""
+    if ctx_shape_only:
+        return nnx.Param(jax.ShapeDtypeStruct(tuple(shape), dtype))
+    return nnx.Param(jnp.full(tuple(shape), value, dtype))
+
+
+class ChannelLayerNorm(nnx.Module):
+    """LayerNorm over the last (channel) axis, written out: ``u = mean(x)``, ``s = mean((x - u) **
+    2)``, ``(x - u) / sqrt(s + eps) * scale + bias`` (nnx.LayerNorm's default fast variance,
+    ``E[x^2] - E[x]^2``, cancels catastrophically at large means; docs/NUMERICS.md). Parameters
+    ``scale`` and ``bias``, as nnx.LayerNorm's."""
+
+    def __init__(self, channels: int, eps: float, *, dtype, shape_only: bool):
+        self.eps = eps
+        self.scale = _param((channels,), dtype, shape_only, 1.0)
+        self.bias = _param((channels,), dtype, shape_only, 0.0)
+
+    def __call__(self, x):
+        u = jnp.mean(x, axis=-1, keepdims=True)
+        s = jnp.mean(jnp.square(x - u), axis=-1, keepdims=True)
+        return (x - u) / jnp.sqrt(s + self.eps) * self.scale[...] + self.bias[...]
+
+
+class DropPath(nnx.Module):
+    """Row-mode stochastic depth: unless deterministic (eval), each sample is zeroed with
+    probability ``rate`` and the others divided by ``1 - rate``; pass ``rngs`` (a "dropout" stream)."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.deterministic = True
+
+    def __call__(self, x, *, deterministic: bool | None = None, rngs: nnx.Rngs | None = None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if deterministic or self.rate == 0.0:
+            return x
+        if rngs is None:
+            raise ValueError("flax DropPath in train mode needs rngs=nnx.Rngs(dropout=seed)")
+        keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
+def _windows_matrix(size: int, out: int) -> np.ndarray:
+    """(out, size): row i averages PyTorch's adaptive window i (``ir.adaptive_windows``)."""
+    matrix = np.zeros((out, size), np.float64)
+    for i, (start, stop) in enumerate(P.adaptive_windows(size, out)):
+        matrix[i, start:stop] = 1.0 / (stop - start)
+    return matrix
+
+
+def adaptive_avg_pool(node, x):
+    _, h, w, _ = x.shape
+    rows = jnp.asarray(_windows_matrix(h, node.op.size), x.dtype)
+    cols = jnp.asarray(_windows_matrix(w, node.op.size), x.dtype)
+    return jnp.einsum("nhwc,ih,jw->nijc", x, rows, cols)
+
+
+def interleave(node, a, b):
+    n, h, w, c = a.shape
+    return jnp.stack([a, b], axis=-1).reshape(n, h, w, 2 * c)
+
+
+def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in): bilinear resizing with align_corners=True along one axis (``ir.align_corners_weights``)."""
+    matrix = np.zeros((out_size, in_size), np.float64)
+    for i, (lo, hi, frac) in enumerate(P.align_corners_weights(in_size, out_size)):
+        matrix[i, lo] += 1.0 - frac
+        matrix[i, hi] += frac
+    return matrix
+
+
+def _resize_align_corners(weight, out_h: int, out_w: int):
+    """(C, h, w, 2) -> (C, out_h, out_w, 2) (jax.image.resize has no align_corners)."""
+    _, h, w, _ = weight.shape
+    rows = jnp.asarray(resize_matrix(h, out_h), weight.dtype)
+    cols = jnp.asarray(resize_matrix(w, out_w), weight.dtype)
+    return jnp.einsum("chwk,ih,jw->cijk", weight, rows, cols)
+
+
+def global_filter(node, x, complex_weight):
+    """HorNet's filter on NHWC, in float32 (float64 in a float64 model)."""
+    dtype = x.dtype
+    compute = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    x = x.astype(compute)
+    _, h, w, _ = x.shape
+    spectrum = jnp.fft.rfft2(x, axes=(1, 2), norm="ortho")  # (N, H, W // 2 + 1, C)
+    weight = complex_weight.astype(compute)
+    if tuple(weight.shape[1:3]) != tuple(spectrum.shape[1:3]):
+        weight = _resize_align_corners(weight, *spectrum.shape[1:3])
+    weight = jnp.transpose(weight[..., 0] + 1j * weight[..., 1], (1, 2, 0))  # (H', W', C)
+    return jnp.fft.irfft2(spectrum * weight, s=(h, w), axes=(1, 2), norm="ortho").astype(dtype)
+
+
+def layer_norm_module(op: P.LayerNorm, ctx: Context) -> nnx.Module:
+    return ChannelLayerNorm(op.channels, op.eps, dtype=ctx.dtype, shape_only=ctx.shape_only)
+
+
+def channel_linear_module(op: P.ChannelLinear, ctx: Context) -> nnx.Module:
+    return nnx.Linear(op.in_features, op.out_features, use_bias=True, dtype=ctx.dtype, param_dtype=ctx.dtype,
+                      rngs=ctx.rngs, **_inits(ctx.shape_only, "kernel_init", "bias_init"))
+
+
+def parameter(op, ctx: Context) -> nnx.Param:
+    """The parameter of a parameter op (``ir.PARAMETER_OPS``), of the reference's shape."""
+    shape = op.shape if isinstance(op, P.LayerScale) else (op.channels, op.height, op.width, 2)
+    return _param(shape, ctx.dtype, ctx.shape_only)
 
 
 def _no_function(node, *inputs):
@@ -172,6 +285,15 @@ OPS: dict[type, Op] = {
     P.Mul: Op(lambda node, x, gate: x * gate),
     P.Concat: Op(lambda node, *inputs: jnp.concatenate(inputs, axis=-1)),
     P.Slice: Op(lambda node, x: x[..., node.op.start:node.op.stop]),
+    P.AdaptiveAvgPool: Op(adaptive_avg_pool),
+    P.LayerNorm: Op(_no_function, layer_norm_module, lambda module, x, mode: module(x)),
+    P.ChannelLinear: Op(_no_function, channel_linear_module, lambda module, x, mode: module(x)),
+    P.LayerScale: Op(lambda node, x, scale: x * scale.reshape(-1), parameter),
+    P.DropPath: Op(_no_function, lambda op, ctx: DropPath(op.rate),
+                   lambda module, x, mode: module(x, deterministic=mode["deterministic"], rngs=mode["rngs"])),
+    P.Scale: Op(lambda node, x: x * node.op.factor),
+    P.Interleave: Op(interleave),
+    P.GlobalFilter: Op(global_filter, parameter),
 }
 """IR op type -> how Flax runs it (NHWC)."""
 

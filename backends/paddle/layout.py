@@ -15,4 +15,8 @@ LAYOUT = Layout("paddle", {
     "bn_var": Leaf("_variance"),  # biased when updated in train mode
     "linear_weight": Leaf("weight", (1, 0)),  # Paddle's (in, out)
     "linear_bias": Leaf("bias"),
+    "ln_weight": Leaf("weight"),
+    "ln_bias": Leaf("bias"),
+    "layer_scale": Leaf(None),  # its own leaf (torchvision's layer_scale, HorNet's gamma1), its own shape
+    "complex_weight": Leaf(None),
 }, naming="paddle")

@@ -15,7 +15,7 @@ from resnet_multi.walk import run_part, run_plan, run_stage_via_container
 
 from . import DTYPES
 from .layout import LAYOUT
-from .ops import OPS
+from .ops import OPS, add_parameter
 
 
 # The walk's control flow depends only on the plan, never on tensor values: Paddle's AST
@@ -25,7 +25,8 @@ for _walk in (run_part, run_plan):
     paddle.jit.not_to_static(_walk)
 
 ADAPTER = tree.Adapter(children=lambda layer: layer._sub_layers, add_child=nn.Layer.add_sublayer,
-                       sequential=nn.Sequential, container=nn.Layer)
+                       sequential=nn.Sequential, container=nn.Layer, add_parameter=add_parameter,
+                       parameter=getattr)
 
 
 class _Runner(nn.Layer):

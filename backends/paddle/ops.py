@@ -16,6 +16,7 @@ Numerics that differ from PyTorch and are translated here (see docs/NUMERICS.md)
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 from paddle import ParamAttr, nn
 from paddle.nn import functional as F
@@ -32,6 +33,11 @@ _PLACEHOLDER = Constant(0.0)
 
 def _param() -> ParamAttr:
     return ParamAttr(initializer=_PLACEHOLDER)
+
+
+def add_parameter(layer: nn.Layer, name: str, shape: tuple) -> None:
+    """A parameter of ``layer`` itself (``ir.PARAMETER_OPS``), in the default dtype."""
+    layer.add_parameter(name, layer.create_parameter(list(shape), attr=_param()))
 
 
 class BatchNorm2D(nn.BatchNorm2D):
@@ -131,7 +137,8 @@ class HardSigmoid(nn.Layer):
 
 # --------------------------------------------------------------------------- functions
 
-_ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "hard_sigmoid": _hard_sigmoid}
+_ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "hard_sigmoid": _hard_sigmoid,
+                "gelu": lambda x: F.gelu(x, approximate=False)}
 
 
 def add(node, *inputs):
@@ -190,6 +197,98 @@ def global_avg_pool_layer(op: P.GlobalAvgPool, callers) -> nn.Layer:
     return nn.AdaptiveAvgPool2D(1)
 
 
+# --------------------------------------------------------------------------- the ConvNeXt generation
+
+
+class LayerNorm2D(nn.Layer):
+    """LayerNorm over the channels of an NCHW map (or an (N, C) vector), state ``weight`` and
+    ``bias``. "fused" (``ir.LAYER_NORM_FORMS``): Paddle's ``F.layer_norm`` on the channels-last
+    view (it normalizes trailing axes only); "explicit", and every float64 model: written out,
+    since Paddle's kernel rounds epsilon to float32 in float64 (docs/NUMERICS.md)."""
+
+    def __init__(self, channels: int, eps: float, form: str):
+        super().__init__()
+        self.eps, self.form, self.channels = eps, form, channels
+        self.weight = self.create_parameter([channels], attr=_param())
+        self.bias = self.create_parameter([channels], attr=_param(), is_bias=True)
+
+    def forward(self, x):
+        exact = self.form == "explicit" or x.dtype == paddle.float64
+        if x.ndim == 2:
+            if not exact:
+                return F.layer_norm(x, [self.channels], self.weight, self.bias, self.eps)
+            u = x.mean(axis=1, keepdim=True)
+            s = (x - u).pow(2).mean(axis=1, keepdim=True)
+            return (x - u) / paddle.sqrt(s + self.eps) * self.weight + self.bias
+        if exact:
+            u = x.mean(axis=1, keepdim=True)
+            s = (x - u).pow(2).mean(axis=1, keepdim=True)
+            x = (x - u) / paddle.sqrt(s + self.eps)
+            return self.weight.reshape([-1, 1, 1]) * x + self.bias.reshape([-1, 1, 1])
+        x = F.layer_norm(x.transpose([0, 2, 3, 1]), [self.channels], self.weight, self.bias, self.eps)
+        return x.transpose([0, 3, 1, 2])
+
+
+class ChannelLinear(nn.Linear):
+    """``nn.Linear`` (weight (in, out)) over the channels of an NCHW map, on its channels-last view."""
+
+    def forward(self, x):
+        if x.ndim == 2:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(x.transpose([0, 2, 3, 1]), self.weight, self.bias).transpose([0, 3, 1, 2])
+
+
+class DropPath(nn.Layer):
+    """Row-mode stochastic depth: in train mode each sample is zeroed with probability ``p`` and
+    the others divided by ``1 - p``."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        noise = paddle.bernoulli(paddle.full([x.shape[0]] + [1] * (x.ndim - 1), survival, dtype=x.dtype))
+        return x * (noise / survival if survival > 0.0 else noise)
+
+
+def layer_scale(node, x, scale):
+    return scale.reshape([-1] + [1] * (x.ndim - 2)) * x
+
+
+def interleave(node, a, b):
+    n, c, h, w = a.shape
+    return paddle.concat([a.unsqueeze(2), b.unsqueeze(2)], axis=2).reshape([n, 2 * c, h, w])
+
+
+def _resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in): bilinear resizing with align_corners=True along one axis (``ir.align_corners_weights``)."""
+    matrix = np.zeros((out_size, in_size), np.float64)
+    for i, (lo, hi, frac) in enumerate(P.align_corners_weights(in_size, out_size)):
+        matrix[i, lo] += 1.0 - frac
+        matrix[i, hi] += frac
+    return matrix
+
+
+def global_filter(node, x, complex_weight):
+    """HorNet's filter, in float32 (float64 in a float64 model)."""
+    dtype = x.dtype
+    compute = paddle.float64 if dtype == paddle.float64 else paddle.float32
+    x = x.astype(compute)
+    h, w = x.shape[2:]
+    spectrum = paddle.fft.rfft2(x, axes=(2, 3), norm="ortho")
+    weight = complex_weight.astype(compute)
+    if list(weight.shape[1:3]) != list(spectrum.shape[2:4]):
+        # as two matrix products, not F.interpolate, which places its samples in float32 even in float64
+        rows = paddle.to_tensor(_resize_matrix(weight.shape[1], spectrum.shape[2]), dtype=compute)
+        cols = paddle.to_tensor(_resize_matrix(weight.shape[2], spectrum.shape[3]), dtype=compute)
+        weight = paddle.einsum("chwk,ih,jw->cijk", weight, rows, cols)
+    weight = paddle.complex(weight[..., 0], weight[..., 1])
+    return paddle.fft.irfft2(spectrum * weight, s=(h, w), axes=(2, 3), norm="ortho").astype(dtype)
+
+
 def _no_function(node, *inputs):
     raise TypeError(f"paddle backend: plan op {node.op!r} runs only as a registered layer")
 
@@ -201,16 +300,27 @@ OPS: dict[type, Op] = {
                                                              weight_attr=_param(), bias_attr=_param())),
     P.Dropout: Op(_no_function, lambda op, callers: nn.Dropout(op.rate, mode="upscale_in_train")),
     P.Act: Op(lambda node, x: _ACTIVATIONS[node.op.kind](x),
-              lambda op, callers: {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid}[op.kind]()),
+              lambda op, callers: {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid,
+                                   "gelu": nn.GELU}[op.kind]()),
     P.MaxPool: Op(max_pool, lambda op, callers: nn.MaxPool2D(op.kernel_size, op.stride, op.padding,
                                                              ceil_mode=False)),
     P.AvgPool: Op(avg_pool, avg_pool_layer),
     P.GlobalAvgPool: Op(global_avg_pool, global_avg_pool_layer),
-    P.Flatten: Op(lambda node, x: paddle.flatten(x, 1)),
+    P.Flatten: Op(lambda node, x: paddle.flatten(x, 1), lambda op, callers: nn.Flatten(1)),
     P.Add: Op(add),
     P.Mul: Op(lambda node, x, gate: x * gate),
     P.Concat: Op(lambda node, *inputs: paddle.concat(list(inputs), axis=1)),
     P.Slice: Op(lambda node, x: x[:, node.op.start:node.op.stop]),
+    P.AdaptiveAvgPool: Op(lambda node, x: F.adaptive_avg_pool2d(x, node.op.size),
+                          lambda op, callers: nn.AdaptiveAvgPool2D(op.size)),
+    P.LayerNorm: Op(_no_function, lambda op, callers: LayerNorm2D(op.channels, op.eps, op.form)),
+    P.ChannelLinear: Op(_no_function, lambda op, callers: ChannelLinear(op.in_features, op.out_features,
+                                                                        weight_attr=_param(), bias_attr=_param())),
+    P.LayerScale: Op(layer_scale),
+    P.DropPath: Op(_no_function, lambda op, callers: DropPath(op.rate)),
+    P.Scale: Op(lambda node, x: x * node.op.factor),
+    P.Interleave: Op(interleave),
+    P.GlobalFilter: Op(global_filter),
 }
 """IR op type -> how Paddle runs it."""
 

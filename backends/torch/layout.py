@@ -11,4 +11,8 @@ LAYOUT = Layout("torch", {
     "bn_var": Leaf("running_var"),
     "linear_weight": Leaf("weight"),
     "linear_bias": Leaf("bias"),
+    "ln_weight": Leaf("weight"),
+    "ln_bias": Leaf("bias"),
+    "layer_scale": Leaf(None),  # its own leaf (torchvision's layer_scale, HorNet's gamma1), its own shape
+    "complex_weight": Leaf(None),
 })

@@ -21,7 +21,10 @@ TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": 
 """The dtype names ``build`` accepts -> torch's dtypes."""
 
 ADAPTER = tree.Adapter(children=lambda module: module._modules, add_child=nn.Module.add_module,
-                       sequential=nn.Sequential, container=nn.Module)
+                       sequential=nn.Sequential, container=nn.Module,
+                       add_parameter=lambda module, name, shape: module.register_parameter(
+                           name, nn.Parameter(torch.empty(shape))),
+                       parameter=getattr)
 
 
 class _Runner(nn.Module):

@@ -53,6 +53,23 @@ def _hard_sigmoid(x):
     return F.hardsigmoid(x)
 
 
+def _gelu(x):
+    """Exact GELU (erf, never the tanh approximation). A map held channels-last (between the
+    Linears of ConvNeXt's and HorNet's MLPs, as ``ChannelLinear`` leaves it) goes through on its
+    channels-last view, the contiguous tensor the reference models pass: torch's GELU kernel rounds
+    the strided NCHW view of the same memory differently (1e-7)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous():
+        return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return F.gelu(x)
+
+
+class GELU(nn.GELU):
+    """``nn.GELU`` (exact), on a channels-last map's channels-last view (see ``_gelu``)."""
+
+    def forward(self, x):
+        return _gelu(x)
+
+
 class HardSigmoid(nn.Module):
     """timm's hard-sigmoid gate as a module (``_hard_sigmoid``: exact in float64)."""
 
@@ -71,6 +88,8 @@ def act(node, x):
         return _hard_sigmoid(x)  # by its global name, which torch.fx.wrap patches
     if kind == "sigmoid":
         return torch.sigmoid(x)
+    if kind == "gelu":
+        return _gelu(x)
     raise TypeError(f"torch backend: no activation {kind!r}")
 
 
@@ -121,13 +140,102 @@ def act_module(op: P.Act, callers) -> nn.Module:
     calling it may overwrite its input (``Node.inplace``)."""
     if op.kind == "relu":
         return nn.ReLU(inplace=all(caller.inplace for caller in callers))
-    return {"sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid}[op.kind]()
+    return {"sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid, "gelu": GELU}[op.kind]()
 
 
 def global_avg_pool_module(op: P.GlobalAvgPool, callers) -> nn.Module:
     if op.flatten:
         raise TypeError(f"torch backend: no module for named plan op {op!r}")
     return nn.AdaptiveAvgPool2d((1, 1))
+
+
+# --------------------------------------------------------------------------- the ConvNeXt generation
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (or an (N, C) vector), in the reference's form
+    (``ir.LAYER_NORM_FORMS``): "fused" is torchvision's ``LayerNorm2d`` (``F.layer_norm`` on the
+    channels-last view, as ``nn.LayerNorm`` after a permute), "explicit" HorNet's channels-first
+    LayerNorm written out. Its state is ``nn.LayerNorm``'s (``weight``, ``bias``)."""
+
+    def __init__(self, channels: int, eps: float, form: str):
+        super().__init__(channels, eps=eps)
+        self.form = form
+
+    def forward(self, x):
+        if x.ndim == 2:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        if self.form == "explicit":
+            u = x.mean(1, keepdim=True)
+            s = (x - u).pow(2).mean(1, keepdim=True)
+            x = (x - u) / torch.sqrt(s + self.eps)
+            return self.weight[:, None, None] * x + self.bias[:, None, None]
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, form={self.form!r}"
+
+
+class ChannelLinear(nn.Linear):
+    """``nn.Linear`` over the channels of an NCHW map: applied to its channels-last view, as
+    ConvNeXt's and HorNet's MLPs are (between permutes). Its state is ``nn.Linear``'s."""
+
+    def forward(self, x):
+        if x.ndim == 2:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+class DropPath(nn.Module):
+    """Row-mode stochastic depth (torchvision's ``StochasticDepth(p, "row")``): in train mode each
+    sample is zeroed with probability ``p`` and the others divided by ``1 - p``."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        noise = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode='row'"
+
+
+def layer_scale(node, x, scale):
+    # the reference's (C, 1, 1) or (C,) parameter, over the channels of x
+    return scale.reshape((-1,) + (1,) * (x.ndim - 2)) * x
+
+
+def interleave(node, a, b):
+    n, c, h, w = a.shape
+    return torch.cat([a.unsqueeze(2), b.unsqueeze(2)], dim=2).reshape(n, 2 * c, h, w)
+
+
+def global_filter(node, x, complex_weight):
+    """HorNet's filter, in float32 as HorNet computes it (float64 in a float64 model, so that it
+    stays exact there)."""
+    dtype = x.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    x = x.to(compute)
+    h, w = x.shape[2:]
+    spectrum = torch.fft.rfft2(x, dim=(2, 3), norm="ortho")
+    weight = complex_weight.to(compute)
+    if tuple(weight.shape[1:3]) != tuple(spectrum.shape[2:4]):
+        weight = F.interpolate(weight.permute(3, 0, 1, 2), size=spectrum.shape[2:4], mode="bilinear",
+                               align_corners=True).permute(1, 2, 3, 0)
+    weight = torch.view_as_complex(weight.contiguous())
+    return torch.fft.irfft2(spectrum * weight, s=(h, w), dim=(2, 3), norm="ortho").to(dtype)
+
+
+def _adaptive_avg_pool_module(op, callers) -> nn.Module:
+    return nn.AdaptiveAvgPool2d((op.size, op.size))
 
 
 def _no_function(node, *inputs):
@@ -145,11 +253,19 @@ OPS: dict[type, Op] = {
                                                              ceil_mode=op.ceil_mode,
                                                              count_include_pad=op.count_include_pad)),
     P.GlobalAvgPool: Op(global_avg_pool, global_avg_pool_module),
-    P.Flatten: Op(lambda node, x: torch.flatten(x, 1)),
+    P.Flatten: Op(lambda node, x: torch.flatten(x, 1), lambda op, callers: nn.Flatten(1)),
     P.Add: Op(add),
     P.Mul: Op(lambda node, x, gate: x * gate),
     P.Concat: Op(lambda node, *inputs: torch.cat(inputs, 1)),
     P.Slice: Op(lambda node, x: x[:, node.op.start:node.op.stop]),
+    P.AdaptiveAvgPool: Op(lambda node, x: F.adaptive_avg_pool2d(x, node.op.size), _adaptive_avg_pool_module),
+    P.LayerNorm: Op(_no_function, lambda op, callers: LayerNorm2d(op.channels, op.eps, op.form)),
+    P.ChannelLinear: Op(_no_function, lambda op, callers: ChannelLinear(op.in_features, op.out_features)),
+    P.LayerScale: Op(layer_scale),
+    P.DropPath: Op(_no_function, lambda op, callers: DropPath(op.rate)),
+    P.Scale: Op(lambda node, x: x * node.op.factor),
+    P.Interleave: Op(interleave),
+    P.GlobalFilter: Op(global_filter),
 }
 """IR op type -> how torch runs it."""
 

@@ -3,7 +3,10 @@ and its plan builder, registered by block kind (``spec.register_block_family``):
 
 - ``residual``: basic, bottleneck, basic_1x1 (torchvision, timm, PaddleOCR, d2l ResNets);
 - ``dense``: DenseNet (torchvision, paddle.vision, d2l);
-- ``ghost``: GhostNet (timm).
+- ``ghost``: GhostNet (timm);
+- ``vgg``: VGG (torchvision, paddle.vision; P2PNet's backbone);
+- ``convnext``: ConvNeXt (torchvision);
+- ``hornet``: HorNet (the official code).
 
 ``layers`` holds what they share (the parameter-table builder, stem, squeeze-excite, head).
 Nothing here is framework code, and no consumer of the plan (backends, oracle, folding, taps,
@@ -15,10 +18,10 @@ from __future__ import annotations
 from ..ir import Plan
 from ..limits import check_plan_size, check_spec_size
 from ..spec import ResNetSpec, block_family, register_block_family
-from . import dense, ghost, residual
+from . import convnext, dense, ghost, hornet, residual, vgg
 from .layers import ParamBuilder
 
-FAMILIES = tuple(register_block_family(module.FAMILY) for module in (residual, dense, ghost))
+FAMILIES = tuple(register_block_family(module.FAMILY) for module in (residual, dense, ghost, vgg, convnext, hornet))
 """Every block family, registered in this order (the order ``block.kind`` errors list the kinds in)."""
 
 

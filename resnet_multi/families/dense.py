@@ -11,7 +11,14 @@ same tensors go by are declared as data, per plan (``Plan.aliases``): torchvisio
 from __future__ import annotations
 
 from ..ir import INPUT, Act, AvgPool, Concat, Dropout, GraphBuilder, Stage
-from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, is_number
+from ..spec import (
+    BlockFamily,
+    ResNetSpec,
+    check,
+    check_odd_stem_kernel,
+    check_positive_int,
+    is_number,
+)
 from .layers import ParamBuilder, classifier_head, single_conv_stem
 
 KINDS = ("dense",)
@@ -25,6 +32,7 @@ by transitions (torchvision DenseNet, d2l)."""
 def validate(spec: ResNetSpec) -> None:
     """A dense network's block and stage settings (see ``spec.BlockSpec``, ``spec.StageSpec``)."""
     block = spec.block
+    check_odd_stem_kernel(spec)
     check(block.se_ratio == 0, "block.se_ratio", "must be 0 for a 'dense' block (no squeeze-excite)", block.se_ratio)
     check(block.growth_rate is not None, "block.growth_rate", "is required for a 'dense' block", block.growth_rate)
     check_positive_int(block.growth_rate, "block.growth_rate")

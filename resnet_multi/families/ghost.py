@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 from ..ir import INPUT, Act, Add, Concat, GraphBuilder, Part, Slice, Stage
-from ..spec import (BlockFamily, BlockSettings, ResNetSpec, check, check_positive_int, is_number, make_divisible)
+from ..spec import (BlockFamily, BlockSettings, ResNetSpec, check, check_odd_stem_kernel, check_positive_int, is_number,
+                    make_divisible)
 from .layers import ParamBuilder, classifier_head, single_conv_stem
 
 KINDS = ("ghost",)
@@ -20,6 +21,7 @@ KINDS = ("ghost",)
 
 def validate(spec: ResNetSpec) -> None:
     """A GhostNet's per-block settings (see ``spec.BlockSettings``)."""
+    check_odd_stem_kernel(spec)
     check(spec.block.se_ratio == 0, "block.se_ratio",
           "must be 0 for 'ghost' blocks: set it per block (stages[i].blocks[j].se_ratio)", spec.block.se_ratio)
     for i, stage in enumerate(spec.stages):

@@ -7,8 +7,24 @@ from __future__ import annotations
 
 import math
 
-from ..ir import (Act, BatchNorm, Conv, Dropout, Flatten, GlobalAvgPool, GraphBuilder, Linear, MaxPool, Mul, ParamInfo,
-                  Part)
+from ..ir import (
+    Act,
+    BatchNorm,
+    ChannelLinear,
+    Conv,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    GlobalFilter,
+    GraphBuilder,
+    LayerNorm,
+    LayerScale,
+    Linear,
+    MaxPool,
+    Mul,
+    ParamInfo,
+    Part,
+)
 from ..spec import ResNetSpec, make_divisible
 
 
@@ -42,16 +58,20 @@ class ParamBuilder:
         assert name not in self.params, name
         self.params[name] = ParamInfo(name, tuple(shape), role, init)
 
-    def conv(self, name, in_c, out_c, k, stride=1, dilation=1, groups=1, bias=None) -> Conv:
+    def conv(self, name, in_c, out_c, k, stride=1, dilation=1, groups=1, bias=None, padding=None,
+             init=None) -> Conv:
+        """A conv and its parameters; ``padding`` None is 'same'-style for odd kernels; ``init``
+        None is the spec's conv init."""
         bias = self.spec.conv_bias if bias is None else bias
         shape = (out_c, in_c // groups, k, k)
-        self._add(f"{name}.weight", shape, "conv_weight", conv_init(self.spec, shape))
+        self._add(f"{name}.weight", shape, "conv_weight", conv_init(self.spec, shape) if init is None else init)
         if bias:
             fan_in = (in_c // groups) * k * k
             init = ("uniform", 1.0 / math.sqrt(fan_in)) if self.spec.init.conv == "torch_default" else ("zeros", 0.0)
             self._add(f"{name}.bias", (out_c,), "conv_bias", init)
-        # 'same'-style symmetric padding for odd kernels, scaled by dilation
-        return Conv(name, in_c, out_c, k, stride, dilation * (k - 1) // 2, dilation, groups, bias)
+        if padding is None:  # 'same'-style symmetric padding for odd kernels, scaled by dilation
+            padding = dilation * (k - 1) // 2
+        return Conv(name, in_c, out_c, k, stride, padding, dilation, groups, bias)
 
     def bn(self, name, channels, zero_init=False) -> BatchNorm:
         self._add(f"{name}.weight", (channels,), "bn_weight", ("zeros" if zero_init else "ones", 0.0))
@@ -61,12 +81,34 @@ class ParamBuilder:
         norm = self.spec.norm
         return BatchNorm(name, channels, float(norm.eps), float(norm.momentum), norm.running_var)
 
-    def linear(self, name, in_f, out_f) -> Linear:
+    def linear(self, name, in_f, out_f, init=None) -> Linear:
+        """A linear layer; ``init`` None is torch's nn.Linear default (and ``init.linear_bias``),
+        otherwise the weight's init, with a zero bias."""
         bound = 1.0 / math.sqrt(in_f)  # torch's nn.Linear default
-        self._add(f"{name}.weight", (out_f, in_f), "linear_weight", ("uniform", bound))
-        bias_init = ("zeros", 0.0) if self.spec.init.linear_bias == "zeros" else ("uniform", bound)
+        self._add(f"{name}.weight", (out_f, in_f), "linear_weight", ("uniform", bound) if init is None else init)
+        bias_init = ("zeros", 0.0) if self.spec.init.linear_bias == "zeros" or init else ("uniform", bound)
         self._add(f"{name}.bias", (out_f,), "linear_bias", bias_init)
         return Linear(name, in_f, out_f)
+
+    def layer_norm(self, name, channels, eps, form="fused") -> LayerNorm:
+        self._add(f"{name}.weight", (channels,), "ln_weight", ("ones", 0.0))
+        self._add(f"{name}.bias", (channels,), "ln_bias", ("zeros", 0.0))
+        return LayerNorm(name, channels, float(eps), form)
+
+    def channel_linear(self, name, in_f, out_f, init) -> ChannelLinear:
+        self._add(f"{name}.weight", (out_f, in_f), "linear_weight", init)
+        self._add(f"{name}.bias", (out_f,), "linear_bias", ("zeros", 0.0))
+        return ChannelLinear(name, in_f, out_f)
+
+    def layer_scale(self, name, shape, value) -> LayerScale:
+        """A per-channel scale parameter called ``name`` (its whole name), initialised to ``value``."""
+        self._add(name, shape, "layer_scale", ("constant", float(value)))
+        return LayerScale(name, tuple(shape))
+
+    def global_filter(self, name, channels, h, w, init=("trunc_normal", 0.02)) -> GlobalFilter:
+        """HorNet's global filter and its complex weight, a parameter called ``name``."""
+        self._add(name, (channels, h, w, 2), "complex_weight", init)
+        return GlobalFilter(name, channels, h, w)
 
     def squeeze_excite(self, g: GraphBuilder, name: str, x: str, channels: int, gate: str = "sigmoid",
                        names: tuple[str, str] = ("fc1", "fc2"), reduced: int | None = None) -> str:

@@ -10,7 +10,8 @@ planes (output ``channels * expansion``). Module names are torchvision's (``laye
 from __future__ import annotations
 
 from ..ir import INPUT, Add, AvgPool, GraphBuilder, MaxPool, Part, ReLU, Stage
-from ..spec import (BlockFamily, ResNetSpec, check, check_positive_int, check_one_of, is_number)
+from ..spec import (BlockFamily, ResNetSpec, check, check_odd_stem_kernel, check_one_of, check_positive_int,
+                    is_number)
 from .layers import ParamBuilder, classifier_head
 
 KINDS = ("basic", "bottleneck", "basic_1x1")
@@ -31,6 +32,7 @@ def validate(spec: ResNetSpec) -> None:
     ``spec.validate_spec``)."""
     block = spec.block
     kind = block.kind
+    check_odd_stem_kernel(spec)
     if block.expansion is not None:
         check_positive_int(block.expansion, "block.expansion")
     check_one_of(block.stride_on, STRIDE_POSITIONS, "block.stride_on")

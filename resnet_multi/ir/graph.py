@@ -88,6 +88,12 @@ class Part:
                 out.setdefault(node.op.name, []).append(node)
         return {name: tuple(nodes) for name, nodes in out.items()}
 
+    @property
+    def is_flat(self) -> bool:
+        """Its modules sit on the model itself (the stem, neck and head; a VGG stage), not in a
+        module of its own: it is run op by op by the model, never called as a block module."""
+        return not self.prefix
+
     def local_name(self, op) -> str:
         """``op.name`` relative to the module that runs this part."""
         return op.name[len(self.prefix):]
@@ -106,7 +112,8 @@ class Stage:
         return self.blocks[-1].out_channels
 
 
-ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias", "bn_mean", "bn_var", "linear_weight", "linear_bias")
+ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias", "bn_mean", "bn_var", "linear_weight", "linear_bias",
+         "ln_weight", "ln_bias", "layer_scale", "complex_weight")
 """Every parameter role. A backend's weight layout says, per role, its native name and axis order."""
 BUFFER_ROLES = ("bn_mean", "bn_var")
 """The roles that are buffers (running statistics), not trainable parameters."""
@@ -136,7 +143,7 @@ _OVERWRITABLE = (Conv, BatchNorm, Add, Mul, Concat)
 
 def mark_inplace(nodes, output: str, taps) -> tuple[Node, ...]:
     """``nodes`` with ``inplace`` set where a ReLU or an Add may overwrite its first input: that
-    value is read by no later node, is not the part's input, output or a tap, and was made by an
+    value is read by no other node, is not the part's input, output or a tap, and was made by an
     op whose backward pass does not need its own output."""
     producer = {node.output: node for node in nodes}
     kept = {output, INPUT} | {value for value, _ in taps}
@@ -156,7 +163,9 @@ def mark_inplace(nodes, output: str, taps) -> tuple[Node, ...]:
     marked = []
     for i, node in enumerate(nodes):
         first = node.inputs[0]
-        used_later = any(first in later.inputs for later in nodes[i + 1:]) or node.inputs.count(first) > 1
+        # any other reader, earlier ones included: an earlier op may have saved the value for its
+        # backward (HorNet's norm2 reads the first residual sum that the second add would overwrite)
+        used_later = readers[first] > 1
         relu = isinstance(node.op, Act) and node.op.kind == "relu"
         inplace = ((relu or isinstance(node.op, Add)) and first not in kept and not used_later
                    and overwritable(first))
@@ -174,7 +183,9 @@ class GraphBuilder:
     def add(self, op, *inputs: str) -> str:
         # a module's output is named after it; any other value (a named function such as a block's
         # relu may be called several times) after its position, so that every name is unique
-        output = op.name if isinstance(op, MODULE_OPS) else f"{len(self.nodes)}.{type(op).__name__.lower()}"
+        output = f"{len(self.nodes)}.{type(op).__name__.lower()}"
+        if isinstance(op, MODULE_OPS) and all(node.output != op.name for node in self.nodes):
+            output = op.name  # a module called again (HorNet's drop_path) names its value by position
         assert all(node.output != output for node in self.nodes), f"plan error: {output!r} made twice"
         self.nodes.append(Node(op, tuple(inputs), output))
         return output

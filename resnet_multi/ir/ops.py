@@ -14,10 +14,15 @@ that path, so a model's state_dict names are canonical:
 - ``Act``        relu | sigmoid | hard_sigmoid (``relu6(x + 3) / 6``, timm's).
 - ``MaxPool``    padding counts as -inf.  ``AvgPool``: ``ceil_mode``/``count_include_pad`` spelled out.
 - ``GlobalAvgPool``  mean over H, W; ``flatten`` gives (N, C), else (N, C, 1, 1).
+- ``AdaptiveAvgPool``  average pooling to size x size (PyTorch's adaptive windows).
 - ``Flatten``, ``Add`` (sum of its inputs), ``Mul`` (product, broadcasting a gate),
   ``Concat`` (along channels), ``Slice`` (channels ``start:stop``).
+- The ConvNeXt generation's: ``LayerNorm`` (over channels), ``ChannelLinear`` (a Linear over the
+  channels of a map), ``LayerScale`` (a per-channel parameter), ``DropPath`` (stochastic depth),
+  ``Scale`` (a constant), ``Interleave`` (two maps, channel by channel), ``GlobalFilter``
+  (HorNet's FFT filter); ``Act`` "gelu".
 
-``Act``, ``MaxPool``, ``AvgPool`` and ``GlobalAvgPool`` may carry a ``name`` too: the path of the
+``Act`` and the pools may carry a ``name`` too: the path of the
 reference model's own parameterless module for them (torchvision's ``relu``, ``maxpool``,
 ``avgpool``, ``layer1.0.relu``). The torch and Paddle backends register a module there and call
 it, so ``model.maxpool = nn.Identity()`` or a hook on ``model.relu`` acts as on the reference
@@ -102,7 +107,8 @@ class Dropout(Op):
     rate: float
 
 
-ACTIVATIONS = ("relu", "sigmoid", "hard_sigmoid")
+ACTIVATIONS = ("relu", "sigmoid", "hard_sigmoid", "gelu")
+"""gelu is the exact one, ``x * (1 + erf(x / sqrt(2))) / 2`` (never the tanh approximation)."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,39 @@ class GlobalAvgPool(Op):
 
 
 @dataclass(frozen=True)
+class AdaptiveAvgPool(Op):
+    """Average pooling to ``size`` x ``size`` whatever the input size: output cell ``i`` averages
+    rows ``floor(i * H / size)`` to ``ceil((i + 1) * H / size)`` (exclusive), and so for columns,
+    as ``nn.AdaptiveAvgPool2d`` (torchvision's VGG: ``avgpool``, 7 x 7)."""
+
+    size: int
+    name: str = ""
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        return (*shapes[0][:2], self.size, self.size)
+
+
+def adaptive_windows(in_size: int, out_size: int) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` of each output cell's window along one axis (see AdaptiveAvgPool)."""
+    return tuple((i * in_size // out_size, -(-(i + 1) * in_size // out_size)) for i in range(out_size))
+
+
+def align_corners_weights(in_size: int, out_size: int) -> tuple[tuple[int, int, float], ...]:
+    """Bilinear resizing with ``align_corners=True`` along one axis: per output position, the two
+    input positions it mixes and the weight of the second, ``(lo, hi, frac)``; output ``i`` sits at
+    input ``i * (in - 1) / (out - 1)`` (PyTorch's ``F.interpolate``; GlobalFilter's weight)."""
+    out = []
+    for i in range(out_size):
+        pos = 0.0 if out_size == 1 else i * (in_size - 1) / (out_size - 1)
+        lo = min(int(pos), in_size - 1)
+        out.append((lo, min(lo + 1, in_size - 1), pos - lo))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Flatten(Op):
+    name: str = ""  # torchvision's ConvNeXt has a Flatten module (classifier.1)
+
     def out_shape(self, *shapes: Shape) -> Shape:
         return (shapes[0][0], math.prod(shapes[0][1:]))
 
@@ -195,12 +233,109 @@ class Slice(Op):
         return (shapes[0][0], self.stop - self.start, *shapes[0][2:])
 
 
-OPS = (Conv, BatchNorm, Linear, Dropout, Act, MaxPool, AvgPool, GlobalAvgPool, Flatten, Add, Mul, Concat, Slice)
+# --------------------------------------------------------------------------- the ConvNeXt generation
+
+LAYER_NORM_FORMS = ("fused", "explicit")
+"""How a LayerNorm computes, to match each reference bit for bit where it promises so: "fused" is
+the framework's own layer-norm kernel on the channels-last view (torchvision's LayerNorm2d, an
+``nn.LayerNorm`` after a permute); "explicit" is written out as HorNet's channels-first LayerNorm
+is: ``u = mean(x); s = mean((x - u) ** 2); (x - u) / sqrt(s + eps) * weight + bias``."""
+
+
+@dataclass(frozen=True)
+class LayerNorm(Op):
+    """Layer normalization over the channels at every position of an NCHW map (or of an (N, C)
+    vector): ``(x - mean) / sqrt(biased variance + eps) * weight + bias``; parameters
+    ``<name>.weight`` and ``<name>.bias``, shape (C,). See LAYER_NORM_FORMS for ``form``."""
+
+    name: str
+    channels: int
+    eps: float
+    form: str = "fused"
+
+
+@dataclass(frozen=True)
+class ChannelLinear(Op):
+    """A Linear applied to the channels at every position of an NCHW map (an ``nn.Linear`` after a
+    permute to channels-last: ConvNeXt's and HorNet's MLPs); weight (out, in) and bias."""
+
+    name: str
+    in_features: int
+    out_features: int
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        n, _, *spatial = shapes[0]
+        return (n, self.out_features, *spatial)
+
+    def macs(self, in_shape: Shape, out_shape: Shape) -> int:
+        return math.prod(out_shape) // self.out_features * self.in_features * self.out_features
+
+
+@dataclass(frozen=True)
+class LayerScale(Op):
+    """``x`` times a learned per-channel scale: the parameter called ``name`` (a whole parameter
+    name such as ``features.1.0.layer_scale``, held by the module that runs the part), of the
+    reference's shape ``shape``: (C, 1, 1) in torchvision's ConvNeXt, (C,) in HorNet."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DropPath(Op):
+    """Row-mode stochastic depth (a module with a train mode): in train mode each sample's value is
+    zeroed with probability ``rate`` and the others divided by ``1 - rate``; in eval mode, or at
+    rate 0, the identity. torchvision's ``StochasticDepth(p, "row")``, timm's ``DropPath``."""
+
+    name: str
+    rate: float
+
+
+@dataclass(frozen=True)
+class Scale(Op):
+    """``x`` times a constant (HorNet's ``gnconv``: the depthwise branch times ``s = 1/3``)."""
+
+    factor: float
+
+
+@dataclass(frozen=True)
+class Interleave(Op):
+    """Two maps of C channels each, interleaved channel by channel into 2C: channel 2i is the first
+    input's channel i, channel 2i+1 the second's (HorNet's GlobalLocalFilter)."""
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        n, c, *spatial = shapes[0]
+        return (n, 2 * c, *spatial)
+
+
+@dataclass(frozen=True)
+class GlobalFilter(Op):
+    """HorNet's global filter: in float32, ``irfft2(rfft2(x, norm="ortho") * W, s=(H, W),
+    norm="ortho")`` over H and W, where ``W`` is the complex weight called ``name`` (a whole
+    parameter name, ``...gnconv.dwconv.complex_weight``, held by the module that runs the part)
+    stored as a real (C, h, w, 2) parameter; when (h, w) is not (H, W // 2 + 1) the weight is
+    first resized to it bilinearly with ``align_corners=True``. MACs count the weight product only
+    (the FFTs' own cost, O(HW log HW) per channel, is left out)."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+
+    def macs(self, in_shape: Shape, out_shape: Shape) -> int:
+        n, c, h, w = in_shape
+        return n * c * h * (w // 2 + 1) * 4  # a complex product is 4 real multiply-accumulates
+
+
+OPS = (Conv, BatchNorm, Linear, Dropout, Act, MaxPool, AvgPool, GlobalAvgPool, AdaptiveAvgPool, Flatten, Add, Mul,
+       Concat, Slice, LayerNorm, ChannelLinear, LayerScale, DropPath, Scale, Interleave, GlobalFilter)
 """Every op type of the IR. Each backend's op table and the oracle's cover exactly these (a
 contract test checks it), so an op added here without a primitive everywhere fails the tests."""
-MODULE_OPS = (Conv, BatchNorm, Linear, Dropout)
+MODULE_OPS = (Conv, BatchNorm, Linear, Dropout, LayerNorm, ChannelLinear, DropPath)
 """Ops that are modules of the model (registered under ``op.name``); all others are functions."""
-NAMEABLE_OPS = (Act, MaxPool, AvgPool, GlobalAvgPool)
+NAMEABLE_OPS = (Act, MaxPool, AvgPool, GlobalAvgPool, AdaptiveAvgPool, Flatten)
+PARAMETER_OPS = (LayerScale, GlobalFilter)
+"""Ops whose ``name`` is one parameter's whole name, held by the module that runs their part."""
 """Parameterless ops that may name the reference model's module for them (``op.name``)."""
 BROADCASTING_OPS = (Add, Mul)
 """Ops of several inputs whose shapes must agree up to a (N, C, 1, 1) gate."""

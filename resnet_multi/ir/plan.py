@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .graph import ParamInfo, Part, Stage
-from .ops import Conv, Linear
 from ..limits import check_run_size
+from .ops import PARAMETER_OPS, Conv, Linear
 from .shapes import trace
 
 
@@ -116,6 +116,7 @@ class Plan:
         """The canonical parameter and buffer names of one part's modules, in ``params`` order."""
         # per module, not a scan of every parameter per part: summary is linear in depth
         names = [name for op in part.modules for name in self._params_by_module.get(op.name, ())]
+        names += [op.name for op in part.ops if isinstance(op, PARAMETER_OPS)]
         return tuple(sorted(set(names), key=self._param_order.__getitem__))
 
     @functools.cached_property

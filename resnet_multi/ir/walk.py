@@ -56,12 +56,13 @@ def run_plan(plan, x: Any, apply: Callable, *, taps: MutableMapping | None = Non
     x = run_part(plan.stem, x, apply, taps)
     features = []
     for stage in plan.stages:
-        if run_stage is not None and taps is None:
+        flat = any(block.is_flat for block in stage.blocks)
+        if run_stage is not None and taps is None and not flat:
             x = run_stage(stage, x)
             features.append(x)
             continue
         for block in stage.blocks:
-            if run_block is None:
+            if run_block is None or block.is_flat:  # a flat block's modules sit on the model itself
                 x = run_part(block, x, apply, taps)
             else:
                 x = run_block(block, x)

@@ -1,0 +1,111 @@
+"""The ConvNeXt family: torchvision's ``convnext_tiny/small/base/large``.
+
+Modules are torchvision's: ``features.0`` the stem (a 4x4/4 conv with bias, ``.0``, and a
+channels-first LayerNorm, ``.1``); ``features.1/3/5/7`` the stages of CNBlocks; ``features.2/4/6``
+the downsamples (LayerNorm ``.0``, 2x2/2 conv ``.1``); ``avgpool``; ``classifier.0`` (LayerNorm),
+``classifier.1`` (Flatten), ``classifier.2`` (Linear).
+
+A CNBlock ``features.{s}.{j}``: ``block.0`` a depthwise 7x7 conv with bias, ``block.2`` LayerNorm,
+``block.3`` Linear(C, 4C), ``block.4`` exact GELU, ``block.5`` Linear(4C, C) (torchvision applies
+them channels-last, between ``block.1``/``block.6`` permutes; here the LayerNorm and Linears act on
+the channels of the NCHW map, which computes the same values, and there are no Permute modules);
+then ``layer_scale`` (C, 1, 1), row-mode ``stochastic_depth`` and the residual add.
+"""
+
+from __future__ import annotations
+
+from ..ir import INPUT, Act, Add, DropPath, Flatten, GlobalAvgPool, GraphBuilder, Part, Stage
+from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, is_number
+from .layers import ParamBuilder
+
+KINDS = ("convnext",)
+"""convnext: ConvNeXt blocks (depthwise 7x7, LayerNorm, MLP with GELU, layer scale, stochastic depth)."""
+TRUNC_NORMAL = ("trunc_normal", 0.02)
+
+
+def validate(spec: ResNetSpec) -> None:
+    """A ConvNeXt's settings: a patchify stem (kernel = stride, no pool), stages of ``depth``
+    blocks of ``channels``, downsampling 2x2/2 before every stage whose ``stride`` is 2."""
+    block = spec.block
+    check(is_number(block.drop_path_rate) and 0.0 <= block.drop_path_rate < 1.0, "block.drop_path_rate",
+          "must be a number in [0, 1)", block.drop_path_rate)
+    check(is_number(block.layer_scale) and block.layer_scale >= 0, "block.layer_scale",
+          "must be a number >= 0 (0: no layer scale)", block.layer_scale)
+    check(spec.stem.kernel_size == spec.stem.stride, "stem.kernel_size",
+          f"must equal stem.stride ({spec.stem.stride}) for 'convnext' blocks (a patchify stem)",
+          spec.stem.kernel_size)
+    check(spec.stem.pool is False, "stem.pool", "must be false for 'convnext' blocks", spec.stem.pool)
+    for i, stage in enumerate(spec.stages):
+        p = f"stages[{i}]"
+        for name in ("depth", "channels"):
+            check(getattr(stage, name) is not None, f"{p}.{name}", "is required for 'convnext' blocks",
+                  getattr(stage, name))
+            check_positive_int(getattr(stage, name), f"{p}.{name}")
+        check(stage.stride == (1 if i == 0 else 2), f"{p}.stride",
+              "must be 1 for the first 'convnext' stage and 2 for the others (a 2x2/2 downsample)", stage.stride)
+    check(spec.stages[0].channels == spec.stem.widths[0], "stages[0].channels",
+          f"must equal stem.widths[0] ({spec.stem.widths[0]}) for 'convnext' blocks (no downsample before it)",
+          spec.stages[0].channels)
+
+
+def _init(spec: ResNetSpec):
+    return TRUNC_NORMAL if spec.init.conv == "trunc_normal" else None
+
+
+def _cn_block(b: ParamBuilder, name: str, c: int, drop_rate: float) -> Part:
+    spec = b.spec
+    eps, init = spec.norm.eps, _init(spec)
+    g = GraphBuilder(name, name + ".", c)
+    # layer_scale first: a parameter of the block itself comes first in torchvision's state_dict
+    scale = [b.layer_scale(f"{name}.layer_scale", (c, 1, 1), spec.block.layer_scale)] if spec.block.layer_scale else []
+    out = g.chain([b.conv(f"{name}.block.0", c, c, 7, groups=c, bias=True, init=init),
+                   b.layer_norm(f"{name}.block.2", c, eps),
+                   b.channel_linear(f"{name}.block.3", c, 4 * c, init or ("uniform", (1.0 / c) ** 0.5)),
+                   Act("gelu", f"{name}.block.4"),
+                   b.channel_linear(f"{name}.block.5", 4 * c, c, init or ("uniform", (1.0 / (4 * c)) ** 0.5)),
+                   *scale, DropPath(f"{name}.stochastic_depth", drop_rate)])
+    out = g.add(Add(), out, INPUT)
+    return g.part(out, c, ((out, name),))
+
+
+def build(b: ParamBuilder):
+    spec = b.spec
+    eps, init = spec.norm.eps, _init(spec)
+    width = spec.stem.widths[0]
+    g = GraphBuilder("stem", "", spec.in_channels)
+    out = g.chain([b.conv("features.0.0", spec.in_channels, width, spec.stem.kernel_size, spec.stem.stride,
+                          bias=True, padding=0, init=init),
+                   b.layer_norm("features.0.1", width, eps)])
+    stem = g.part(out, width, ((out, "stem"),))
+
+    total = sum(st.depth for st in spec.stages)
+    block_id, c, stages = 0, width, []
+    for s, st in enumerate(spec.stages):
+        parts = []
+        index = 2 * s + 1
+        if s > 0:  # torchvision: a downsample between stages, features.{2s}
+            name = f"features.{2 * s}"
+            g = GraphBuilder(name, name + ".", c)
+            out = g.chain([b.layer_norm(f"{name}.0", c, eps),
+                           b.conv(f"{name}.1", c, st.channels, 2, 2, bias=True, padding=0, init=init)])
+            parts.append(g.part(out, st.channels, ((out, name),)))
+            c = st.channels
+        for j in range(st.depth):
+            rate = spec.block.drop_path_rate * block_id / (total - 1.0) if total > 1 else 0.0
+            parts.append(_cn_block(b, f"features.{index}.{j}", c, rate))
+            block_id += 1
+        stages.append(Stage(f"features.{index}", tuple(parts)))
+
+    head = None
+    if spec.head is not None:
+        g = GraphBuilder("head", "", c)
+        pooled = g.chain([GlobalAvgPool(flatten=False, name="avgpool"), b.layer_norm("classifier.0", c, eps),
+                          Flatten(name="classifier.1")])
+        logits = g.add(b.linear("classifier.2", c, spec.head.num_classes, init=init), pooled)
+        head = g.part(logits, spec.head.num_classes, ((pooled, "pre_logits"), (logits, "logits")))
+    return stem, tuple(stages), None, head
+
+
+FAMILY = BlockFamily(
+    name="convnext", kinds=KINDS, block_fields=("drop_path_rate", "layer_scale"),
+    stage_fields=("depth", "channels", "stride"), spec_fields=(), validate=validate, build=build)
