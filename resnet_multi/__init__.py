@@ -14,8 +14,8 @@ from .parity import ParityReport, check_parity
 from .plan import Plan, make_plan
 from .reference import reference_forward
 from .registry import BackendError, available_backends, backend_names
-from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError, StageSpec,
-                   StemSpec, load_spec, save_spec)
+from .spec import (BlockSettings, BlockSpec, HeadSpec, InitSpec, NormSpec, ResNetSpec, ShortcutSpec, SpecError,
+                   StageSpec, StemSpec, load_spec, save_spec)
 from .summary import summary
 from .training import TrainingReport, check_training, optimizer
 from .weights import WeightsError, save_weights
@@ -24,14 +24,13 @@ from .zoo import get_spec, list_specs
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adoption", "adopt",
-    "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec", "InspectReport", "LimitError",
-    "NormSpec",
-    "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError", "StageSpec", "StemSpec", "TrainingReport",
-    "WeightsError", "available_backends", "backend_names", "build", "check_parity", "check_training", "convert", "diagram",
-    "export", "export_weights", "forward", "get_spec", "import_weights", "infer_spec", "inspect_file", "limits", "list_specs",
-    "load_spec", "load_weights", "make_plan", "optimize_for_inference", "optimizer", "plan_of", "reference_forward",
-    "save_spec", "save_weights", "summary",
+    "Adoption", "BackendError", "BlockSettings", "BlockSpec", "CheckpointError", "HeadSpec", "InitSpec",
+    "InspectReport", "LimitError", "NormSpec", "ParityReport", "Plan", "ResNetSpec", "ShortcutSpec", "SpecError",
+    "StageSpec", "StemSpec", "TrainingReport", "WeightsError", "adopt", "available_backends", "backend_names",
+    "build", "check_parity", "check_training", "convert", "diagram", "export", "export_weights", "forward",
+    "get_spec", "import_weights", "infer_spec", "inspect_file", "limits", "list_specs", "load_spec", "load_weights",
+    "make_plan", "optimize_for_inference", "optimizer", "plan_of", "reference_forward", "save_spec", "save_weights",
+    "summary",
 ]
 
 

@@ -197,8 +197,9 @@ def _bilinear_align_corners(weight, out_h, out_w):
 
     ylo, yhi, fy = axis(h, out_h)
     xlo, xhi, fx = axis(w, out_w)
-    top = weight[:, ylo][:, :, xlo] * (1 - fx)[None, None, :, None] + weight[:, ylo][:, :, xhi] * fx[None, None, :, None]
-    bot = weight[:, yhi][:, :, xlo] * (1 - fx)[None, None, :, None] + weight[:, yhi][:, :, xhi] * fx[None, None, :, None]
+    wx = fx[None, None, :, None]
+    top = weight[:, ylo][:, :, xlo] * (1 - wx) + weight[:, ylo][:, :, xhi] * wx
+    bot = weight[:, yhi][:, :, xlo] * (1 - wx) + weight[:, yhi][:, :, xhi] * wx
     return top * (1 - fy)[None, :, None, None] + bot * fy[None, :, None, None]
 
 

@@ -60,7 +60,8 @@ def test_float_settings_must_mean_something_in_float32(path, value):
     data = rm.get_spec("resnet18").to_dict()
     section, name = path.split(".")
     data[section][name] = value
-    with pytest.raises(rm.SpecError, match=rf"{path}: must be a finite number that float32 can hold.*got {re.escape(repr(value))}"):
+    expected = rf"{path}: must be a finite number that float32 can hold.*got {re.escape(repr(value))}"
+    with pytest.raises(rm.SpecError, match=expected):
         rm.ResNetSpec.from_dict(data)
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 
 from ..ir import INPUT, Act, Add, Concat, GraphBuilder, Part, Slice, Stage
-from ..spec import (BlockFamily, BlockSettings, ResNetSpec, check, check_odd_stem_kernel, check_positive_int, is_number,
-                    make_divisible)
+from ..spec import (BlockFamily, BlockSettings, ResNetSpec, check, check_odd_stem_kernel, check_positive_int,
+                    is_number, make_divisible)
 from .layers import ParamBuilder, classifier_head, single_conv_stem
 
 KINDS = ("ghost",)
@@ -102,7 +102,8 @@ def build(b: ParamBuilder):
     g = GraphBuilder("neck", "", c)
     out = g.chain([b.conv(f"{name}.conv", c, final, 1), b.bn(f"{name}.bn1", final), Act("relu")])
     neck = g.part(out, final, ((out, f"blocks.{len(spec.stages)}"),))
-    head = classifier_head(b, final, classifier="classifier", pool="global_pool", act="act2") if spec.head is not None else None
+    head = (classifier_head(b, final, classifier="classifier", pool="global_pool", act="act2")
+            if spec.head is not None else None)
     return stem, tuple(stages), neck, head
 
 
