@@ -13,10 +13,10 @@ from .shapes import trace
 from .walk import run_part, run_plan, run_stage_via_container, stage_container
 
 __all__ = [
-    "ACTIVATIONS", "BROADCASTING_OPS", "BUFFER_ROLES", "INPUT", "LAYER_NORM_FORMS", "MODULE_OPS", "NAMEABLE_OPS", "OPS",
-    "PARAMETER_OPS", "ROLES", "Act", "AdaptiveAvgPool", "Add", "AvgPool", "BatchNorm", "ChannelLinear", "Concat", "Conv",
-    "DropPath", "Dropout", "Flatten", "GlobalAvgPool", "GlobalFilter", "GraphBuilder", "Interleave", "LayerNorm",
-    "LayerScale", "Linear", "MaxPool", "Mul", "Node", "Op", "ParamInfo", "Part", "Plan", "ReLU", "Scale", "Slice", "Stage",
-    "adaptive_windows", "align_corners_weights", "mark_inplace", "module_name", "op_macs", "op_output", "run_part",
-    "run_plan", "run_stage_via_container", "stage_container", "trace",
+    "ACTIVATIONS", "BROADCASTING_OPS", "BUFFER_ROLES", "INPUT", "LAYER_NORM_FORMS", "MODULE_OPS", "NAMEABLE_OPS",
+    "OPS", "PARAMETER_OPS", "ROLES", "Act", "AdaptiveAvgPool", "Add", "AvgPool", "BatchNorm", "ChannelLinear",
+    "Concat", "Conv", "DropPath", "Dropout", "Flatten", "GlobalAvgPool", "GlobalFilter", "GraphBuilder", "Interleave",
+    "LayerNorm", "LayerScale", "Linear", "MaxPool", "Mul", "Node", "Op", "ParamInfo", "Part", "Plan", "ReLU", "Scale",
+    "Slice", "Stage", "adaptive_windows", "align_corners_weights", "mark_inplace", "module_name", "op_macs",
+    "op_output", "run_part", "run_plan", "run_stage_via_container", "stage_container", "trace",
 ]
