@@ -15,8 +15,8 @@ then ``layer_scale`` (C, 1, 1), row-mode ``stochastic_depth`` and the residual a
 from __future__ import annotations
 
 from ..ir import INPUT, Act, Add, DropPath, Flatten, GlobalAvgPool, GraphBuilder, Part, Stage
-from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, is_number
-from .layers import ParamBuilder
+from ..spec import BlockFamily, ResNetSpec
+from .layers import ParamBuilder, check_patchify_network
 
 KINDS = ("convnext",)
 """convnext: ConvNeXt blocks (depthwise 7x7, LayerNorm, MLP with GELU, layer scale, stochastic depth)."""
@@ -24,28 +24,9 @@ TRUNC_NORMAL = ("trunc_normal", 0.02)
 
 
 def validate(spec: ResNetSpec) -> None:
-    """A ConvNeXt's settings: a patchify stem (kernel = stride, no pool), stages of ``depth``
-    blocks of ``channels``, downsampling 2x2/2 before every stage whose ``stride`` is 2."""
-    block = spec.block
-    check(is_number(block.drop_path_rate) and 0.0 <= block.drop_path_rate < 1.0, "block.drop_path_rate",
-          "must be a number in [0, 1)", block.drop_path_rate)
-    check(is_number(block.layer_scale) and block.layer_scale >= 0, "block.layer_scale",
-          "must be a number >= 0 (0: no layer scale)", block.layer_scale)
-    check(spec.stem.kernel_size == spec.stem.stride, "stem.kernel_size",
-          f"must equal stem.stride ({spec.stem.stride}) for 'convnext' blocks (a patchify stem)",
-          spec.stem.kernel_size)
-    check(spec.stem.pool is False, "stem.pool", "must be false for 'convnext' blocks", spec.stem.pool)
-    for i, stage in enumerate(spec.stages):
-        p = f"stages[{i}]"
-        for name in ("depth", "channels"):
-            check(getattr(stage, name) is not None, f"{p}.{name}", "is required for 'convnext' blocks",
-                  getattr(stage, name))
-            check_positive_int(getattr(stage, name), f"{p}.{name}")
-        check(stage.stride == (1 if i == 0 else 2), f"{p}.stride",
-              "must be 1 for the first 'convnext' stage and 2 for the others (a 2x2/2 downsample)", stage.stride)
-    check(spec.stages[0].channels == spec.stem.widths[0], "stages[0].channels",
-          f"must equal stem.widths[0] ({spec.stem.widths[0]}) for 'convnext' blocks (no downsample before it)",
-          spec.stages[0].channels)
+    """A ConvNeXt's settings: a patchify stem, stages of ``depth`` blocks of ``channels``, a 2x2/2
+    downsample before every stage but the first."""
+    check_patchify_network(spec, "convnext")
 
 
 def _init(spec: ResNetSpec):

@@ -15,8 +15,8 @@ the two LayerNorm forms exist (``ir.LAYER_NORM_FORMS``).
 from __future__ import annotations
 
 from ..ir import INPUT, Act, Add, DropPath, GlobalAvgPool, GraphBuilder, Interleave, Mul, Part, Scale, Slice, Stage
-from ..spec import BlockFamily, ResNetSpec, check, check_positive_int, is_number
-from .layers import ParamBuilder
+from ..spec import BlockFamily, ResNetSpec, check, check_positive_int
+from .layers import ParamBuilder, check_patchify_network
 
 KINDS = ("hornet",)
 """hornet: HorNet blocks (gnconv with a depthwise 7x7 or a global filter, then an MLP; layer scale)."""
@@ -27,27 +27,12 @@ TRUNC_NORMAL = ("trunc_normal", 0.02)
 def validate(spec: ResNetSpec) -> None:
     """A HorNet's settings: a patchify stem, stages of ``depth`` blocks of ``channels`` with a gnconv
     of ``order`` (>= 1) and, optionally, a ``global_filter`` of (h, w)."""
-    block = spec.block
-    check(is_number(block.drop_path_rate) and 0.0 <= block.drop_path_rate < 1.0, "block.drop_path_rate",
-          "must be a number in [0, 1)", block.drop_path_rate)
-    check(is_number(block.layer_scale) and block.layer_scale >= 0, "block.layer_scale",
-          "must be a number >= 0 (0: no layer scale)", block.layer_scale)
-    check(spec.stem.kernel_size == spec.stem.stride, "stem.kernel_size",
-          f"must equal stem.stride ({spec.stem.stride}) for 'hornet' blocks (a patchify stem)", spec.stem.kernel_size)
-    check(spec.stem.pool is False, "stem.pool", "must be false for 'hornet' blocks", spec.stem.pool)
-    check(spec.stages[0].channels == spec.stem.widths[0], "stages[0].channels",
-          f"must equal stem.widths[0] ({spec.stem.widths[0]}) for 'hornet' blocks", spec.stages[0].channels)
+    check_patchify_network(spec, "hornet", ("depth", "channels", "order"))
     for i, stage in enumerate(spec.stages):
         p = f"stages[{i}]"
-        for name in ("depth", "channels", "order"):
-            check(getattr(stage, name) is not None, f"{p}.{name}", "is required for 'hornet' blocks",
-                  getattr(stage, name))
-            check_positive_int(getattr(stage, name), f"{p}.{name}")
         check(stage.channels % 2 ** (stage.order - 1) == 0, f"{p}.channels",
               f"must be divisible by 2 ** (order - 1) = {2 ** (stage.order - 1)} (gnconv halves it per order)",
               stage.channels)
-        check(stage.stride == (1 if i == 0 else 2), f"{p}.stride",
-              "must be 1 for the first 'hornet' stage and 2 for the others (a 2x2/2 downsample)", stage.stride)
         if stage.global_filter is not None:
             check(isinstance(stage.global_filter, tuple) and len(stage.global_filter) == 2, f"{p}.global_filter",
                   "must be [h, w], the size of the filter's weight", stage.global_filter)

@@ -25,7 +25,7 @@ from ..ir import (
     ParamInfo,
     Part,
 )
-from ..spec import ResNetSpec, make_divisible
+from ..spec import ResNetSpec, check, check_positive_int, is_number, make_divisible
 
 
 def conv_init(spec: ResNetSpec, shape: tuple[int, ...]) -> tuple[str, float]:
@@ -152,3 +152,28 @@ def classifier_head(b: ParamBuilder, in_c: int, classifier: str = "fc", pool: st
     x = g.add(Dropout("dropout", float(head.dropout)), pooled) if head.dropout > 0 else pooled
     logits = g.add(b.linear(classifier, in_c, head.num_classes), x)
     return g.part(logits, head.num_classes, ((pooled, "pre_logits"), (logits, "logits")))
+
+
+def check_patchify_network(spec: ResNetSpec, kind: str, stage_fields: tuple[str, ...] = ("depth", "channels")) -> None:
+    """What ConvNeXt and HorNet ask of a spec alike: stochastic depth and layer scale settings, a
+    patchify stem (kernel = stride, no pool) as wide as the first stage, ``stage_fields`` set on
+    every stage, stride 1 for the first stage and 2 (a 2x2/2 downsample) for the others."""
+    block = spec.block
+    check(is_number(block.drop_path_rate) and 0.0 <= block.drop_path_rate < 1.0, "block.drop_path_rate",
+          "must be a number in [0, 1)", block.drop_path_rate)
+    check(is_number(block.layer_scale) and block.layer_scale >= 0, "block.layer_scale",
+          "must be a number >= 0 (0: no layer scale)", block.layer_scale)
+    check(spec.stem.kernel_size == spec.stem.stride, "stem.kernel_size",
+          f"must equal stem.stride ({spec.stem.stride}) for {kind!r} blocks (a patchify stem)", spec.stem.kernel_size)
+    check(spec.stem.pool is False, "stem.pool", f"must be false for {kind!r} blocks", spec.stem.pool)
+    for i, stage in enumerate(spec.stages):
+        p = f"stages[{i}]"
+        for name in stage_fields:
+            check(getattr(stage, name) is not None, f"{p}.{name}", f"is required for {kind!r} blocks",
+                  getattr(stage, name))
+            check_positive_int(getattr(stage, name), f"{p}.{name}")
+        check(stage.stride == (1 if i == 0 else 2), f"{p}.stride",
+              f"must be 1 for the first {kind!r} stage and 2 for the others (a 2x2/2 downsample)", stage.stride)
+    check(spec.stages[0].channels == spec.stem.widths[0], "stages[0].channels",
+          f"must equal stem.widths[0] ({spec.stem.widths[0]}) for {kind!r} blocks (no downsample before it)",
+          spec.stages[0].channels)
