@@ -46,6 +46,10 @@ CANONICAL_LEAVES: dict[str, tuple[str, int]] = {
 None): the parameter is its own leaf, kept as it is by every layout (``Leaf(None)``)."""
 
 ROLES = tuple(CANONICAL_LEAVES)
+PARAMETER_LEAVES = ("layer_scale", "gamma1", "gamma2", "complex_weight")
+"""The leaves of the parameters that are their own leaf (roles layer_scale and complex_weight:
+torchvision's ConvNeXt, HorNet), kept as they are by every file translation; any other leaf that no
+role names is an error there. A family naming such a parameter otherwise adds its leaf here."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,8 @@ def _transposed(array: np.ndarray, axes) -> np.ndarray:
 def _renamed(name: str, table: Mapping, rank: int, loose: bool) -> tuple[str, tuple | None] | None:
     prefix, _, last = name.rpartition(".")
     rule = table.get((last, rank))
-    if rule is None and not any(leaf == last for leaf, _ in table):
-        return name, None  # a leaf no role renames (a parameter that is its own leaf) is kept
+    if rule is None and last in PARAMETER_LEAVES:
+        return name, None  # a parameter that is its own leaf is kept as it is
     if rule is None and loose:  # another rank: the leaf renamed if every rank agrees, never transposed
         renames = {new for (leaf, _), (new, _) in table.items() if leaf == last}
         rule = (renames.pop(), None) if len(renames) == 1 else None

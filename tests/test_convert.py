@@ -326,7 +326,7 @@ def test_inspect_without_a_match_shows_the_closest(tmp_path, capsys):
     spec = tiny_spec()
     path = make_file(tmp_path, NEUTRAL, random_weights(rm.make_plan(spec)), None)
     report = rm.inspect_file(path)
-    assert report.preset is None and report.closest is not None and report.differences["mismatched"]
+    assert report.preset is None and report.closest is not None and any(report.differences.values())
     assert main(["inspect", str(path)]) == 0
     assert "none matches; closest" in capsys.readouterr().out
     path.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")  # corrupt: exit 1

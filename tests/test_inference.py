@@ -45,7 +45,8 @@ def test_fold_removes_every_batchnorm_and_keeps_the_function(name):
     folded_plan, folded = fold_batchnorm(plan, weights)
     kept = set(kept_batchnorms(plan))
 
-    assert is_folded(folded_plan) and not is_folded(plan)
+    has_bn = any(isinstance(op, P.BatchNorm) for op in _all_ops(plan))  # ConvNeXt and HorNet have none
+    assert is_folded(folded_plan) and is_folded(plan) != has_bn
     assert {op.name for op in _all_ops(folded_plan) if isinstance(op, P.BatchNorm)} == kept
     assert not any(info.role.startswith("bn_") and info.name.rsplit(".", 1)[0] not in kept
                    for info in folded_plan.params.values())

@@ -34,7 +34,7 @@ BAD_SPECS = [
     ({"stages.3.dilate": "yes"}, "stages[3].dilate: must be true or false, got 'yes'"),
     ({"stages": []}, "stages: must be a non-empty list of stages, got ()"),
     ({"block.kind": "preact"}, "block.kind: must be one of 'basic', 'bottleneck', 'basic_1x1', 'dense', 'ghost', "
-                                   "got 'preact'"),
+                                   "'vgg', 'convnext', 'hornet', got 'preact'"),
     ({"block.stride_on": "first"}, "block.stride_on: must be one of '3x3', '1x1', got 'first'"),
     ({"block.groups": 0}, "block.groups: must be >= 1, got 0"),
     ({"block.se_ratio": 2.0}, "block.se_ratio: must be a number in [0, 1], got 2.0"),
@@ -51,7 +51,7 @@ BAD_SPECS = [
     ({"norm.eps": 0}, "norm.eps: must be a positive number, got 0.0"),
     ({"norm.momentum": 1.5}, "norm.momentum: must be a number in [0, 1]"),
     ({"init.conv": "xavier"}, "init.conv: must be one of 'kaiming_normal_fan_out', 'kaiming_normal_fan_in', "
-                              "'torch_default', got 'xavier'"),
+                              "'torch_default', 'trunc_normal', got 'xavier'"),
     ({"out_indices": [1, 2]}, "out_indices: needs head: null (a feature pyramid has no head), got (1, 2)"),
     ({"head": None, "out_indices": [1, 7]}, "out_indices[1]: must be a stage index in 0..3, got 7"),
     ({"head": None, "out_indices": [2, 1]}, "out_indices: must be strictly increasing, got (2, 1)"),

@@ -44,6 +44,8 @@ def tiny(spec: rm.ResNetSpec | str, max_depth: int = 1, divisor: int = 8) -> rm.
             block = replace(block, groups=4, width_per_group=32)
     if head is not None and head.dropout:  # random masks differ between frameworks: nothing to compare
         head = replace(head, dropout=0.0)
+    if block.drop_path_rate:  # stochastic depth draws random masks too (ConvNeXt)
+        block = replace(block, drop_path_rate=0.0)
     return spec.replace(stages=stages, stem=stem, block=block, head=head)
 
 
@@ -305,7 +307,7 @@ def test_check_training_argument_errors(kwargs, words):
 
 def test_dropout_is_refused_wherever_the_spec_puts_it():
     head = TINY.replace(head=rm.HeadSpec(num_classes=10, dropout=0.5))
-    with pytest.raises(ValueError, match=r"train-mode dropout \(1 module\(s\), the first dropout at rate 0.5\)"):
+    with pytest.raises(ValueError, match=r"train-mode dropout or drop-path \(1 module\(s\), the first dropout at rate 0.5\)"):
         rm.check_training(head, input_shape=BATCH)
     dense = rm.get_spec("d2l_densenet")
     dense = dense.replace(block=replace(dense.block, drop_rate=0.1))

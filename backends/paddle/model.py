@@ -177,8 +177,9 @@ def forward(model: Network, x_nchw: np.ndarray, *, taps: bool = False) -> dict[s
         if was_training:
             model.train()
     if taps:
-        return {name: t.numpy() for name, t in out.items()}
+        return {name: np.ascontiguousarray(t.numpy()) for name, t in out.items()}
     outputs = out if isinstance(out, list) else [out]
-    return {name: t.numpy() for name, t in zip(model.plan.output_names(), outputs, strict=True)}
+    # contiguous: a transposed result (a channels-first LayerNorm's) is a strided view in Paddle 3
+    return {name: np.ascontiguousarray(t.numpy()) for name, t in zip(model.plan.output_names(), outputs, strict=True)}
 
 
