@@ -237,7 +237,10 @@ def test_ctrl_c_in_a_real_process(tmp_path):
         cli._cmd_list = slow
         sys.exit(cli.main(["list"]))
     """)
-    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell that starts the suite in the background
+    # leaves it ignored, and Python then never raises KeyboardInterrupt (what a user's Ctrl-C does)
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert run.stdout.readline().strip() == "ready"
     time.sleep(0.1)
     run.send_signal(signal.SIGINT)
