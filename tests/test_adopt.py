@@ -13,12 +13,12 @@ import json
 
 import numpy as np
 import pytest
+import torch  # CI installs every backend: a missing framework must fail, not skip
 
 import resnet_multi as rm
 from _d2l import resnet_block  # the textbook code, as printed
 from resnet_multi.adopt import AdoptedName, AdoptError
 
-torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
 X1 = np.random.default_rng(0).standard_normal((2, 1, 33, 47)).astype(np.float32)
@@ -313,12 +313,13 @@ def test_a_wrapped_checkpoint_saved_in_any_format_reads_back_without_a_map(tmp_p
         path = adoption.save(tmp_path / f"net{suffix}")
         model = rm.build(RESNET18_2D, backend="torch", weights=path)
         expected = theirs.eval()(torch.from_numpy(X1)).detach().numpy()
-        np.testing.assert_allclose(rm.forward(model, X1), expected, rtol=1e-5, atol=1e-5)
+        # the float32 parity bound of docs/NUMERICS.md (same torch kernels on both sides)
+        np.testing.assert_allclose(rm.forward(model, X1), expected, rtol=1e-5, atol=1e-6)
     assert rm.load_weights(tmp_path / "net.safetensors")[1] == RESNET18_2D  # the spec is inside
 
 
 def test_paddle_d2l_resnet18_live_and_from_its_file(tmp_path):
-    paddle = pytest.importorskip("paddle")
+    import paddle
     pnn, PF = paddle.nn, paddle.nn.functional
 
     class PResidual(pnn.Layer):  # d2l.ai's Paddle code
@@ -363,7 +364,8 @@ def test_paddle_d2l_resnet18_live_and_from_its_file(tmp_path):
 
 
 def test_a_flax_nnx_model_live():
-    jax, nnx = pytest.importorskip("jax"), pytest.importorskip("flax.nnx")
+    import jax
+    from flax import nnx
 
     class Block(nnx.Module):
         def __init__(self, cin, cout, stride, rngs):
