@@ -16,7 +16,7 @@ import pytest
 import torch  # CI installs every backend: a missing framework must fail, not skip
 
 import resnet_multi as rm
-from _d2l import resnet_block  # the textbook code, as printed
+from _d2l import d2l_densenet, d2l_resnet18  # the textbook code, as printed
 from resnet_multi.adopt import AdoptedName, AdoptError
 
 nn, F = torch.nn, torch.nn.functional
@@ -37,16 +37,6 @@ def randomize(model, seed=0):
 
 
 # --------------------------------------------------------------------------- d2l.ai 8.6, as printed
-
-
-def d2l_resnet18(stem_stride=2):
-    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=stem_stride, padding=3), nn.BatchNorm2d(64), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
-    b3 = nn.Sequential(*resnet_block(64, 128, 2))
-    b4 = nn.Sequential(*resnet_block(128, 256, 2))
-    b5 = nn.Sequential(*resnet_block(256, 512, 2))
-    return nn.Sequential(b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, 10))
 
 
 # --------------------------------------------------------------------------- a 1-channel ResNet-18, 512-d head
@@ -199,43 +189,9 @@ BASIC_SMALL = rm.ResNetSpec.from_dict({"name": "small_r18", "block": {"kind": "b
 # --------------------------------------------------------------------------- d2l.ai 8.7 DenseNet, as printed
 
 
-def conv_block(input_channels, num_channels):
-    return nn.Sequential(nn.BatchNorm2d(input_channels), nn.ReLU(),
-                         nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1))
-
-
-class DenseBlock(nn.Module):
-    def __init__(self, num_convs, input_channels, num_channels):
-        super().__init__()
-        layer = []
-        for i in range(num_convs):
-            layer.append(conv_block(num_channels * i + input_channels, num_channels))
-        self.net = nn.Sequential(*layer)
-
-    def forward(self, X):
-        for blk in self.net:
-            Y = blk(X)
-            X = torch.cat((X, Y), dim=1)
-        return X
-
-
-def transition_block(input_channels, num_channels):
-    return nn.Sequential(nn.BatchNorm2d(input_channels), nn.ReLU(),
-                         nn.Conv2d(input_channels, num_channels, kernel_size=1), nn.AvgPool2d(kernel_size=2, stride=2))
-
-
-def d2l_densenet(num_channels=16, growth_rate=8, num_convs_in_dense_blocks=(2, 2)):
-    b1 = nn.Sequential(nn.Conv2d(1, num_channels, kernel_size=7, stride=2, padding=3), nn.BatchNorm2d(num_channels),
-                       nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    blks = []
-    for i, num_convs in enumerate(num_convs_in_dense_blocks):
-        blks.append(DenseBlock(num_convs, num_channels, growth_rate))
-        num_channels += num_convs * growth_rate
-        if i != len(num_convs_in_dense_blocks) - 1:
-            blks.append(transition_block(num_channels, num_channels // 2))
-            num_channels = num_channels // 2
-    return nn.Sequential(b1, *blks, nn.BatchNorm2d(num_channels), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)),
-                         nn.Flatten(), nn.Linear(num_channels, 10))
+def small_d2l_densenet():
+    """The book's DenseNet at 16 stem channels, growth 8, two blocks of two layers."""
+    return d2l_densenet(16, 8, (2, 2))
 
 
 DENSENET = dataclasses.replace(
@@ -249,7 +205,7 @@ CASES = {  # name: (their model, spec, input)
     "resnet18_2d": (ResNet18_2D, RESNET18_2D, X1),
     "bottleneck_shortcut_first": (lambda: small_net("bottleneck"), BOTTLENECK, X3),
     "resnext_bn_first": (lambda: small_net("resnext"), RESNEXT, X3),
-    "d2l_densenet": (d2l_densenet, DENSENET, X1),
+    "d2l_densenet": (small_d2l_densenet, DENSENET, X1),
     "residual_layer": (LayerNet, BASIC_SMALL, X3),
 }
 

@@ -14,64 +14,13 @@ import pytest
 import torch  # CI installs every backend: a missing framework must fail, not skip
 
 import resnet_multi as rm
-from _d2l import Residual, resnet_block  # the textbook code, as printed
+from _d2l import Residual, d2l_densenet, d2l_resnet18  # the textbook code, as printed
 from resnet_multi.weights import random_weights
 
 nn, F = torch.nn, torch.nn.functional
 
 
 # --------------------------------------------------------------------------- the book's code (PyTorch edition)
-
-
-def d2l_resnet18():
-    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3), nn.BatchNorm2d(64), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
-    b3 = nn.Sequential(*resnet_block(64, 128, 2))
-    b4 = nn.Sequential(*resnet_block(128, 256, 2))
-    b5 = nn.Sequential(*resnet_block(256, 512, 2))
-    return nn.Sequential(b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, 10))
-
-
-def conv_block(input_channels, num_channels):
-    return nn.Sequential(nn.BatchNorm2d(input_channels), nn.ReLU(),
-                         nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1))
-
-
-class DenseBlock(nn.Module):
-    def __init__(self, num_convs, input_channels, num_channels):
-        super().__init__()
-        layer = []
-        for i in range(num_convs):
-            layer.append(conv_block(num_channels * i + input_channels, num_channels))
-        self.net = nn.Sequential(*layer)
-
-    def forward(self, X):
-        for blk in self.net:
-            Y = blk(X)
-            X = torch.cat((X, Y), dim=1)  # the book's order: input first, then the new features
-        return X
-
-
-def transition_block(input_channels, num_channels):
-    return nn.Sequential(nn.BatchNorm2d(input_channels), nn.ReLU(),
-                         nn.Conv2d(input_channels, num_channels, kernel_size=1), nn.AvgPool2d(kernel_size=2, stride=2))
-
-
-def d2l_densenet():
-    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3), nn.BatchNorm2d(64), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    num_channels, growth_rate = 64, 32
-    num_convs_in_dense_blocks = [4, 4, 4, 4]
-    blks = []
-    for i, num_convs in enumerate(num_convs_in_dense_blocks):
-        blks.append(DenseBlock(num_convs, num_channels, growth_rate))
-        num_channels += num_convs * growth_rate
-        if i != len(num_convs_in_dense_blocks) - 1:
-            blks.append(transition_block(num_channels, num_channels // 2))
-            num_channels = num_channels // 2
-    return nn.Sequential(b1, *blks, nn.BatchNorm2d(num_channels), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)),
-                         nn.Flatten(), nn.Linear(num_channels, 10))
 
 
 # --------------------------------------------------------------------------- the comparison
