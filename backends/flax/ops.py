@@ -219,20 +219,11 @@ def interleave(node, a, b):
     return jnp.stack([a, b], axis=-1).reshape(n, h, w, 2 * c)
 
 
-def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out, in): bilinear resizing with align_corners=True along one axis (``ir.align_corners_weights``)."""
-    matrix = np.zeros((out_size, in_size), np.float64)
-    for i, (lo, hi, frac) in enumerate(P.align_corners_weights(in_size, out_size)):
-        matrix[i, lo] += 1.0 - frac
-        matrix[i, hi] += frac
-    return matrix
-
-
 def _resize_align_corners(weight, out_h: int, out_w: int):
     """(C, h, w, 2) -> (C, out_h, out_w, 2) (jax.image.resize has no align_corners)."""
     _, h, w, _ = weight.shape
-    rows = jnp.asarray(resize_matrix(h, out_h), weight.dtype)
-    cols = jnp.asarray(resize_matrix(w, out_w), weight.dtype)
+    rows = jnp.asarray(P.align_corners_matrix(h, out_h), weight.dtype)
+    cols = jnp.asarray(P.align_corners_matrix(w, out_w), weight.dtype)
     return jnp.einsum("chwk,ih,jw->cijk", weight, rows, cols)
 
 

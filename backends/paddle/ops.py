@@ -16,7 +16,6 @@ Numerics that differ from PyTorch and are translated here (see docs/NUMERICS.md)
 
 from __future__ import annotations
 
-import numpy as np
 import paddle
 from paddle import ParamAttr, nn
 from paddle.nn import functional as F
@@ -263,15 +262,6 @@ def interleave(node, a, b):
     return paddle.concat([a.unsqueeze(2), b.unsqueeze(2)], axis=2).reshape([n, 2 * c, h, w])
 
 
-def _resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out, in): bilinear resizing with align_corners=True along one axis (``ir.align_corners_weights``)."""
-    matrix = np.zeros((out_size, in_size), np.float64)
-    for i, (lo, hi, frac) in enumerate(P.align_corners_weights(in_size, out_size)):
-        matrix[i, lo] += 1.0 - frac
-        matrix[i, hi] += frac
-    return matrix
-
-
 def global_filter(node, x, complex_weight):
     """HorNet's filter, in float32 (float64 in a float64 model)."""
     dtype = x.dtype
@@ -282,8 +272,8 @@ def global_filter(node, x, complex_weight):
     weight = complex_weight.astype(compute)
     if list(weight.shape[1:3]) != list(spectrum.shape[2:4]):
         # as two matrix products, not F.interpolate, which places its samples in float32 even in float64
-        rows = paddle.to_tensor(_resize_matrix(weight.shape[1], spectrum.shape[2]), dtype=compute)
-        cols = paddle.to_tensor(_resize_matrix(weight.shape[2], spectrum.shape[3]), dtype=compute)
+        rows = paddle.to_tensor(P.align_corners_matrix(weight.shape[1], spectrum.shape[2]), dtype=compute)
+        cols = paddle.to_tensor(P.align_corners_matrix(weight.shape[2], spectrum.shape[3]), dtype=compute)
         weight = paddle.einsum("chwk,ih,jw->cijk", weight, rows, cols)
     weight = paddle.complex(weight[..., 0], weight[..., 1])
     return paddle.fft.irfft2(spectrum * weight, s=(h, w), axes=(2, 3), norm="ortho").astype(dtype)

@@ -7,7 +7,7 @@ from .graph import BUFFER_ROLES, INPUT, ROLES, GraphBuilder, Node, ParamInfo, Pa
 from .ops import (ACTIVATIONS, BROADCASTING_OPS, LAYER_NORM_FORMS, MODULE_OPS, NAMEABLE_OPS, OPS, PARAMETER_OPS, Act,
                   AdaptiveAvgPool, Add, AvgPool, BatchNorm, ChannelLinear, Concat, Conv, DropPath, Dropout, Flatten,
                   GlobalAvgPool, GlobalFilter, Interleave, LayerNorm, LayerScale, Linear, MaxPool, Mul, Op, ReLU, Scale,
-                  Slice, adaptive_windows, align_corners_weights, module_name, op_macs, op_output)
+                  Slice, adaptive_windows, align_corners_matrix, align_corners_weights, module_name, op_macs, op_output)
 from .plan import Plan
 from .shapes import trace
 from .walk import run_part, run_plan, run_stage_via_container, stage_container
@@ -17,6 +17,7 @@ __all__ = [
     "OPS", "PARAMETER_OPS", "ROLES", "Act", "AdaptiveAvgPool", "Add", "AvgPool", "BatchNorm", "ChannelLinear",
     "Concat", "Conv", "DropPath", "Dropout", "Flatten", "GlobalAvgPool", "GlobalFilter", "GraphBuilder", "Interleave",
     "LayerNorm", "LayerScale", "Linear", "MaxPool", "Mul", "Node", "Op", "ParamInfo", "Part", "Plan", "ReLU", "Scale",
-    "Slice", "Stage", "adaptive_windows", "align_corners_weights", "mark_inplace", "module_name", "op_macs",
-    "op_output", "run_part", "run_plan", "run_stage_via_container", "stage_container", "trace",
+    "Slice", "Stage", "adaptive_windows", "align_corners_matrix", "align_corners_weights", "mark_inplace",
+    "module_name", "op_macs", "op_output", "run_part", "run_plan", "run_stage_via_container", "stage_container",
+    "trace",
 ]

@@ -198,6 +198,19 @@ def align_corners_weights(in_size: int, out_size: int) -> tuple[tuple[int, int, 
     return tuple(out)
 
 
+def align_corners_matrix(in_size: int, out_size: int) -> tuple[tuple[float, ...], ...]:
+    """The same resizing as an (out, in) matrix (rows of plain floats): what the backends multiply
+    GlobalFilter's weight by, where their own interpolation has no align_corners (Flax) or is not
+    exact in float64 (Paddle)."""
+    rows = []
+    for lo, hi, frac in align_corners_weights(in_size, out_size):
+        row = [0.0] * in_size
+        row[lo] += 1.0 - frac
+        row[hi] += frac
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
 @dataclass(frozen=True)
 class Flatten(Op):
     name: str = ""  # torchvision's ConvNeXt has a Flatten module (classifier.1)
