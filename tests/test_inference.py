@@ -8,7 +8,6 @@ float32 summation-order noise as between two frameworks.
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import numpy as np
@@ -101,39 +100,9 @@ def test_fold_checks_the_weights():
 
 
 # --------------------------------------------------------------------------- every preset x every backend
-
-
-@functools.lru_cache(maxsize=1)  # preset-major: one preset's weights at a time
-def _weights(name: str):
-    return random_weights(rm.make_plan(rm.get_spec(name)), seed=0)
-
-
-@pytest.mark.parametrize("name, backend", [(n, b) for n in BUILT_PRESETS for b in BACKENDS])
-def test_inference_model_equals_ordinary_model(name, backend):
-    spec = rm.get_spec(name)
-    weights = _weights(name)
-    ordinary = rm.build(spec, backend, weights=weights)
-    fast = rm.build(spec, backend, weights=weights, inference=True)
-    x = odd_input(spec, batch=2)
-    expected = rm.forward(ordinary, x, taps=True)
-    actual = rm.forward(fast, x, taps=True)
-    assert list(actual) == list(expected)
-    for tap in expected:
-        assert_close(actual[tap], expected[tap], f"{name} {backend} {tap}")
-        assert actual[tap].flags.c_contiguous, f"{tap}: a backend's memory format leaked out"
-    # without taps a backend may take another route (Paddle: its inference engine): same function
-    expected_out, actual_out = rm.forward(ordinary, x), rm.forward(fast, x)
-    assert type(actual_out) is type(expected_out)
-    for i, (a, e) in enumerate(zip(*[o if isinstance(o, list) else [o] for o in (actual_out, expected_out)],
-                                   strict=True)):
-        assert_close(a, e, f"{name} {backend} output {i} without taps")
-
-    # the fast path's plan and weights are the folded ones
-    folded_plan, folded = fold_batchnorm(rm.make_plan(spec), weights)
-    assert rm.plan_of(fast) == folded_plan
-    exported = rm.export_weights(fast)
-    assert list(exported) == list(folded)
-    assert all(np.array_equal(exported[k], folded[k]) for k in folded), "inference model holds other weights"
+# The full-size fast path of every built preset in every backend (its taps and outputs against the
+# ordinary model's, its folded plan and weights) is checked in tests/test_parity_matrix.py, on the
+# matrix's own build of the ordinary model: a second full-size build here would double the cost.
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

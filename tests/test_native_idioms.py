@@ -19,13 +19,22 @@ import resnet_multi as rm
 from resnet_multi.weights import random_weights
 
 from conftest import BACKENDS
+from test_training import tiny
 
 HW = (33, 47)
 
 
-def _weights(spec_name: str, seed: int = 0):
-    plan = rm.make_plan(rm.get_spec(spec_name))
+def _weights(spec: str | rm.ResNetSpec, seed: int = 0):
+    plan = rm.make_plan(rm.get_spec(spec) if isinstance(spec, str) else spec)
     return plan, random_weights(plan, seed)
+
+
+# Trainings under a compiler (torch.compile, paddle.jit.to_static, nnx.jit, a sharded jax.jit) run on
+# the preset's architecture at 1/8 of its channels and two blocks a stage (identity and projection
+# shortcuts both present): what they prove is that the captured graph computes and trains as the
+# eager one does, which width and depth do not change, and compile time grows with both.
+def _small(spec_name: str) -> rm.ResNetSpec:
+    return tiny(spec_name, max_depth=2)
 
 
 def _input(channels: int = 3, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -168,11 +177,12 @@ def _torch_sgd_steps(model, x, y, steps=2):
 def test_torch_compile_trains_like_eager():
     import torch
 
-    _, weights = _weights("resnet18")
+    spec = _small("resnet18")
+    _, weights = _weights(spec)
     x = torch.from_numpy(_input(batch=4))
     y = torch.tensor([1, 5, 3, 0])
-    eager = rm.build("resnet18", "torch", weights=weights, dtype="float64").train()
-    compiled_model = rm.build("resnet18", "torch", weights=weights, dtype="float64").train()
+    eager = rm.build(spec, "torch", weights=weights, dtype="float64").train()
+    compiled_model = rm.build(spec, "torch", weights=weights, dtype="float64").train()
     compiled = torch.compile(compiled_model, backend="aot_eager")  # no C++ toolchain needed
     eager_losses = _torch_sgd_steps(eager, x.double(), y)
     compiled_losses = _torch_sgd_steps(compiled, x.double(), y)
@@ -325,7 +335,8 @@ def test_paddle_sync_batchnorm_conversion_runs_sync_batchnorm():
 def test_paddle_to_static_trains_like_dygraph(full_graph):
     import paddle
 
-    _, weights = _weights("resnet18")
+    spec = _small("resnet18")
+    _, weights = _weights(spec)
     x = paddle.to_tensor(_input(batch=4).astype(np.float64))
     y = paddle.to_tensor(np.array([1, 5, 3, 0]))
 
@@ -341,8 +352,8 @@ def test_paddle_to_static_trains_like_dygraph(full_graph):
             losses.append(float(loss))
         return losses, rm.export_weights(model)
 
-    dygraph = run(rm.build("resnet18", "paddle", weights=weights, dtype="float64"))
-    static_model = rm.build("resnet18", "paddle", weights=weights, dtype="float64")
+    dygraph = run(rm.build(spec, "paddle", weights=weights, dtype="float64"))
+    static_model = rm.build(spec, "paddle", weights=weights, dtype="float64")
     static = run(paddle.jit.to_static(static_model, full_graph=full_graph))
     # float64: the static program may only reorder sums; the same bounds as the torch.compile test
     np.testing.assert_allclose(static[0], dygraph[0], rtol=1e-10)
@@ -392,8 +403,8 @@ def test_flax_nnx_jit_value_and_grad_trains_and_updates_batch_stats(spec_name, x
     import optax
     from flax import nnx
 
-    _, weights = _weights(spec_name)
-    spec = rm.get_spec(spec_name)
+    spec = _small(spec_name)
+    _, weights = _weights(spec)
     x = jnp.asarray(_input(spec.in_channels, batch=4).transpose(0, 2, 3, 1), dtype=jnp.float64)
 
     def loss_fn(model, x):  # any smooth function of the output (logits or a feature map)
@@ -438,14 +449,15 @@ def test_flax_orbax_checkpoint_and_a_sharded_jit_keep_the_function(spec_name, tm
     from flax import nnx
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    _, weights = _weights(spec_name)
-    model = rm.build(spec_name, "flax", weights=weights)
+    spec = _small(spec_name)
+    _, weights = _weights(spec)
+    model = rm.build(spec, "flax", weights=weights)
     x = _input()
-    expected = rm.forward(model, x)  # jitted: a 121-layer model's first eager call takes ~15 s
+    expected = rm.forward(model, x)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp_path / "checkpoint", nnx.state(model))
     checkpointer.wait_until_finished()
-    graphdef, abstract = nnx.split(rm.build(spec_name, "flax"))
+    graphdef, abstract = nnx.split(rm.build(spec, "flax"))
     restored = nnx.merge(graphdef, checkpointer.restore(tmp_path / "checkpoint", abstract))
     np.testing.assert_array_equal(rm.forward(restored, x), expected)
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import resnet_multi as rm
 from conftest import BACKENDS, BUILT_PRESETS, ODD_HW, assert_close, assert_weights_equal, preset_oracle
+from resnet_multi.inference import fold_batchnorm
 from resnet_multi.parity import check_models
 from resnet_multi.families.residual import KINDS as RESIDUAL_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
 from resnet_multi.weights import random_weights
@@ -51,8 +52,11 @@ def _first_backend_taps(name: str) -> dict[str, np.ndarray]:
 # preset is built once per backend at full size (the user's model) and checked for everything a
 # build must give: the oracle's values at every tap, the shapes rm.summary predicts (batch 2, so a
 # batch axis mixed up with another shows), finite outputs, the taps in the plan's order, the plain
-# forward equal to its tap, the exported weights equal to the given ones bit for bit, and every tap
-# within the float32 bound of the first backend's (torch's) tap, in execution order.
+# forward equal to its tap, the exported weights equal to the given ones bit for bit, every tap
+# within the float32 bound of the first backend's (torch's) tap, in execution order, and the
+# inference fast path built from the same weights within that bound of the model's own taps (one
+# full-size build per variant, sharing the weights, input and taps; tests/test_inference.py checks
+# the fast path's mechanics on small specs).
 @pytest.mark.slow
 @pytest.mark.parametrize("name, backend", [(n, b) for n in BUILT_PRESETS for b in BACKENDS])
 def test_preset_matches_oracle_at_odd_size(name, backend):
@@ -76,6 +80,30 @@ def test_preset_matches_oracle_at_odd_size(name, backend):
         first = _first_backend_taps(name)
         for tap in plan.tap_names:  # execution order: the first tap that diverges is the one reported
             assert_close(taps[tap], first[tap], f"{name}: {backend} vs {BACKENDS[0]}, tap {tap}")
+    del model  # one full-size model at a time
+    _assert_inference_model_matches(spec, backend, weights, x, taps, out)
+
+
+def _assert_inference_model_matches(spec: rm.ResNetSpec, backend: str, weights, x: np.ndarray, taps: dict,
+                                    out) -> None:
+    """``rm.build(..., inference=True)`` (BatchNorms folded; each backend's fast route) computes the
+    ordinary model's taps and outputs, C-contiguous, and holds the folded plan and weights."""
+    fast = rm.build(spec, backend, weights=weights, inference=True)
+    actual = rm.forward(fast, x, taps=True)
+    assert list(actual) == list(taps)
+    for tap in taps:
+        assert_close(actual[tap], taps[tap], f"{spec.name} {backend} fast path, tap {tap}")
+        assert actual[tap].flags.c_contiguous, f"{tap}: a backend's memory format leaked out"
+    # without taps a backend may take another route (Paddle: its inference engine): same function
+    actual_out = rm.forward(fast, x)
+    assert type(actual_out) is type(out)
+    for i, (a, e) in enumerate(zip(*[o if isinstance(o, list) else [o] for o in (actual_out, out)], strict=True)):
+        assert_close(a, e, f"{spec.name} {backend} fast path, output {i} without taps")
+    folded_plan, folded = fold_batchnorm(rm.make_plan(spec), weights)
+    assert rm.plan_of(fast) == folded_plan
+    exported = rm.export_weights(fast)
+    assert list(exported) == list(folded)
+    assert all(np.array_equal(exported[k], folded[k]) for k in folded), "inference model holds other weights"
 
 
 @pytest.mark.slow
