@@ -218,9 +218,7 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
         spec = resolve_spec(spec)
         weights = check_weights(make_plan(spec), weights, source=f"weights for {path}")
     if spec is not None and fmt != NEUTRAL:  # the format's own module names, if the plan has any (aliases)
-        native = make_plan(spec).native_names(fmt)
-        if native:
-            weights = {native.get(name, name): value for name, value in weights.items()}
+        weights = make_plan(spec).to_scheme(fmt, weights)
     if on_tensor is not None:
         weights = _Reporting(weights, on_tensor)
     if fmt == NEUTRAL:
@@ -292,6 +290,16 @@ def _adapt(preset: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[ResNetSp
     return spec, adaptations
 
 
+def _canonical_shape(plan, name: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """(canonical name, canonical shape) of a tensor called ``name`` in any of ``plan``'s namings; a
+    tensor not in its scheme's shape keeps its own (so it shows as mis-shaped)."""
+    alias = plan.alias_of(name)
+    if alias is None:
+        return name, shape
+    canonical = tuple(plan.params[alias.canonical].shape)
+    return alias.canonical, (canonical if shape == alias.shape else shape)
+
+
 def match_presets(weights: Mapping[str, object]) -> list[Match]:
     """Every preset, adapted to the checkpoint (in_channels, head width or no head) and compared
     by names and shapes; best first (fewest differences, then zoo order)."""
@@ -300,7 +308,7 @@ def match_presets(weights: Mapping[str, object]) -> list[Match]:
     matches = []
     for preset in list_specs():
         plan = _plan(get_spec(preset))
-        shapes_here = {plan.canonical_name(name): shape for name, shape in shapes.items()}  # plan.aliases
+        shapes_here = dict(_canonical_shape(plan, name, shape) for name, shape in shapes.items())  # plan.aliases
         spec, adaptations = _adapt(preset, shapes_here)
         expected = _param_shapes(spec)
         matches.append(Match(

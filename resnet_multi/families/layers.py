@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from ..ir import (
+    SHAPE_RULES,
     Act,
     BatchNorm,
     ChannelLinear,
@@ -49,10 +50,24 @@ class ParamBuilder:
         self.spec = spec
         self.params: dict[str, ParamInfo] = {}
         self.aliases: dict[str, dict[str, str]] = {}
+        self.param_aliases: dict[str, dict[str, str]] = {}
+        self.alias_shapes: dict[str, dict[str, str]] = {}
 
     def alias(self, scheme: str, canonical: str, other: str) -> None:
         """Module ``canonical`` is called ``other`` in naming ``scheme`` (see ``Plan.aliases``)."""
         self.aliases.setdefault(scheme, {})[canonical] = other
+
+    def param_alias(self, scheme: str, canonical: str, other: str) -> None:
+        """Parameter ``canonical`` (its whole name) is called ``other`` in naming ``scheme``, where
+        renaming its module is not enough (see ``Plan.param_aliases``)."""
+        assert canonical in self.params, canonical
+        self.param_aliases.setdefault(scheme, {})[canonical] = other
+
+    def alias_shape(self, scheme: str, role: str, rule: str) -> None:
+        """Naming ``scheme`` stores the parameters of ``role`` as ``rule`` says (``ir.SHAPE_RULES``;
+        see ``Plan.alias_shapes``)."""
+        assert rule in SHAPE_RULES, rule
+        self.alias_shapes.setdefault(scheme, {})[role] = rule
 
     def _add(self, name, shape, role, init):
         assert name not in self.params, name
