@@ -134,3 +134,85 @@ def test_a_wrong_shape_gamma_is_one_line_naming_the_tensor_and_its_shape(small, 
         ours.load_state_dict(_with_wrong_gamma(model.state_dict()), strict=True)
     assert "\n" not in str(info.value)
     assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())  # nothing was loaded
+
+
+# --------------------------------------------------------------------------- writing timm's names
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pdparams", ".msgpack"])
+def test_convert_writes_timms_names_and_reads_them_back(small, tmp_path, suffix):
+    """naming="timm" writes timm's names and shapes in any framework format; read back, they are
+    the same tensors, bit for bit. The .pth file loads strict into timm's own model."""
+    spec, model, path, x = small
+    rm.convert(path, tmp_path / "w.safetensors", spec=spec)
+    out = tmp_path / f"timm{suffix}"
+    rm.convert(tmp_path / "w.safetensors", out, naming="timm")  # the spec stored in the neutral file
+    expected = _canonical(spec, model.state_dict())
+    weights, _ = rm.load_weights(out)
+    assert rm.make_plan(spec).scheme_of(weights) == "timm"
+    assert all(np.array_equal(rm.export_weights(rm.build(spec, "torch", weights=out))[k], v)
+               for k, v in expected.items())
+    if suffix == ".pth":
+        state = torch.load(out, weights_only=True)
+        assert list(state) == list(model.state_dict())
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        theirs = _timm()
+        theirs.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            assert torch.equal(theirs(x), model(x))
+
+
+def test_a_naming_the_spec_lacks_or_the_neutral_file_is_refused_before_any_work(small, tmp_path):
+    spec, _, path, _ = small
+    with pytest.raises(ValueError, match=r"naming 'nope': not a naming scheme of 'convnext_small_widths' "
+                                         r"\(its schemes: 'timm'\)"):
+        rm.convert(path, tmp_path / "out.pth", spec=spec, naming="nope")
+    with pytest.raises(ValueError, match="naming 'timm': not a naming scheme of 'resnet18' \\(its schemes: none\\)"):
+        rm.convert(path, tmp_path / "out.pth", spec="resnet18", naming="timm")
+    with pytest.raises(ValueError, match="the neutral .safetensors file holds canonical names only"):
+        rm.convert(path, tmp_path / "out.safetensors", spec=spec, naming="timm")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_convert_naming(small, tmp_path, capsys):
+    spec, model, path, _ = small
+    rm.save_spec(spec, tmp_path / "net.yaml")
+    out = tmp_path / "again.pth"
+    assert main(["convert", str(path), str(tmp_path / "w.pdparams"), "--spec", str(tmp_path / "net.yaml")]) == 0
+    assert main(["convert", str(tmp_path / "w.pdparams"), str(out), "--spec", str(tmp_path / "net.yaml"),
+                 "--naming", "timm"]) == 0
+    assert list(torch.load(out, weights_only=True)) == list(model.state_dict())
+    capsys.readouterr()
+    assert main(["convert", str(path), str(tmp_path / "x.pth"), "--spec", str(tmp_path / "net.yaml"),
+                 "--naming", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "naming 'nope': not a naming scheme" in err
+    assert main(["convert", str(path), str(tmp_path / "x.safetensors"), "--naming", "timm"]) == 2
+    assert not (tmp_path / "x.pth").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- full size: timm's convnext_tiny
+
+
+@pytest.mark.slow  # full size: timm's own convnext_tiny, its spec inferred from its names and shapes
+def test_timms_convnext_tiny_file_is_read_inferred_inspected_and_written_back(tmp_path, capsys):
+    model = _timm(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_classes=1000)
+    path = tmp_path / "convnext_tiny.pth"
+    torch.save(model.state_dict(), path)
+    ours = rm.build("convnext_tiny", backend="torch", weights=path)
+    x = torch.randn(1, 3, 67, 45, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(ours(x), model(x))  # eval mode, an odd size: the same logits, bit for bit
+
+    report = rm.inspect_file(path)
+    assert (report.preset, report.naming) == ("convnext_tiny", "timm")
+    assert "timm names" in str(report)
+    assert main(["inspect", str(path)]) == 0
+    assert "timm names" in capsys.readouterr().out
+
+    rm.convert(path, tmp_path / "w.safetensors")  # no spec: inferred through timm's names
+    assert rm.load_weights(tmp_path / "w.safetensors")[1] == rm.get_spec("convnext_tiny")
+    assert main(["convert", str(tmp_path / "w.safetensors"), str(tmp_path / "back.pth"), "--naming", "timm"]) == 0
+    state = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert list(state) == list(model.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
