@@ -57,6 +57,15 @@ BAD_SPECS = [
      "stages[3].channels: must be divisible by 2 ** order = 32 in a global-filter stage"),
     (_changed("hornet_tiny_7x7", stages__2__channels=260),
      "stages[2].channels: must be divisible by 2 ** (order - 1) = 8 (gnconv halves it per order), got 260"),
+    # settings these networks do not read are refused, not ignored
+    (_changed("convnext_tiny", conv_bias=True), "conv_bias: is fixed by a 'convnext' network"),
+    (_changed("hornet_tiny_7x7", conv_bias=True), "conv_bias: is fixed by a 'hornet' network"),
+    (_changed("convnext_tiny", head__hidden_channels=256),
+     "head.hidden_channels: is not used by a 'convnext' network (its head is a LayerNorm and one Linear)"),
+    (_changed("hornet_tiny_gf", head__hidden_channels=256), "head.hidden_channels: is not used by a 'hornet' network"),
+    (_changed("convnext_tiny", head__dropout=0.5),
+     "head.dropout: must be 0 for a 'convnext' network (its head has no dropout), got 0.5"),
+    (_changed("hornet_tiny_7x7", head__dropout=0.2), "head.dropout: must be 0 for a 'hornet' network"),
 ]
 
 
