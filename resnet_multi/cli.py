@@ -134,11 +134,19 @@ def _warnings_as_messages(command: str):
 
 
 def _cmd_convert(args) -> int:
-    from .convert import convert
+    from .convert import NEUTRAL, check_naming, convert, format_of_suffix
+    from .plan import make_plan
 
     spec = _spec_argument(args.spec) if args.spec is not None else None
+    dst_format = format_of_suffix(args.dst)
+    if args.naming is not None and (spec is not None or dst_format == NEUTRAL):
+        try:  # known before any work: a bad argument (without --spec, the file's spec decides: exit 1)
+            check_naming(make_plan(spec) if spec is not None else None, args.naming, dst_format)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     with _warnings_as_messages("convert"):
-        convert(args.src, args.dst, spec=spec, dtype=args.dtype, force=args.force, prefix=args.prefix)
+        convert(args.src, args.dst, spec=spec, dtype=args.dtype, force=args.force, prefix=args.prefix,
+                naming=args.naming)
     print(f"wrote {args.dst}", file=sys.stderr)
     return 0
 
@@ -349,6 +357,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--prefix", default=None, help="read only the tensors under this prefix, e.g. 'backbone.' (default: "
                                                   "found when the names match no preset as they are)")
+    p.add_argument("--naming", default=None, metavar="SCHEME",
+                   help="write the tensors under another naming scheme of the spec, e.g. 'timm' for a ConvNeXt "
+                        "(timm's convnext_* names and shapes); default: canonical names. Any naming the spec "
+                        "declares is read as it is, without this option")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("inspect", help="format, tensor count, size, dtypes (per tensor group), NaN/Inf tensors "

@@ -190,8 +190,21 @@ class _Reporting(Mapping):
         return len(self._weights)
 
 
+def check_naming(plan, naming: str | None, fmt: str) -> None:
+    """Raise ValueError unless ``naming`` (None: the format's own) is a naming scheme of ``plan``
+    that a ``fmt`` file can hold (the neutral file holds canonical names only)."""
+    if naming is None:
+        return
+    if fmt == NEUTRAL:
+        raise ValueError(f"naming {naming!r}: the neutral {NEUTRAL_SUFFIX} file holds canonical names only; "
+                         "write a framework format (.pth, .pdparams, .msgpack) to use another naming")
+    if naming not in plan.schemes:
+        known = ", ".join(repr(s) for s in plan.schemes) or "none"
+        raise ValueError(f"naming {naming!r}: not a naming scheme of {plan.spec.name!r} (its schemes: {known})")
+
+
 def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec=None, force: bool = False,
-                    *, on_tensor: Callable[[np.ndarray], None] | None = None) -> Path:
+                    *, on_tensor: Callable[[np.ndarray], None] | None = None, naming: str | None = None) -> Path:
     """Write canonical ``weights`` in the format ``path``'s suffix names, atomically.
 
     Tensors are written in their own dtypes. The directory of ``path`` must exist (it is not
@@ -204,23 +217,29 @@ def write_canonical(path: str | os.PathLike, weights: Mapping[str, np.ndarray], 
             anything is written (and a neutral file stores it).
         force: overwrite an existing file.
         on_tensor: called with each tensor as the writer takes it (progress reporting).
+        naming: write the tensors under this naming scheme of the spec's plan (``Plan.schemes``,
+            e.g. "timm" for a ConvNeXt: timm's names and shapes); needs ``spec``. Default: the
+            format's own scheme where the plan has one (Paddle's DenseNet names), else canonical.
     Returns:
         ``path`` as a Path.
     Raises:
-        FileExistsError (exists, no force), FileNotFoundError (no such directory), WeightsError.
+        FileExistsError (exists, no force), FileNotFoundError (no such directory), WeightsError,
+        ValueError (a naming the plan lacks, or the neutral format).
     """
     path = Path(path)
     fmt = format_of_suffix(path)
     check_output_dir(path)
     if not force and path.exists():
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    if naming is not None and spec is None:
+        raise ValueError(f"naming {naming!r}: needs the spec whose naming schemes it names")
     if spec is not None:
         spec = resolve_spec(spec)
-        weights = check_weights(make_plan(spec), weights, source=f"weights for {path}")
-    if spec is not None and fmt != NEUTRAL:  # the format's own module names, if the plan has any (aliases)
-        native = make_plan(spec).native_names(fmt)
-        if native:
-            weights = {native.get(name, name): value for name, value in weights.items()}
+        plan = make_plan(spec)
+        check_naming(plan, naming, fmt)
+        weights = check_weights(plan, weights, source=f"weights for {path}")
+        if fmt != NEUTRAL:  # another naming, or the format's own module names if the plan has any (aliases)
+            weights = plan.to_scheme(naming or fmt, weights)
     if on_tensor is not None:
         weights = _Reporting(weights, on_tensor)
     if fmt == NEUTRAL:
@@ -292,6 +311,16 @@ def _adapt(preset: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[ResNetSp
     return spec, adaptations
 
 
+def _canonical_shape(plan, name: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """(canonical name, canonical shape) of a tensor called ``name`` in any of ``plan``'s namings; a
+    tensor not in its scheme's shape keeps its own (so it shows as mis-shaped)."""
+    alias = plan.alias_of(name)
+    if alias is None:
+        return name, shape
+    canonical = tuple(plan.params[alias.canonical].shape)
+    return alias.canonical, (canonical if shape == alias.shape else shape)
+
+
 def match_presets(weights: Mapping[str, object]) -> list[Match]:
     """Every preset, adapted to the checkpoint (in_channels, head width or no head) and compared
     by names and shapes; best first (fewest differences, then zoo order)."""
@@ -300,7 +329,7 @@ def match_presets(weights: Mapping[str, object]) -> list[Match]:
     matches = []
     for preset in list_specs():
         plan = _plan(get_spec(preset))
-        shapes_here = {plan.canonical_name(name): shape for name, shape in shapes.items()}  # plan.aliases
+        shapes_here = dict(_canonical_shape(plan, name, shape) for name, shape in shapes.items())  # plan.aliases
         spec, adaptations = _adapt(preset, shapes_here)
         expected = _param_shapes(spec)
         matches.append(Match(
@@ -364,7 +393,7 @@ def _progress_bar(progress: bool | None, total: int, desc: str):
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=None, force: bool = False,
-            progress: bool | None = None, prefix: str | None = None) -> Path:
+            progress: bool | None = None, prefix: str | None = None, naming: str | None = None) -> Path:
     """Convert a checkpoint between any two formats (also to the same format).
 
     Reads ``src`` into canonical weights, checks them against ``spec`` (given, stored in a
@@ -392,21 +421,29 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=
             whole detector saved around its backbone. Default: when neither ``spec`` nor the file
             gives the spec and the names match no preset, the one top-level prefix under which they
             match one is found and used. Either way a PrefixWarning says how many tensors were left out.
+        naming: write ``dst`` under this naming scheme of the spec (``Plan.schemes``): "timm" for a
+            ConvNeXt writes timm's ``convnext_*`` names and shapes. Default: canonical names (or the
+            format's own, Paddle's DenseNet names). Reading needs no such argument: every naming
+            the spec declares is read as it is.
     Returns:
         ``dst`` as a Path.
     Raises:
         FileNotFoundError (no src, or no directory for dst), FileExistsError (dst exists, no
-        force), KeyError/SpecError (bad spec), ValueError (bad dtype), CheckpointError
-        (unreadable src), WeightsError (tensors do not fit the spec).
+        force), KeyError/SpecError (bad spec), ValueError (bad dtype, a naming the spec lacks),
+        CheckpointError (unreadable src), WeightsError (tensors do not fit the spec).
     Example:
         >>> rm.convert("resnet50.pth", "resnet50.pdparams")
         >>> rm.convert("resnet50_bf16.pth", "resnet50.safetensors", dtype="float32")  # exact
+        >>> rm.convert("convnext_tiny.safetensors", "timm_convnext_tiny.pth", naming="timm")
     """
     src, dst = Path(src), Path(dst)
     dst_format = format_of_suffix(dst)
     format_of_suffix(src)
     if spec is not None:
         spec = resolve_spec(spec)  # a bad spec fails before any file is touched
+        check_naming(make_plan(spec), naming, dst_format)  # and so does a naming it lacks
+    elif naming is not None and dst_format == NEUTRAL:
+        check_naming(None, naming, dst_format)
     target = resolve_dtype(dtype) if dtype is not None else None  # so does a bad dtype
     if not src.is_file():
         raise FileNotFoundError(f"checkpoint not found: {src}")
@@ -431,7 +468,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spec=None, *, dtype=
         # the write half of the bar advances by each tensor's share of the file's size
         scale = src_size / max(1, sum(a.nbytes for a in checked.values()))
         bar.set_description(f"write {dst.name}")
-        write_canonical(dst, checked, spec, force=force, on_tensor=lambda a: bar.update(a.nbytes * scale))
+        write_canonical(dst, checked, spec, force=force, on_tensor=lambda a: bar.update(a.nbytes * scale),
+                        naming=naming)
         bar.update(bar.total - bar.n)
     return dst
 
@@ -477,6 +515,7 @@ class InspectReport:
     also_matches: list[str]                 # other presets with the same names and shapes
     closest: str | None                     # without a match: the closest preset ...
     differences: dict[str, list[str]]       # ... and what differs: missing/unexpected/mismatched
+    naming: str | None = None               # the naming scheme of the names, when not canonical ("timm")
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -509,6 +548,8 @@ class InspectReport:
             adapted = f", with {_describe_adaptations(self.adaptations)}" if self.adaptations else ""
             also = f" (same names and shapes: {', '.join(self.also_matches)})" if self.also_matches else ""
             lines.append(f"preset    {self.preset}{adapted}{also}")
+        if self.naming is not None:
+            lines.append(f"names     {self.naming} names (read as the canonical tensors they stand for)")
         elif self.closest is not None:
             m = Match(self.closest, get_spec(self.closest), self.adaptations,
                       *(tuple(self.differences[k]) for k in ("missing", "unexpected", "mismatched")))
@@ -520,8 +561,9 @@ class InspectReport:
 
 def inspect_file(path: str | os.PathLike, *, prefix: str | None = None) -> InspectReport:
     """Format, tensor count, size, dtypes (overall and per tensor group: conv, norm, norm stats,
-    linear) of a checkpoint, which preset it matches, and which tensors hold NaN or Inf (also
-    warned, NonFiniteWarning).
+    linear) of a checkpoint, which preset it matches, the naming scheme of its names when they are
+    not canonical (``naming``: "timm" for timm's ConvNeXt names, "legacy" for torchvision's old
+    DenseNet keys), and which tensors hold NaN or Inf (also warned, NonFiniteWarning).
 
     ``prefix``: as ``convert``'s (given, or found when no preset matches the names as they are).
 
@@ -543,6 +585,7 @@ def inspect_file(path: str | os.PathLike, *, prefix: str | None = None) -> Inspe
     matches = match_presets(weights) if weights else []
     exact = [m for m in matches if m.differences == 0]
     best = exact[0] if exact else (matches[0] if matches else None)
+    naming = _plan(best.spec).scheme_of(weights) if best is not None else None
     return InspectReport(
         path=str(path), format=fmt, file_bytes=path.stat().st_size, tensor_count=len(weights),
         tensor_bytes=int(sum(a.nbytes for a in weights.values())), dtypes=dtypes,
@@ -555,4 +598,5 @@ def inspect_file(path: str | os.PathLike, *, prefix: str | None = None) -> Inspe
         differences={} if exact or best is None else {
             "missing": list(best.missing), "unexpected": list(best.unexpected),
             "mismatched": list(best.mismatched)},
+        naming=naming,
     )

@@ -14,6 +14,11 @@ memory format; paddle: a Paddle Inference engine; flax: 1x1 convs as products) t
 optional ``optimize(model) -> model`` function, declared by the feature "optimize" in its ``FEATURES``;
 ``build_inference`` calls it then.
 
+What cannot be folded is kept as it is and said: ``kept_norms(plan)`` names every normalization
+the fast path keeps (BatchNorms that do not follow a conv, as DenseNet's pre-activation ones, and
+every LayerNorm: ConvNeXt's and HorNet's normalize over a value's own statistics, which no weight
+can absorb), and the inference model carries the same names as ``model.kept_norms``.
+
 The folded plan has the same ``spec``, the same taps (``plan.tap_names``) and the same output
 names as the original. Its parameter table differs: no BatchNorm entries, and every conv that
 absorbed a BatchNorm keeps its canonical name and gains ``<conv>.bias`` (role ``conv_bias``).
@@ -68,6 +73,24 @@ def kept_batchnorms(plan: P.Plan) -> tuple[str, ...]:
     folded = {part.nodes[j].op.name for part in plan.parts for j in _foldable(part).values()}
     return tuple(op.name for part in plan.parts for op in part.ops
                  if isinstance(op, P.BatchNorm) and op.name not in folded)
+
+
+NORM_OPS = (P.BatchNorm, P.LayerNorm)
+"""The plan's normalization ops: what ``kept_norms`` looks for."""
+
+
+def kept_norms(plan: P.Plan) -> tuple[str, ...]:
+    """The module names of every normalization the fast path keeps unfolded, in execution order:
+    the BatchNorms ``kept_batchnorms`` names and every LayerNorm (the same for a folded plan).
+
+    Example:
+        >>> len(kept_norms(make_plan(get_spec("convnext_tiny"))))  # stem, 3 downsamples, 18 blocks, head
+        23
+    """
+    kept_bns = set(kept_batchnorms(plan))
+    names = (op.name for part in plan.parts for op in part.ops
+             if isinstance(op, P.LayerNorm) or (isinstance(op, P.BatchNorm) and op.name in kept_bns))
+    return tuple(dict.fromkeys(names))
 
 
 def is_folded(plan: P.Plan) -> bool:
@@ -170,7 +193,8 @@ def build_inference(backend: ModuleType, plan: P.Plan, weights: Mapping[str, np.
                     dtype: str = "float32"):
     """The inference model of ``backend``: ``backend.build`` of the folded plan, then the
     backend's ``optimize(model) -> model`` hook (its own eval-only speed-ups) if its ``FEATURES``
-    declare "optimize".
+    declare "optimize". The model's ``kept_norms`` attribute names the normalizations left
+    unfolded (``kept_norms``; an empty tuple when every one was folded).
 
     Args:
         backend: a backend module (see ``registry.get_backend``).
@@ -179,4 +203,6 @@ def build_inference(backend: ModuleType, plan: P.Plan, weights: Mapping[str, np.
     """
     folded_plan, folded = fold_batchnorm(plan, weights, dtype=dtype)
     model = backend.build(folded_plan, folded, dtype=dtype)
-    return backend.optimize(model) if has_feature(backend, "optimize") else model
+    model = backend.optimize(model) if has_feature(backend, "optimize") else model
+    model.kept_norms = kept_norms(folded_plan)  # a plain attribute, in every framework
+    return model

@@ -46,10 +46,10 @@ CANONICAL_LEAVES: dict[str, tuple[str, int]] = {
 None): the parameter is its own leaf, kept as it is by every layout (``Leaf(None)``)."""
 
 ROLES = tuple(CANONICAL_LEAVES)
-PARAMETER_LEAVES = ("layer_scale", "gamma1", "gamma2", "complex_weight")
+PARAMETER_LEAVES = ("layer_scale", "gamma", "gamma1", "gamma2", "complex_weight")
 """The leaves of the parameters that are their own leaf (roles layer_scale and complex_weight:
-torchvision's ConvNeXt, HorNet), kept as they are by every file translation; any other leaf that no
-role names is an error there. A family naming such a parameter otherwise adds its leaf here."""
+torchvision's and timm's ConvNeXt, HorNet), kept as they are by every file translation; any other
+leaf that no role names is an error there. A family naming such a parameter otherwise adds its leaf here."""
 
 
 @dataclass(frozen=True)

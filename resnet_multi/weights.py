@@ -217,10 +217,13 @@ def check_weights(plan: Plan, weights: Mapping[str, object], *, strict: bool = T
     Every missing, unexpected and mis-shaped tensor is reported in one WeightsError. With
     ``strict=False`` missing and unexpected names are allowed (shapes are still checked).
     Known framework extras such as ``bn1.num_batches_tracked`` are dropped explicitly.
-    The input mapping is never modified.
+    The input mapping is never modified. Names of the plan's other naming schemes are read as
+    the canonical tensors they stand for (``Plan.alias_of``), reshaped where the scheme stores
+    them in another shape (timm's ConvNeXt ``gamma``, a vector); there, the tensor must have the
+    scheme's shape.
 
     Returns:
-        ``{name: np.ndarray}`` in the plan's order, holding only names of the plan.
+        ``{name: np.ndarray}`` in the plan's order, holding only canonical names of the plan.
     """
     if not isinstance(weights, Mapping):
         raise TypeError(f"{source}: expected a mapping of name -> array, got {type(weights).__name__}")
@@ -230,7 +233,8 @@ def check_weights(plan: Plan, weights: Mapping[str, object], *, strict: bool = T
     for given, value in weights.items():
         if given.rsplit(".", 1)[-1] in FRAMEWORK_EXTRAS:
             continue
-        name = plan.canonical_name(given)  # other names the plan declares (plan.aliases)
+        alias = plan.alias_of(given)  # another name the plan declares (plan.aliases, plan.param_aliases)
+        name = given if alias is None else alias.canonical
         if name in seen:
             raise WeightsError(f"{source}: {seen[name]!r} and {given!r} are the same tensor {name!r} of "
                                f"{plan.spec.name!r}; give it once", (), (given,), ())
@@ -239,6 +243,12 @@ def check_weights(plan: Plan, weights: Mapping[str, object], *, strict: bool = T
             unexpected.append(name)
             continue
         array = np.asarray(value)
+        if alias is not None and alias.shape != expected[name].shape:  # stored in another shape there
+            if array.shape != alias.shape:
+                mismatched.append(f"{given} (expected {alias.shape}, found {array.shape}: {alias.scheme}'s name "
+                                  f"for {name}, which is {expected[name].shape})")
+                continue
+            array = array.reshape(expected[name].shape)  # a view: the same values in the same order
         if array.shape != expected[name].shape:
             mismatched.append(f"{name} (expected {expected[name].shape}, found {array.shape})")
         elif not is_float_dtype(array.dtype):

@@ -16,7 +16,7 @@ import pytest
 import resnet_multi as rm
 from conftest import BACKENDS, BUILT_PRESETS, assert_close, odd_input
 from resnet_multi import plan as P
-from resnet_multi.inference import fold_batchnorm, is_folded, kept_batchnorms
+from resnet_multi.inference import fold_batchnorm, is_folded, kept_batchnorms, kept_norms
 from resnet_multi.weights import WeightsError, random_weights
 
 
@@ -97,6 +97,45 @@ def test_fold_checks_the_weights():
     del weights["bn1.running_var"]
     with pytest.raises(WeightsError, match="bn1.running_var"):
         fold_batchnorm(plan, weights)
+
+
+@pytest.mark.parametrize("name, count, kind", [
+    ("convnext_tiny", 23, P.LayerNorm),   # stem, 3 downsamples, 18 blocks, head
+    ("hornet_tiny_gf", 95, P.LayerNorm),  # stem, 3 downsamples, norm1 and norm2 of 25 blocks, 2 per filter (20), head
+    ("densenet121", 62, P.BatchNorm),     # the pre-activation BNs: 58 norm1, 3 transitions, norm5
+    ("vgg16_bn", 0, None),                # every BN follows its conv
+])
+def test_fast_path_lists_the_norms_it_cannot_fold(name, count, kind):
+    """kept_norms names every normalization folding leaves, in execution order: exactly the norms of
+    the folded plan."""
+    spec = rm.get_spec(name)
+    if spec.block.kind == "vgg":  # its classifier (120M parameters, no norm) left out: the fold stays quick
+        spec = spec.replace(head=None)
+    plan = rm.make_plan(spec)
+    kept = kept_norms(plan)
+    norms = {op.name: op for op in _all_ops(plan) if isinstance(op, (P.BatchNorm, P.LayerNorm))}
+    assert len(kept) == count and all(isinstance(norms[n], kind) for n in kept)
+    folded_plan, _ = fold_batchnorm(plan, random_weights(plan, seed=1))
+    assert [op.name for op in _all_ops(folded_plan) if isinstance(op, (P.BatchNorm, P.LayerNorm))] == list(kept)
+    assert kept_norms(folded_plan) == kept
+
+
+def _small_convnext() -> rm.ResNetSpec:
+    data = rm.get_spec("convnext_tiny").to_dict()
+    data["stem"]["widths"], data["head"]["num_classes"] = [8], 5
+    for stage, width in zip(data["stages"], (8, 16, 16, 16), strict=True):
+        stage["channels"], stage["depth"] = width, 1
+    return rm.ResNetSpec.from_dict(data)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_models_carry_the_norms_they_keep(backend):
+    """model.kept_norms on every backend's fast path: a ConvNeXt keeps its 9 LayerNorms, a ResNet-D
+    whose every BatchNorm folds keeps nothing."""
+    spec = _small_convnext()
+    fast = rm.build(spec, backend, inference=True)
+    assert fast.kept_norms == kept_norms(rm.make_plan(spec)) and len(fast.kept_norms) == 1 + 3 + 4 + 1
+    assert rm.optimize_for_inference(rm.build(_tiny_spec(), backend)).kept_norms == ()
 
 
 # --------------------------------------------------------------------------- every preset x every backend

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import resnet_multi as rm
 from conftest import BACKENDS, BUILT_PRESETS, ODD_HW, assert_close, assert_weights_equal, preset_oracle
-from resnet_multi.inference import fold_batchnorm
+from resnet_multi.inference import fold_batchnorm, kept_norms
 from resnet_multi.parity import check_models
 from resnet_multi.families.residual import KINDS as RESIDUAL_KINDS, SHORTCUT_KINDS, SHORTCUT_WHEN
 from resnet_multi.weights import random_weights
@@ -101,6 +101,7 @@ def _assert_inference_model_matches(spec: rm.ResNetSpec, backend: str, weights, 
         assert_close(a, e, f"{spec.name} {backend} fast path, output {i} without taps")
     folded_plan, folded = fold_batchnorm(rm.make_plan(spec), weights)
     assert rm.plan_of(fast) == folded_plan
+    assert fast.kept_norms == kept_norms(folded_plan)  # the norms it could not fold, named
     exported = rm.export_weights(fast)
     assert list(exported) == list(folded)
     assert all(np.array_equal(exported[k], folded[k]) for k in folded), "inference model holds other weights"
@@ -162,28 +163,88 @@ def _ghost(draw) -> dict:
     return dict(block=rm.BlockSpec(kind="ghost"), stages=stages, stem=stem)
 
 
-FAMILIES = {"residual": _residual, "dense": _dense, "ghost": _ghost}
+# The new families' first choices (sampled_from's first value) are what the simplest example takes:
+# derandomized hypothesis starts there, so with three examples a family the first one still has BN, a
+# pool, a layer scale, a global filter whose weight is resized, and a 7x7 stage.
+
+
+def _vgg(draw) -> dict:
+    """A VGG: BN or not, one or two stem convs, stages of one or two convs after a 2x2 pool or none
+    (stride 1), a head of two hidden linears (dropout identity in eval)."""
+    stages = tuple(rm.StageSpec(depth=draw(st.integers(1, 2)), channels=draw(st.integers(3, 10)),
+                                stride=draw(st.sampled_from([2, 1]))) for _ in range(draw(st.integers(1, 3))))
+    stem = rm.StemSpec(widths=tuple(draw(st.integers(3, 8)) for _ in range(draw(st.integers(1, 2)))),
+                       kernel_size=3, stride=1, pool=False)
+    return {"block": rm.BlockSpec(kind="vgg", batch_norm=draw(st.sampled_from([True, False]))), "stages": stages,
+            "stem": stem, "conv_bias": True, "head_fields": {"hidden_channels": [6, 9]}, "odd_sizes": True}
+
+
+def _patchify(draw, widths: list[int], **per_stage) -> dict:
+    """ConvNeXt's and HorNet's layout: a k x k / k patchify stem as wide as the first stage, then a
+    2x2/2 downsample before every other stage; ``per_stage``: further StageSpec fields, per stage."""
+    stages = tuple(rm.StageSpec(depth=draw(st.integers(1, 2)), channels=width, stride=1 if i == 0 else 2,
+                                **{key: values[i] for key, values in per_stage.items()})
+                   for i, width in enumerate(widths))
+    k = draw(st.sampled_from([4, 2]))
+    return {"stages": stages, "stem": rm.StemSpec(widths=(widths[0],), kernel_size=k, stride=k, pool=False),
+            "conv_bias": False, "head_fields": {"dropout": [0.0], "hidden_channels": [None]}, "odd_sizes": True}
+
+
+def _block_settings(draw, kind: str) -> rm.BlockSpec:
+    """Layer scale or none, stochastic depth or none (identity in eval)."""
+    return rm.BlockSpec(kind=kind, layer_scale=draw(st.sampled_from([1e-6, 0.0])),
+                        drop_path_rate=draw(st.sampled_from([0.3, 0.0])))
+
+
+def _convnext(draw) -> dict:
+    """A ConvNeXt: one to three stages of tiny widths."""
+    widths = [draw(st.integers(3, 12)) for _ in range(draw(st.integers(1, 3)))]
+    return {"block": _block_settings(draw, "convnext"), **_patchify(draw, widths)}
+
+
+def _hornet(draw) -> dict:
+    """A HorNet: two or three stages, each with a gnconv of order 1 to 3 and a 7x7 conv or a global
+    filter, whose weight mostly needs resizing to the stage's spectrum; widths the gnconv split (and
+    the filter's halves) allow."""
+    orders, filters, widths = [], [], []
+    for i in range(draw(st.integers(2, 3))):
+        orders.append(draw(st.sampled_from([2, 1, 3])))
+        filters.append(draw(st.sampled_from([(3, 2), None, (2, 1)] if i % 2 == 0 else [None, (3, 2), (2, 1)])))
+        widths.append(2 ** (orders[-1] - (filters[-1] is None)) * draw(st.integers(1, 3)))
+    return {"block": _block_settings(draw, "hornet"), **_patchify(draw, widths, order=orders, global_filter=filters)}
+
+
+FAMILIES = {"residual": _residual, "dense": _dense, "ghost": _ghost, "vgg": _vgg, "convnext": _convnext,
+            "hornet": _hornet}
 
 
 @st.composite
 def specs(draw, family: str = "residual") -> tuple[rm.ResNetSpec, tuple[int, int, int, int]]:
-    """A random valid spec of a family (FAMILIES) with small channels, and an input shape (odd sizes included)."""
+    """A random valid spec of a family (FAMILIES) with small channels, and an input shape (odd sizes included).
+    A family may fix ``conv_bias``, restrict the head's ``head_fields`` (dropout, hidden_channels) to the
+    values it reads, and ask for ``odd_sizes`` only."""
     family = FAMILIES[family](draw)
+    conv_bias = family.pop("conv_bias", None)
+    head_fields = {"dropout": [0.0, 0.5], "hidden_channels": [None, 6], **family.pop("head_fields", {})}
+    odd = family.pop("odd_sizes", False)
     n_stages = len(family["stages"])
     head_kind = draw(st.sampled_from(["head", "none", "out_indices"]))
-    head = rm.HeadSpec(num_classes=draw(st.integers(1, 10)), dropout=draw(st.sampled_from([0.0, 0.5])),
-                       hidden_channels=draw(st.sampled_from([None, 6]))) if head_kind == "head" else None
+    head = rm.HeadSpec(num_classes=draw(st.integers(1, 10)), dropout=draw(st.sampled_from(head_fields["dropout"])),
+                       hidden_channels=draw(st.sampled_from(head_fields["hidden_channels"]))
+                       ) if head_kind == "head" else None
     out_indices = None
     if head_kind == "out_indices":
         out_indices = tuple(sorted(draw(st.sets(st.integers(0, n_stages - 1), min_size=1))))
     spec = rm.ResNetSpec(
-        name="drawn", head=head, in_channels=draw(st.integers(1, 3)), conv_bias=draw(st.booleans()),
+        name="drawn", head=head, in_channels=draw(st.integers(1, 3)),
+        conv_bias=draw(st.booleans() if conv_bias is None else st.just(conv_bias)),
         out_indices=out_indices, norm=rm.NormSpec(eps=draw(st.sampled_from([1e-5, 1e-3]))), **family)
-    shape = (draw(st.integers(1, 2)), spec.in_channels, draw(st.integers(5, 40)), draw(st.integers(5, 40)))
+    size = st.integers(4, 20).map(lambda n: 2 * n + 1) if odd else st.integers(5, 40)  # odd: 9 .. 41
+    shape = (draw(st.integers(1, 2)), spec.in_channels, draw(size), draw(size))
     try:
         rm.make_plan(spec).check_input_shape(shape)
     except ValueError:  # a DenseNet's 2x2 transition pools need some size; 40 fits every drawn spec
-        shape = (*shape[:2], 40, 40)
+        shape = (*shape[:2], *((41, 43) if odd else (40, 40)))
     return spec, shape
 
 
@@ -208,3 +269,11 @@ def test_random_specs_agree_with_oracle_on_every_backend(drawn, seed):
 def test_random_dense_and_ghost_specs_agree_with_oracle_on_every_backend(dense, ghost, seed):
     _agree_with_oracle(*dense, seed)
     _agree_with_oracle(*ghost, seed)
+
+
+# VGG, ConvNeXt and HorNet: a few examples each (tiny widths, odd sizes), each family its own
+@pytest.mark.parametrize("family", ["vgg", "convnext", "hornet"])
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), seed=st.integers(0, 2 ** 16))
+def test_random_vgg_convnext_and_hornet_specs_agree_with_oracle_on_every_backend(family, data, seed):
+    _agree_with_oracle(*data.draw(specs(family), label=family), seed)

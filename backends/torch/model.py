@@ -12,6 +12,7 @@ from resnet_multi import layout as L
 from resnet_multi import plan as P
 from resnet_multi.backends import _module_tree as tree
 from resnet_multi.walk import run_part, run_plan, run_stage_via_container
+from resnet_multi.weights import WeightsError
 
 from .io import numpy_to_tensor, tensor_to_numpy
 from .layout import LAYOUT
@@ -54,14 +55,31 @@ class Block(_Runner):
 
 
 def _canonical_keys(module, state_dict, prefix, *args) -> None:
-    """load_state_dict pre-hook: rename keys that are aliases of the plan (``Plan.aliases``) to
-    their canonical names, as torchvision's DenseNet loader does for its legacy keys. torch hands
-    hooks its own copy of the dict, so the caller's is never changed."""
+    """load_state_dict pre-hook: rename keys that are aliases of the plan (``Plan.aliases``,
+    ``Plan.param_aliases``) to their canonical names, as torchvision's DenseNet loader does for its
+    legacy keys, reshaping the tensors a scheme stores in another shape (timm's ConvNeXt gamma).
+    A tensor of the wrong shape under such a name is refused before anything is loaded. torch
+    hands hooks its own copy of the dict, so the caller's is never changed."""
     plan = module.plan
+    renamed, bad = {}, []
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        name = plan.canonical_name(key[len(prefix):])
-        if prefix + name != key:
-            state_dict[prefix + name] = state_dict.pop(key)
+        alias = plan.alias_of(key[len(prefix):])
+        if alias is None:
+            continue
+        value, shape = state_dict[key], tuple(plan.params[alias.canonical].shape)
+        if alias.shape != shape:
+            if tuple(value.shape) != alias.shape:
+                bad.append(f"{key} (expected {alias.shape}, found {tuple(value.shape)}: {alias.scheme}'s name for "
+                           f"{alias.canonical}, which is {shape})")
+                continue
+            value = value.reshape(shape)
+        renamed[key] = (prefix + alias.canonical, value)
+    if bad:
+        raise WeightsError(f"state_dict does not fit {plan.spec.name!r}: {len(bad)} mis-shaped: {', '.join(bad)}",
+                           (), (), bad)
+    for key, (name, value) in renamed.items():
+        del state_dict[key]
+        state_dict[name] = value
 
 
 class Network(_Runner):
@@ -79,7 +97,7 @@ class Network(_Runner):
         super().__init__()
         self.plan = plan
         self._paths, self._stages, self._blocks = tree.build_tree(ADAPTER, self, plan, OPS, {}, Block)
-        if plan.aliases:  # other names of the same tensors load too (torchvision's legacy DenseNet keys)
+        if plan.schemes:  # other names of the same tensors load too (torchvision's legacy DenseNet keys, timm's)
             self._register_load_state_dict_pre_hook(_canonical_keys, with_module=True)
 
     def _run_block(self, block: P.Part, x):

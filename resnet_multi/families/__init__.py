@@ -42,6 +42,7 @@ def make_plan(spec: ResNetSpec) -> Plan:
     check_spec_size(spec)
     builder = ParamBuilder(spec)
     stem, stages, neck, head = block_family(spec.block.kind).build(builder)
-    plan = Plan(spec, stem, stages, head, spec.out_indices, builder.params, neck, builder.aliases)
+    plan = Plan(spec, stem, stages, head, spec.out_indices, builder.params, neck, builder.aliases,
+                builder.param_aliases, builder.alias_shapes)
     check_plan_size(plan)
     return plan

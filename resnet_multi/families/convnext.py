@@ -10,6 +10,12 @@ A CNBlock ``features.{s}.{j}``: ``block.0`` a depthwise 7x7 conv with bias, ``bl
 them channels-last, between ``block.1``/``block.6`` permutes; here the LayerNorm and Linears act on
 the channels of the NCHW map, which computes the same values, and there are no Permute modules);
 then ``layer_scale`` (C, 1, 1), row-mode ``stochastic_depth`` and the residual add.
+
+timm's ``convnext_*`` compute the same function under other names, declared here as naming scheme
+"timm" (``Plan.aliases``, ``Plan.param_aliases``, ``Plan.alias_shapes``), so its files are read as
+they are and can be written: ``stem.{0,1}``; ``stages.{s}.downsample.{0,1}`` (stage 0 has none);
+``stages.{s}.blocks.{j}.{conv_dw, norm, mlp.fc1, mlp.fc2}`` and ``.gamma``, the layer scale as a
+vector (C,) where torchvision's ``layer_scale`` is (C, 1, 1); ``head.norm``, ``head.fc``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from __future__ import annotations
 from ..ir import INPUT, Act, Add, DropPath, Flatten, GlobalAvgPool, GraphBuilder, Part, Stage
 from ..spec import BlockFamily, ResNetSpec
 from .layers import ParamBuilder, check_patchify_network
+
+TIMM = "timm"
+"""The naming scheme of timm's ConvNeXt."""
+TIMM_BLOCK = {"block.0": "conv_dw", "block.2": "norm", "block.3": "mlp.fc1", "block.5": "mlp.fc2"}
+"""A CNBlock's modules with parameters -> timm's ConvNeXtBlock's."""
 
 KINDS = ("convnext",)
 """convnext: ConvNeXt blocks (depthwise 7x7, LayerNorm, MLP with GELU, layer scale, stochastic depth)."""
@@ -33,7 +44,7 @@ def _init(spec: ResNetSpec):
     return TRUNC_NORMAL if spec.init.conv == "trunc_normal" else None
 
 
-def _cn_block(b: ParamBuilder, name: str, c: int, drop_rate: float) -> Part:
+def _cn_block(b: ParamBuilder, name: str, c: int, drop_rate: float, timm_name: str) -> Part:
     spec = b.spec
     eps, init = spec.norm.eps, _init(spec)
     g = GraphBuilder(name, name + ".", c)
@@ -46,6 +57,10 @@ def _cn_block(b: ParamBuilder, name: str, c: int, drop_rate: float) -> Part:
                    b.channel_linear(f"{name}.block.5", 4 * c, c, init or ("uniform", (1.0 / (4 * c)) ** 0.5)),
                    *scale, DropPath(f"{name}.stochastic_depth", drop_rate)])
     out = g.add(Add(), out, INPUT)
+    for ours, theirs in TIMM_BLOCK.items():
+        b.alias(TIMM, f"{name}.{ours}", f"{timm_name}.{theirs}")
+    if scale:
+        b.param_alias(TIMM, f"{name}.layer_scale", f"{timm_name}.gamma")
     return g.part(out, c, ((out, name),))
 
 
@@ -58,6 +73,9 @@ def build(b: ParamBuilder):
                           bias=True, padding=0, init=init),
                    b.layer_norm("features.0.1", width, eps)])
     stem = g.part(out, width, ((out, "stem"),))
+    b.alias(TIMM, "features.0.0", "stem.0")
+    b.alias(TIMM, "features.0.1", "stem.1")
+    b.alias_shape(TIMM, "layer_scale", "vector")
 
     total = sum(st.depth for st in spec.stages)
     block_id, c, stages = 0, width, []
@@ -70,10 +88,12 @@ def build(b: ParamBuilder):
             out = g.chain([b.layer_norm(f"{name}.0", c, eps),
                            b.conv(f"{name}.1", c, st.channels, 2, 2, bias=True, padding=0, init=init)])
             parts.append(g.part(out, st.channels, ((out, name),)))
+            b.alias(TIMM, f"{name}.0", f"stages.{s}.downsample.0")
+            b.alias(TIMM, f"{name}.1", f"stages.{s}.downsample.1")
             c = st.channels
         for j in range(st.depth):
             rate = spec.block.drop_path_rate * block_id / (total - 1.0) if total > 1 else 0.0
-            parts.append(_cn_block(b, f"features.{index}.{j}", c, rate))
+            parts.append(_cn_block(b, f"features.{index}.{j}", c, rate, f"stages.{s}.blocks.{j}"))
             block_id += 1
         stages.append(Stage(f"features.{index}", tuple(parts)))
 
@@ -84,6 +104,8 @@ def build(b: ParamBuilder):
                           Flatten(name="classifier.1")])
         logits = g.add(b.linear("classifier.2", c, spec.head.num_classes, init=init), pooled)
         head = g.part(logits, spec.head.num_classes, ((pooled, "pre_logits"), (logits, "logits")))
+        b.alias(TIMM, "classifier.0", "head.norm")
+        b.alias(TIMM, "classifier.2", "head.fc")
     return stem, tuple(stages), None, head
 
 

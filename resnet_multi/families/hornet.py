@@ -26,7 +26,10 @@ TRUNC_NORMAL = ("trunc_normal", 0.02)
 
 def validate(spec: ResNetSpec) -> None:
     """A HorNet's settings: a patchify stem, stages of ``depth`` blocks of ``channels`` with a gnconv
-    of ``order`` (>= 1) and, optionally, a ``global_filter`` of (h, w)."""
+    of ``order`` (>= 1) and, optionally, a ``global_filter`` of (h, w). gnconv's ``dims`` are
+    ``channels // 2**i`` for i < order, so ``channels`` must be divisible by ``2**(order - 1)``; the
+    global filter splits their sum, ``channels * (2 - 2**(1 - order))``, into two equal halves, which
+    needs ``channels`` divisible by ``2**order``."""
     check_patchify_network(spec, "hornet", ("depth", "channels", "order"))
     for i, stage in enumerate(spec.stages):
         p = f"stages[{i}]"
@@ -34,6 +37,10 @@ def validate(spec: ResNetSpec) -> None:
               f"must be divisible by 2 ** (order - 1) = {2 ** (stage.order - 1)} (gnconv halves it per order)",
               stage.channels)
         if stage.global_filter is not None:
+            total = sum(stage.channels // 2 ** k for k in range(stage.order))
+            check(stage.channels % 2 ** stage.order == 0, f"{p}.channels",
+                  f"must be divisible by 2 ** order = {2 ** stage.order} in a global-filter stage (the filter "
+                  f"splits gnconv's {total} channels into two equal halves)", stage.channels)
             check(isinstance(stage.global_filter, tuple) and len(stage.global_filter) == 2, f"{p}.global_filter",
                   "must be [h, w], the size of the filter's weight", stage.global_filter)
             for k, size in enumerate(stage.global_filter):

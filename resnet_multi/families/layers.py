@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from ..ir import (
+    SHAPE_RULES,
     Act,
     BatchNorm,
     ChannelLinear,
@@ -49,10 +50,24 @@ class ParamBuilder:
         self.spec = spec
         self.params: dict[str, ParamInfo] = {}
         self.aliases: dict[str, dict[str, str]] = {}
+        self.param_aliases: dict[str, dict[str, str]] = {}
+        self.alias_shapes: dict[str, dict[str, str]] = {}
 
     def alias(self, scheme: str, canonical: str, other: str) -> None:
         """Module ``canonical`` is called ``other`` in naming ``scheme`` (see ``Plan.aliases``)."""
         self.aliases.setdefault(scheme, {})[canonical] = other
+
+    def param_alias(self, scheme: str, canonical: str, other: str) -> None:
+        """Parameter ``canonical`` (its whole name) is called ``other`` in naming ``scheme``, where
+        renaming its module is not enough (see ``Plan.param_aliases``)."""
+        assert canonical in self.params, canonical
+        self.param_aliases.setdefault(scheme, {})[canonical] = other
+
+    def alias_shape(self, scheme: str, role: str, rule: str) -> None:
+        """Naming ``scheme`` stores the parameters of ``role`` as ``rule`` says (``ir.SHAPE_RULES``;
+        see ``Plan.alias_shapes``)."""
+        assert rule in SHAPE_RULES, rule
+        self.alias_shapes.setdefault(scheme, {})[role] = rule
 
     def _add(self, name, shape, role, init):
         assert name not in self.params, name
@@ -157,7 +172,9 @@ def classifier_head(b: ParamBuilder, in_c: int, classifier: str = "fc", pool: st
 def check_patchify_network(spec: ResNetSpec, kind: str, stage_fields: tuple[str, ...] = ("depth", "channels")) -> None:
     """What ConvNeXt and HorNet ask of a spec alike: stochastic depth and layer scale settings, a
     patchify stem (kernel = stride, no pool) as wide as the first stage, ``stage_fields`` set on
-    every stage, stride 1 for the first stage and 2 (a 2x2/2 downsample) for the others."""
+    every stage, stride 1 for the first stage and 2 (a 2x2/2 downsample) for the others; and the
+    settings they do not read left at their defaults (``conv_bias``; the head's ``hidden_channels``
+    and ``dropout``)."""
     block = spec.block
     check(is_number(block.drop_path_rate) and 0.0 <= block.drop_path_rate < 1.0, "block.drop_path_rate",
           "must be a number in [0, 1)", block.drop_path_rate)
@@ -177,3 +194,12 @@ def check_patchify_network(spec: ResNetSpec, kind: str, stage_fields: tuple[str,
     check(spec.stages[0].channels == spec.stem.widths[0], "stages[0].channels",
           f"must equal stem.widths[0] ({spec.stem.widths[0]}) for {kind!r} blocks (no downsample before it)",
           spec.stages[0].channels)
+    # settings these networks do not read: refused, not ignored
+    check(spec.conv_bias is False, "conv_bias",
+          f"is fixed by a {kind!r} network (which convs have a bias is the reference's); leave it out", spec.conv_bias)
+    if spec.head is not None:
+        check(spec.head.hidden_channels is None, "head.hidden_channels",
+              f"is not used by a {kind!r} network (its head is a LayerNorm and one Linear); leave it out",
+              spec.head.hidden_channels)
+        check(spec.head.dropout == 0, "head.dropout", f"must be 0 for a {kind!r} network (its head has no dropout)",
+              spec.head.dropout)

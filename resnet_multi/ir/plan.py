@@ -10,13 +10,30 @@ last block), ``neck`` (a Part after the last stage, or None), ``head`` (a Part o
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .graph import ParamInfo, Part, Stage
 from ..limits import check_run_size
 from .ops import PARAMETER_OPS, Conv, Linear
 from .shapes import trace
+
+SHAPE_RULES = {"vector": lambda shape: (math.prod(shape),)}
+"""How a naming scheme may store a role's parameters in another shape (``Plan.alias_shapes``), as a
+function of the canonical shape. A reshape, never a transpose: the values and their order are the
+canonical ones. "vector": flat, as timm's ConvNeXt ``gamma`` (C,) for torchvision's ``layer_scale``
+(C, 1, 1)."""
+
+
+class Alias(NamedTuple):
+    """What a name that is not canonical stands for: the ``canonical`` parameter, the naming
+    ``scheme`` it belongs to, and the ``shape`` the tensor has under that name."""
+
+    canonical: str
+    scheme: str
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,13 @@ class Plan:
     """Other names of the plan's modules: scheme -> {canonical module path: its path there}.
     A backend whose NAME is a scheme names its modules that way (paddle: PaddleClas' DenseNet);
     every reader also accepts them (torchvision's legacy DenseNet keys, scheme "legacy")."""
+    param_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per-parameter renames where a module rename is not enough: scheme -> {canonical parameter
+    name: its name there}, ahead of ``aliases`` (timm's ConvNeXt calls torchvision's
+    ``features.1.0.layer_scale`` ``stages.0.blocks.0.gamma``: another module and another leaf)."""
+    alias_shapes: dict[str, dict[str, str]] = field(default_factory=dict)
+    """scheme -> {parameter role: a ``SHAPE_RULES`` rule}: the shape the scheme stores that role's
+    parameters in, where it is not the canonical one (timm: layer scales as vectors)."""
 
     @property
     def in_channels(self) -> int:
@@ -85,25 +109,69 @@ class Plan:
         """The names in ``params`` that are buffers (running statistics), not trainable parameters."""
         return tuple(name for name, info in self.params.items() if info.is_buffer)
 
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        """The naming schemes the plan declares (``aliases``, ``param_aliases``), in declaration order."""
+        return tuple(dict.fromkeys([*self.aliases, *self.param_aliases]))
+
     def native_names(self, scheme: str) -> dict[str, str]:
-        """``{canonical parameter name: its name in naming scheme}`` for the parameters whose
-        module ``aliases[scheme]`` renames (leaves, e.g. ``.weight``, are kept)."""
+        """``{canonical parameter name: its name in naming scheme}`` for the parameters the scheme
+        renames: by ``param_aliases[scheme]``, else by their module's ``aliases[scheme]`` (leaves,
+        e.g. ``.weight``, kept)."""
         modules = self.aliases.get(scheme, {})
+        params = self.param_aliases.get(scheme, {})
         out = {}
         for name in self.params:
-            owner, leaf = name.rsplit(".", 1)
-            if owner in modules:
+            owner, _, leaf = name.rpartition(".")
+            if name in params:
+                out[name] = params[name]
+            elif owner in modules:
                 out[name] = f"{modules[owner]}.{leaf}"
         return out
 
+    def shape_in(self, scheme: str, name: str) -> tuple[int, ...]:
+        """The shape canonical parameter ``name`` has in naming ``scheme`` (``alias_shapes``)."""
+        info = self.params[name]
+        rule = self.alias_shapes.get(scheme, {}).get(info.role)
+        return tuple(info.shape) if rule is None else tuple(SHAPE_RULES[rule](info.shape))
+
+    def to_scheme(self, scheme: str, weights: Mapping[str, Any]) -> dict[str, Any]:
+        """Canonical ``weights`` (arrays or tensors with ``reshape``) under their names and in their
+        shapes in naming ``scheme``, in the given order; names the scheme keeps pass as they are."""
+        names = self.native_names(scheme)
+        out = {}
+        for name, value in weights.items():
+            if name in self.params and (shape := self.shape_in(scheme, name)) != tuple(self.params[name].shape):
+                value = value.reshape(shape)
+            out[names.get(name, name)] = value
+        return out
+
     @functools.cached_property
-    def _canonical_of(self) -> dict[str, str]:
-        return {other: name for scheme in self.aliases for name, other in self.native_names(scheme).items()}
+    def _canonical_of(self) -> dict[str, Alias]:
+        return {other: Alias(name, scheme, self.shape_in(scheme, name))
+                for scheme in self.schemes for name, other in self.native_names(scheme).items()}
+
+    def alias_of(self, name: str) -> Alias | None:
+        """What ``name`` stands for when it is a parameter's name in one of the plan's naming schemes
+        (not the canonical one), else None."""
+        return self._canonical_of.get(name)
 
     def canonical_name(self, name: str) -> str:
         """The canonical name of a parameter called ``name`` in any of the plan's naming schemes
-        (``aliases``); a name that is no alias is returned as it is."""
-        return self._canonical_of.get(name, name)
+        (``aliases``, ``param_aliases``); a name that is no alias is returned as it is."""
+        alias = self._canonical_of.get(name)
+        return name if alias is None else alias.canonical
+
+    def scheme_of(self, names) -> str | None:
+        """The naming scheme that ``names`` (tensor names, canonical leaves) are written in: the
+        first scheme that names every one of them and renames at least one; None for canonical
+        names, or names no single scheme explains."""
+        names = set(names)
+        for scheme in self.schemes:
+            renamed = self.native_names(scheme)
+            if names & set(renamed.values()) and names <= {renamed.get(n, n) for n in self.params}:
+                return scheme
+        return None
 
     @functools.cached_property
     def _params_by_module(self) -> dict[str, tuple[str, ...]]:
