@@ -368,12 +368,38 @@ NOTES = {
             "almost nothing (`XLA_FLAGS=--xla_cpu_use_onednn=true` and closing over the weights as jit constants "
             "changed nothing measurable either). What gains is the primitive: the fast path computes every 1x1 "
             "conv as a channel product (`_PointwiseConv`), which XLA:CPU runs faster than its convolution; "
-            "im2col for the 3x3 convs was slower. \"rel. err\" of fast is against built (the plain Flax peer has "
-            "its own weights).",
+            "im2col for the 3x3 convs was slower. For the ResNets, whose plain Flax peer has its own weights, "
+            "\"rel. err\" of fast is against built.",
 }
 
 
-MODEL_NOTES: dict[tuple[str, str], str] = {}  # (backend, model) -> what its measurements showed
+MODEL_NOTES = {  # (backend, model) -> what its measurements showed
+    ("torch", "convnext_tiny"): "convnext_tiny: built/native 1.01, outputs bit-identical to torchvision's. ConvNeXt "
+                                "has no BatchNorm to fold, and the fast path is no faster than native here.",
+    ("torch", "vgg16_bn"): "vgg16_bn: built/native 1.00, bit-identical to torchvision's; the fast path (13 BatchNorms "
+                           "folded, channels_last) is 11% faster at batch 1 and 23% at batch 8.",
+    ("paddle", "vgg16_bn"): "vgg16_bn: built/native 0.99-1.01, bit-identical to paddle.vision's "
+                            "`vgg16(batch_norm=True)`; the fast path (Paddle Inference, oneDNN) takes 0.30 of "
+                            "native's time.",
+    ("paddle", "hornet_tiny_gf"): "HorNet in Paddle takes ~4x torch's time because Paddle's dygraph convolutions do "
+                                  "not use oneDNN: one depthwise 7x7 conv of HorNet's shapes (batch 1, one thread) "
+                                  "takes 9.9 / 6.5 / 4.1 / 3.0 ms at stages 1-4, torch's 0.46 / 0.29 / 0.20 / 0.13 "
+                                  "ms, and a 1x1 conv 2-3x torch's. hornet_tiny_7x7's fast path (Paddle Inference) "
+                                  "takes 0.78 of built's time. hornet_tiny_gf's cannot make its engine: the global "
+                                  "filter sizes its weight's resize from the spectrum's shape, which the engine's "
+                                  "dynamic-shape program does not know when it is traced (`paddle.einsum`: \"the "
+                                  "label string 'ih' misses dimensions\"), so that model warns and runs dygraph "
+                                  "(fast = built).",
+    ("flax", "hornet_tiny_gf"): "XLA:CPU runs a depthwise 7x7 convolution (`feature_group_count` = channels) 25-40x "
+                                "slower than torch's oneDNN kernel at HorNet's shapes (batch 1, one thread: 19 / 11 "
+                                "/ 6.4 / 4.0 ms at stages 1-4, torch 0.46 / 0.29 / 0.20 / 0.13 ms): that is the "
+                                "gap of hornet_tiny_7x7 (~170 ms at batch 1); hornet_tiny_gf has the filter, not the "
+                                "7x7 conv, in stages 3 and 4, hence 1.5x. A Flax HorNet written by hand would call "
+                                "the same convolution. Written as 49 shifted multiply-adds, which XLA fuses into "
+                                "one loop, the same convs take 1.1 / 0.8 / 0.5 / 0.4 ms (2e-7 relative from the "
+                                "convolution's result): a candidate for the Flax fast path, as the 1x1 convs' "
+                                "channel products are; not done here.",
+}
 
 
 def _heading(backend: str, args) -> str:
