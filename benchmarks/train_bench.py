@@ -394,7 +394,25 @@ NOTES = {
 }
 
 
-MODEL_NOTES: dict[tuple[str, str], str] = {}  # (backend, model) -> what its measurements showed
+MODEL_NOTES = {  # (backend, model) -> what its measurements showed
+    ("torch", "vgg16_bn"): "convnext_tiny 1.01, vgg16_bn 0.99: the first step is bit-identical to torchvision's, "
+                           "loss and every gradient, dropout and drop-path included (the generator seeded alike "
+                           "before each model's first step, the masks are the same). vgg16_bn's two models with "
+                           "their gradients and momentum buffers held 5.5 GB at batch 8 (peak RSS of the run), hence "
+                           "batch 8, not 16.",
+    ("paddle", "vgg16_bn"): "vgg16_bn 1.00: the first step is bit-identical to paddle.vision's "
+                            "`vgg16(batch_norm=True)`, dropout included (`paddle.seed` alike). Peak RSS of the run "
+                            "6.0 GB.",
+    ("paddle", "hornet_tiny_gf"): "Paddle's step takes 3.7-4.1x torch's: its dygraph convolutions do not use oneDNN "
+                                  "(see the forward section; the backward was not profiled apart). The first steps "
+                                  "agree within float32 noise (gradients 3e-7 norm-relative).",
+    ("flax", "hornet_tiny_gf"): "Flax's step takes 4.8x torch's for the 7x7 model, 2.3x for gf. The gradient of "
+                                "XLA:CPU's depthwise 7x7 convolution is the cause: at this batch (8 x 112x112, one "
+                                "thread) one conv's forward and gradients take 106 / 113 / 171 ms at stages 1-3 "
+                                "(96 ch 28x28, 224 ch 14x14, 480 ch 7x7) against torch's 26 / 11 / 8 ms; stage 3's 18 "
+                                "blocks alone make ~2.9 s of the 3.9 s gap. The gf model has no 7x7 conv in stages 3 "
+                                "and 4. The first steps agree within float32 noise (gradients 4e-7 norm-relative).",
+}
 
 
 def _notes(backend: str, models: list[str]) -> list[str]:
