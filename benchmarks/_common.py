@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# --cpu-time: every framework's compute on one thread (OpenMP/MKL for torch and Paddle, Eigen for XLA)
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
 
 
 def cpu_model() -> str:

@@ -1,15 +1,21 @@
-"""The "native" peers of the benchmarks: each framework's own hand-written ResNet.
+"""The "native" peers of the benchmarks: each framework's own hand-written model.
 
-- torch: ``torchvision.models`` (resnet18/50); PaddleOCR's ResNet45 written here in
-  torchvision's style (no torchvision model exists).
-- paddle: ``paddle.vision.models`` (resnet18/50); ResNet45 written here as PaddleOCR's
-  ``rec_resnet_45.py`` is (1x1 -> 3x3 blocks).
+- torch: ``torchvision.models`` (resnet18/50, densenet121, convnext_tiny, vgg16_bn), timm's
+  ghostnet_100; PaddleOCR's ResNet45 written here in torchvision's style (no torchvision model
+  exists).
+- paddle: ``paddle.vision.models`` (resnet18/50, densenet121, ``vgg16(batch_norm=True)``);
+  ResNet45 written here as PaddleOCR's ``rec_resnet_45.py`` is (1x1 -> 3x3 blocks).
 - flax: a plain ``flax.nnx`` ResNet written here in the style of the Flax ImageNet example
   (``ResNetBlock`` / ``BottleneckResNetBlock``, stage sizes, NHWC), with explicit symmetric
   padding instead of 'SAME' (docs/NUMERICS.md), so that it computes what the spec computes.
 
 The torch and paddle peers use the canonical module names, so the very weights of the built
 model load into them and the benchmark can check that both compute the same function.
+
+HorNet has no installable implementation in any framework (its official code is a repository,
+not a package). Its rows compare each framework with the torch model built from the same spec
+and weights, run in the same process (``TORCH_BUILT_PEER``): the ratio is then one framework's
+speed against another's on the same network, not the cost of building from a spec.
 """
 
 from __future__ import annotations
@@ -27,10 +33,22 @@ EXPANSION = {"basic": 1, "bottleneck": 4, "basic_1x1": 1}
 
 
 NATIVE = {  # backend -> the models it has a native peer for
-    "torch": ("resnet18", "resnet50", "resnet45", "densenet121", "ghostnet_100"),
-    "paddle": ("resnet18", "resnet50", "resnet45", "densenet121"),
+    "torch": ("resnet18", "resnet50", "resnet45", "densenet121", "ghostnet_100", "convnext_tiny", "vgg16_bn"),
+    "paddle": ("resnet18", "resnet50", "resnet45", "densenet121", "vgg16_bn"),
     "flax": ("resnet18", "resnet50", "resnet45"),
 }
+TORCH_BUILT_PEER = ("hornet_tiny_7x7", "hornet_tiny_gf")
+"""Models without any installable peer: in the paddle and flax benchmarks their peer is the torch
+model built from the same spec and weights (the torch benchmark has none for them)."""
+
+
+def peer(backend: str, name: str) -> str | None:
+    """What ``name`` is timed against in ``backend``: "native", "torch built" or None (not benchmarked)."""
+    if name in NATIVE[backend]:
+        return "native"
+    if name in TORCH_BUILT_PEER and backend != "torch":
+        return "torch built"
+    return None
 
 
 def torch_model(name: str):
@@ -105,6 +123,8 @@ def paddle_model(name: str):
 
     if name in ("resnet18", "resnet50", "densenet121"):  # densenet121: PaddleClas names, as the backend's
         model = getattr(paddle.vision.models, name)()
+    elif name.startswith("vgg"):  # paddle.vision's vgg16(batch_norm=True): torchvision's keys, Paddle's BN names
+        model = getattr(paddle.vision.models, name.removesuffix("_bn"))(batch_norm=name.endswith("_bn"))
     elif name == "resnet45":
         model = _paddle_resnet45()
     else:
