@@ -21,12 +21,13 @@ FULL_SIZE_NEW_FAMILIES = ("convnext_tiny", "hornet_tiny_7x7", "hornet_tiny_gf")
 BUILT_PRESETS = [name for name in PRESETS if rm.get_spec(name).block.kind in ("basic", "bottleneck", "basic_1x1",
                                                                                 "dense", "ghost")
                  or name in FULL_SIZE_NEW_FAMILIES]
-"""The presets the matrices build at full size in every backend (and convert through every format).
-VGG, ConvNeXt and HorNet (issue 18) are there by their smallest members: the others of those
-families (50-200 M parameters) are checked plan-level (names, order, parameter counts, summary,
-spec inference) and at reduced width in every backend (tests/test_modern_families.py), since
+"""The presets the matrices build at full size in every backend. ConvNeXt and HorNet (issue 18)
+are there by their smallest members (convnext_tiny, both HorNet tinies); VGG (133-144 M
+parameters, most in its classifier) and the larger ConvNeXts and HorNets are checked plan-level
+(names, order, parameter counts, summary, spec inference), at reduced width in every backend
+(tests/test_modern_families.py) and against torchvision / paddle.vision at full size there, since
 building them all in three frameworks would cost the suite minutes and gigabytes for no check
-that the smallest member does not make."""
+that the smallest member does not make; benchmarks/full_parity.py checks them at full size."""
 BACKENDS = rm.backend_names()  # CI installs every backend: an uninstalled one must fail, not skip
 
 ODD_HW = (33, 47)  # odd and non-square: padding and ceil_mode errors show only at such sizes
