@@ -19,6 +19,7 @@ from torch import nn
 
 import resnet_multi as rm
 from conftest import BACKENDS
+from test_families import _changed
 
 PARAMETERS = {
     "vgg11": 132_863_336, "vgg11_bn": 132_868_840, "vgg13": 133_047_848, "vgg13_bn": 133_053_736,
@@ -36,36 +37,24 @@ def test_presets_have_the_reference_parameter_counts(name):
     assert sum(math.prod(info.shape) for info in plan.params.values() if not info.is_buffer) == PARAMETERS[name]
 
 
-def _changed(preset: str, **changes) -> dict:
-    """The preset's spec as a dict with each dotted path (``stages__2__channels``) set to a new value."""
-    data = rm.get_spec(preset).to_dict()
-    for path, value in changes.items():
-        node = data
-        *parents, leaf = path.split("__")
-        for p in parents:
-            node = node[int(p)] if p.isdigit() else node[p]
-        node[int(leaf) if leaf.isdigit() else leaf] = value
-    return data
-
-
 BAD_SPECS = [
     # gnconv splits its channels by 2 per order; the global filter then halves their sum
-    (_changed("hornet_tiny_gf", stages__2__channels=264),
+    (_changed("hornet_tiny_gf", {"stages.2.channels": 264}),
      "stages[2].channels: must be divisible by 2 ** order = 16 in a global-filter stage (the filter splits "
      "gnconv's 495 channels into two equal halves), got 264"),
-    (_changed("hornet_tiny_gf", stages__3__channels=528),
+    (_changed("hornet_tiny_gf", {"stages.3.channels": 528}),
      "stages[3].channels: must be divisible by 2 ** order = 32 in a global-filter stage"),
-    (_changed("hornet_tiny_7x7", stages__2__channels=260),
+    (_changed("hornet_tiny_7x7", {"stages.2.channels": 260}),
      "stages[2].channels: must be divisible by 2 ** (order - 1) = 8 (gnconv halves it per order), got 260"),
     # settings these networks do not read are refused, not ignored
-    (_changed("convnext_tiny", conv_bias=True), "conv_bias: is fixed by a 'convnext' network"),
-    (_changed("hornet_tiny_7x7", conv_bias=True), "conv_bias: is fixed by a 'hornet' network"),
-    (_changed("convnext_tiny", head__hidden_channels=256),
+    (_changed("convnext_tiny", {"conv_bias": True}), "conv_bias: is fixed by a 'convnext' network"),
+    (_changed("hornet_tiny_7x7", {"conv_bias": True}), "conv_bias: is fixed by a 'hornet' network"),
+    (_changed("convnext_tiny", {"head.hidden_channels": 256}),
      "head.hidden_channels: is not used by a 'convnext' network (its head is a LayerNorm and one Linear)"),
-    (_changed("hornet_tiny_gf", head__hidden_channels=256), "head.hidden_channels: is not used by a 'hornet' network"),
-    (_changed("convnext_tiny", head__dropout=0.5),
+    (_changed("hornet_tiny_gf", {"head.hidden_channels": 256}), "head.hidden_channels: is not used by a 'hornet' network"),
+    (_changed("convnext_tiny", {"head.dropout": 0.5}),
      "head.dropout: must be 0 for a 'convnext' network (its head has no dropout), got 0.5"),
-    (_changed("hornet_tiny_7x7", head__dropout=0.2), "head.dropout: must be 0 for a 'hornet' network"),
+    (_changed("hornet_tiny_7x7", {"head.dropout": 0.2}), "head.dropout: must be 0 for a 'hornet' network"),
 ]
 
 
@@ -78,9 +67,9 @@ def test_invalid_spec_is_one_line_naming_the_field(data, message):
 
 def test_a_width_only_the_filter_refuses_is_fine_in_a_7x7_stage():
     """264 splits into gnconv's dims (33, 66, 132, 264) but not into the filter's two halves of 495."""
-    spec = rm.ResNetSpec.from_dict(_changed("hornet_tiny_7x7", stages__2__channels=264))
+    spec = rm.ResNetSpec.from_dict(_changed("hornet_tiny_7x7", {"stages.2.channels": 264}))
     assert rm.make_plan(spec).params["stages.2.0.gnconv.dwconv.weight"].shape == (495, 1, 7, 7)
-    gf = rm.ResNetSpec.from_dict(_changed("hornet_tiny_gf", stages__2__channels=272))
+    gf = rm.ResNetSpec.from_dict(_changed("hornet_tiny_gf", {"stages.2.channels": 272}))
     assert rm.make_plan(gf).params["stages.2.0.gnconv.dwconv.complex_weight"].shape == (255, 14, 8, 2)
 
 
