@@ -101,7 +101,7 @@ class BlockSpec:
     ``floor(channels * compression)`` channels; default 0.5) and ``drop_rate`` (in train mode,
     dropout on each layer's new features before they are concatenated, torchvision's
     ``drop_rate``; default 0). Other kinds leave them unset. A ``vgg`` block (VGG) reads
-``batch_norm``: a BatchNorm after every conv (torchvision's ``vgg*_bn``). ``convnext`` and
+    ``batch_norm``: a BatchNorm after every conv (torchvision's ``vgg*_bn``). ``convnext`` and
     ``hornet`` blocks read ``drop_path_rate`` (the stochastic depth of the last block; earlier
     blocks get a linear ramp from 0, as their references) and ``layer_scale`` (the initial value
     of every layer-scale parameter; 0: none). A ``ghost`` block (GhostNet) is set
