@@ -6,6 +6,8 @@ that sequence but written to NAME and run as ``python NAME`` in a fresh process,
 
 from __future__ import annotations
 
+import ast
+import gc
 import os
 import re
 import shlex
@@ -28,6 +30,11 @@ def _blocks(kind: str) -> list[str]:
     return [body for lang, body in BLOCK.findall(README.read_text()) if lang == kind and body not in scripts]
 
 
+def _names(code: str) -> set[str]:
+    """Every identifier a python block reads or binds."""
+    return {node.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name)}
+
+
 def test_python_snippets_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for body in _blocks("yaml"):
@@ -37,8 +44,15 @@ def test_python_snippets_run_in_order(tmp_path, monkeypatch):
     snippets = _blocks("python")
     assert len(snippets) >= 6
     namespace: dict = {"__name__": "__readme__"}
+    checked_after = {"features", "report"}  # the claims asserted below
     for i, code in enumerate(snippets):
         exec(compile(code, f"README.md python block {i + 1}", "exec"), namespace)  # noqa: S102
+        # A user's session would keep every model; the test drops what no later block (or check)
+        # names, so that its memory is the largest block's, not the sum of all (issue 17's budget).
+        later = checked_after.union(*(_names(block) for block in snippets[i + 1:]))
+        for name in [n for n in namespace if not n.startswith("__") and n not in later]:
+            del namespace[name]
+        gc.collect()
     # the snippets' claims hold
     assert namespace["features"].shape == (1, 512, 8, 32)
     assert namespace["report"].ok
