@@ -244,6 +244,23 @@ def _malloc_trim():
 
 
 _TRIM = _malloc_trim()
+
+
+def _return_large_blocks_at_once():
+    """glibc serves an allocation of at least M_MMAP_THRESHOLD bytes by its own mmap, which free
+    gives straight back to the system; but by default the threshold grows to the largest block
+    freed so far (up to 32 MB), after which large arrays come from the heap and their pages stay
+    resident until a trim. Fixing it keeps resident memory near live memory inside a test, where
+    the trim after it cannot help."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return
+    if hasattr(libc, "mallopt") and os.environ.get("NO_MALLOPT") is None:
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MB, fixed
+
+
+_return_large_blocks_at_once()
 _COLLECT_AFTER_GROWTH_MB = 256
 _resident_after_collect = [0.0]
 
