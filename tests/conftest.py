@@ -256,7 +256,7 @@ def _return_large_blocks_at_once():
         libc = ctypes.CDLL(None)
     except OSError:
         return
-    if hasattr(libc, "mallopt") and os.environ.get("NO_MALLOPT") is None:
+    if hasattr(libc, "mallopt"):
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MB, fixed
 
 
