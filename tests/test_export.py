@@ -1,7 +1,7 @@
 """Export for deployment: the artifact each backend writes, run by its own runtime, against the model.
 
 Bound: the parity bound, max|a - b| <= 1e-6 + 1e-5 * max|ref|, between the exported artifact
-(onnxruntime / paddle.jit.load) and the ordinary model built from the same weights, at an odd
+(onnxruntime; paddle.jit.load and Paddle Inference) and the ordinary model built from the same weights, at an odd
 size and at another batch size than the one given at export (the batch is dynamic).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,22 @@ def _run_paddle_static(main_file: Path, x: np.ndarray) -> list[np.ndarray]:
     return [t.numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
 
 
-# The deployment format's runtime, by the main file's suffix (backend.EXPORT_SUFFIX).
-RUNNERS = {".onnx": _run_onnx, ".json": _run_paddle_static}
+def _run_paddle_inference(main_file: Path, x: np.ndarray) -> list[np.ndarray]:
+    """Paddle's deployment engine with its CPU defaults (oneDNN on), which runs other kernels than
+    ``paddle.jit.load``: at a fixed image size it once gave HorNet's LayerNorm errors of order 1."""
+    from paddle import inference
+
+    config = inference.Config(os.fspath(main_file), os.fspath(main_file.with_suffix(".pdiparams")))
+    config.disable_gpu()
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    predictor.get_input_handle(predictor.get_input_names()[0]).copy_from_cpu(x)
+    predictor.run()
+    return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
+
+
+# The deployment format's runtimes, by the main file's suffix (backend.EXPORT_SUFFIX).
+RUNNERS = {".onnx": (_run_onnx,), ".json": (_run_paddle_static, _run_paddle_inference)}
 EXPORTING = [b for b in BACKENDS if hasattr(get_backend(b), "export_model")]
 
 
@@ -49,15 +64,19 @@ def test_every_export_format_has_a_runner_here():
 
 
 def _specs() -> list[rm.ResNetSpec]:
-    """ResNet-D (deep stem, ceil-mode avg-pool shortcut: the ops exporters get wrong) and a
-    feature-pyramid spec without head (several outputs), both small."""
+    """ResNet-D (deep stem, ceil-mode avg-pool shortcut: the ops exporters get wrong), a
+    feature-pyramid spec without head (several outputs) and HorNet with the global filter (FFTs,
+    LayerNorms), all small."""
     tiny_d = rm.get_spec("resnet50d").replace(
         name="tiny_d", stages=(rm.StageSpec(1, 8), rm.StageSpec(2, 16, stride=2)),
         stem=rm.StemSpec(widths=(8, 8, 16), kernel_size=3, stride=2), head=rm.HeadSpec(num_classes=5))
     pyramid = rm.get_spec("resnet18").replace(
         name="pyramid", stages=(rm.StageSpec(1, 8), rm.StageSpec(1, 16, stride=2), rm.StageSpec(1, 32, stride=2)),
         stem=rm.StemSpec(widths=(8,)), head=None, out_indices=(1, 2))
-    return [tiny_d, pyramid]
+    hornet = rm.get_spec("hornet_tiny_gf")  # LayerNorms, gnconv, the filter with its weight resized
+    hornet = hornet.replace(name="tiny_hornet_gf", stages=tuple(
+        replace(s, depth=1, channels=s.channels // 8) for s in hornet.stages), stem=replace(hornet.stem, widths=(8,)))
+    return [tiny_d, pyramid, hornet]
 
 
 @pytest.mark.parametrize("spec", _specs(), ids=lambda s: s.name)
@@ -76,10 +95,11 @@ def test_exported_artifact_matches_the_model(backend, spec, tmp_path):
         x = odd_input(spec, batch=batch, seed=batch)
         expected = rm.forward(model, x)
         expected = expected if isinstance(expected, list) else [expected]
-        actual = RUNNERS[main.suffix](main, x)
-        assert len(actual) == len(expected)
-        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
-            assert_close(a, e, f"{backend} {spec.name} output {i} batch {batch}")
+        for runner in RUNNERS[main.suffix]:
+            actual = runner(main, x)
+            assert len(actual) == len(expected), runner.__name__
+            for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+                assert_close(a, e, f"{backend} {spec.name} output {i} batch {batch} ({runner.__name__})")
 
 
 @pytest.mark.parametrize("backend", EXPORTING)

@@ -9,6 +9,7 @@ float32 summation-order noise as between two frameworks.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -311,6 +312,40 @@ def test_paddle_engine_returns_every_output_of_a_pyramid():
     assert fast._engine is not None and isinstance(outputs, list) and len(outputs) == len(expected) == 2
     for i, (actual, wanted) in enumerate(zip(outputs, expected, strict=True)):
         assert_close(actual.numpy(), wanted, f"pyramid output {i}")
+
+def _small_hornet(name: str) -> rm.ResNetSpec:
+    """A HorNet preset with one block per stage and 1/8 of the channels: the stem, every
+    downsample's channels-first LayerNorm, gnconv of orders 2-5 and, for ``_gf``, the filter,
+    whose (14, 8) and (7, 4) weights are resized to the spectra of a 97x75 input."""
+    spec = rm.get_spec(name)
+    stages = tuple(replace(s, depth=1, channels=s.channels // 8) for s in spec.stages)
+    return spec.replace(name=f"small_{name}", stages=stages,
+                        stem=replace(spec.stem, widths=tuple(w // 8 for w in spec.stem.widths)))
+
+
+@pytest.mark.parametrize("name", ["hornet_tiny_7x7", "hornet_tiny_gf"])
+def test_paddle_engine_runs_hornet_at_every_image_size(name):
+    """HorNet's fast path runs under Paddle Inference at odd sizes, equal to the dygraph model.
+    Two things once kept it off: the filter sizes its FFTs and its weight's resize from the image,
+    which a program with a dynamic image size cannot know (so a ``_gf`` model's engine serves one
+    image size and is remade for another), and oneDNN, at a fixed image size, overwrote the centred
+    map of the channels-first LayerNorm while it was still needed (errors of order 1)."""
+    import paddle
+
+    spec = _small_hornet(name)
+    weights = random_weights(rm.make_plan(spec), seed=3)
+    fast = rm.build(spec, "paddle", weights=weights, inference=True)
+    ordinary = rm.build(spec, "paddle", weights=weights)
+    sized = name.endswith("_gf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to the dygraph forward
+        for hw in ((97, 75), (64, 81), (97, 75)):
+            x = odd_input(spec, batch=2, hw=hw, seed=hw[0])
+            with paddle.no_grad():
+                actual = fast(paddle.to_tensor(x)).numpy()
+            assert fast._engine is not None, f"{name} {hw}: no engine"
+            assert fast._engine_image_size == (hw if sized else None)
+            assert_close(actual, rm.forward(ordinary, x), f"{name} engine at {hw}")
 
 
 def test_flax_inference_model_runs_pointwise_convs_as_products_under_jit():

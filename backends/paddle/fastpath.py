@@ -13,6 +13,8 @@ from paddle import nn
 from paddle.jit.dy2static.program_translator import StaticFunction
 from paddle.nn import functional as F
 
+from resnet_multi import plan as P
+
 from .model import Network
 
 
@@ -39,7 +41,9 @@ class InferenceNetwork(Network):
 
     The engine is made on the first call that can use it, from the weights the model holds then
     (``paddle.jit.save`` of this layer to a temporary directory, then a predictor with dynamic
-    batch and image size). It holds its own copy of the weights and
+    batch and image size). A model with HorNet's global filter gets a predictor for the image size
+    of the call instead, and a new one when that size changes: the filter's FFT lengths and the
+    resize of its weight are fixed in a static program. The engine holds its own copy of the weights and
     runs on every core this process may use (``os.sched_getaffinity``, not ``OMP_NUM_THREADS``).
     Calls that need the layers themselves run the ordinary dygraph forward: ``taps=True``, train
     mode, an input that wants gradients or is not float32 on the CPU, a parameter that wants
@@ -53,6 +57,7 @@ class InferenceNetwork(Network):
     """
 
     _engine = None  # the paddle.inference predictor, made on first use
+    _engine_image_size = None  # (H, W) the engine was made for, or None: any size
     _engine_failed = False
 
     def _needs_layers(self, x, taps: bool) -> bool:
@@ -68,7 +73,10 @@ class InferenceNetwork(Network):
     def __call__(self, x, taps: bool = False):
         if self._needs_layers(x, taps):
             return super().__call__(x, taps=taps)
-        engine = self._engine if self._engine is not None else self._make_engine()
+        image_size = tuple(x.shape[2:]) if _sized_by_image(self.plan) else None
+        if self._engine is not None and self._engine_image_size != image_size:
+            self._engine = None  # made for another image size
+        engine = self._engine if self._engine is not None else self._make_engine(image_size)
         if engine is None:
             return super().__call__(x, taps=taps)
         # the predictor reuses its output buffers on the next run: hand out copies
@@ -98,14 +106,15 @@ class InferenceNetwork(Network):
         state.pop("_engine", None)  # a predictor cannot be copied or pickled; remade on demand
         return state
 
-    def _make_engine(self):
+    def _make_engine(self, image_size: tuple[int, int] | None = None):
         from paddle import inference
 
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 prefix = os.path.join(tmp, "model")
                 channels = self.plan.spec.in_channels
-                _save_static(self, prefix, paddle.static.InputSpec([None, channels, None, None], "float32", "x"))
+                spatial = list(image_size) if image_size is not None else [None, None]
+                _save_static(self, prefix, paddle.static.InputSpec([None, channels, *spatial], "float32", "x"))
                 config = inference.Config(prefix + EXPORT_SUFFIX, prefix + ".pdiparams")
                 config.disable_gpu()
                 config.enable_mkldnn()
@@ -118,8 +127,14 @@ class InferenceNetwork(Network):
             warnings.warn(f"paddle inference model: Paddle Inference engine unavailable ({type(error).__name__}: "
                           f"{error}); running the dygraph forward instead", RuntimeWarning, stacklevel=3)
             return None
-        self._engine = engine
+        self._engine, self._engine_image_size = engine, image_size
         return engine
+
+
+def _sized_by_image(plan) -> bool:
+    """Whether the plan's static program depends on the image size (HorNet's global filter: its
+    FFT lengths and its weight's resize), so that an engine serves one image size only."""
+    return any(isinstance(op, P.GlobalFilter) for part in plan.parts for op in part.ops)
 
 
 def _usable_cores() -> int:

@@ -199,6 +199,17 @@ def global_avg_pool_layer(op: P.GlobalAvgPool, callers) -> nn.Layer:
 # --------------------------------------------------------------------------- the ConvNeXt generation
 
 
+def _normalize_channels(x, eps: float):
+    """``(x - mean) / sqrt(biased variance + eps)`` over axis 1, as the references write it. The
+    square is a product, not ``pow(2)``: Paddle's ``pow`` is not correctly rounded (4% of float32
+    squares differ from ``x * x`` in the last bit; torch's ``pow(2)``, numpy and JAX square
+    exactly), and under Paddle Inference's oneDNN kernels at a fixed image size an activation on
+    the centred map overwrote it while the division still needed it (docs/NUMERICS.md)."""
+    centered = x - x.mean(axis=1, keepdim=True)
+    variance = (centered * centered).mean(axis=1, keepdim=True)
+    return centered / paddle.sqrt(variance + eps)
+
+
 class LayerNorm2D(nn.Layer):
     """LayerNorm over the channels of an NCHW map (or an (N, C) vector), state ``weight`` and
     ``bias``. "fused" (``ir.LAYER_NORM_FORMS``): Paddle's ``F.layer_norm`` on the channels-last
@@ -216,13 +227,9 @@ class LayerNorm2D(nn.Layer):
         if x.ndim == 2:
             if not exact:
                 return F.layer_norm(x, [self.channels], self.weight, self.bias, self.eps)
-            u = x.mean(axis=1, keepdim=True)
-            s = (x - u).pow(2).mean(axis=1, keepdim=True)
-            return (x - u) / paddle.sqrt(s + self.eps) * self.weight + self.bias
+            return _normalize_channels(x, self.eps) * self.weight + self.bias
         if exact:
-            u = x.mean(axis=1, keepdim=True)
-            s = (x - u).pow(2).mean(axis=1, keepdim=True)
-            x = (x - u) / paddle.sqrt(s + self.eps)
+            x = _normalize_channels(x, self.eps)
             return self.weight.reshape([-1, 1, 1]) * x + self.bias.reshape([-1, 1, 1])
         x = F.layer_norm(x.transpose([0, 2, 3, 1]), [self.channels], self.weight, self.bias, self.eps)
         return x.transpose([0, 3, 1, 2])
