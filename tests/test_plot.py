@@ -342,10 +342,27 @@ def test_diagram_of_every_preset(tmp_path, spec_name):
         assert "out " + "\u00d7".join(map(str, row.output_shape[1:])) in text  # the stage's output shape
     assert (f"{table.total_params / 1e6:.2f} M parameters" in text
             or f"{table.total_params / 1e3:.1f} k parameters" in text)  # small nets (d2l) in thousands
-    # HorNet's blocks have two residual adds each: the diagram draws them as plain blocks (issue 18's
-    # note: reading two shortcuts per block is not done yet)
     assert ("shortcut identity" in text or "shortcut concatenation" in text  # DenseNet's layers
-            or all(len(s.blocks) == 1 for s in plan.stages) or spec.block.kind == "hornet")
+            or all(len(s.blocks) == 1 for s in plan.stages))
+
+
+def test_diagram_reads_hornets_two_residuals_and_its_filter(tmp_path):
+    """HorNet's block adds twice (x + gnconv(...), then + mlp(...)): read from the graph, drawn as
+    two arcs per box; its gnconv's products of two maps are not squeeze-excite; the filter stages
+    say so."""
+    path = rm.diagram("hornet_tiny_gf", tmp_path / "hornet.svg")
+    text = svg_texts(path)
+    lines = [line for line in text.splitlines() if "shortcut identity" in line]
+    assert len(lines) == 4 and all(line.endswith("shortcut identity \u00d72") for line in lines), lines
+    assert "SE" not in text
+    assert sum("global filter" in line for line in lines) == 2  # stages 3 and 4 (the _gf presets)
+    assert "conv 1\u00d71, 128 \u2192 7\u00d77 dw \u2192 1\u00d71, 64 \u2192 1\u00d71, 64" in lines[0]  # proj_in, dw, pws, proj_out
+    from resnet_multi.reports.diagram import diagram_figure
+
+    arcs = [line for line in diagram_figure("hornet_tiny_gf").axes[0].lines if line.get_gid() == "residual"]
+    assert len(arcs) == 2 * len(lines) == 8  # one box per stage (its blocks collapsed), two arcs each
+    convnext = svg_texts(rm.diagram("convnext_tiny", tmp_path / "convnext.svg"))
+    assert "shortcut identity\n" in convnext + "\n" and "shortcut identity \u00d7" not in convnext
 
 
 def test_diagram_collapses_repeated_blocks_of_resnet152(tmp_path):

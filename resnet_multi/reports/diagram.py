@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 from .. import plan as P
@@ -56,9 +57,13 @@ def _read_block(block: P.Part) -> tuple[list, bool, str]:
 
     The merge is the node the output comes from (past a final activation). An Add is residual:
     its input with the shortest path from the block's input is the shortcut, ``identity`` when
-    that is the input itself, else ``projection: <ops>``. A Concat of the input is DenseNet's
-    ``concatenation``; anything else (a DenseNet transition) has no shortcut, ``none``.
-    Squeeze-excite is the gate a Mul takes as its second input, back to its global pool.
+    that is the input itself, else ``projection: <ops>``. When that input is itself a residual
+    Add (HorNet's block: ``x + gnconv(...)``, then ``+ mlp(...)``), the block has residuals in
+    series, read the same way down to the input: ``identity ×2``. A Concat of the input
+    is DenseNet's ``concatenation``; anything else (a DenseNet transition) has no shortcut,
+    ``none``.
+    Squeeze-excite is the gate a Mul takes as its second input, back to its global pool (a Mul
+    of two maps, HorNet's gnconv, is not one).
     """
     made_by = {node.output: node for node in block.nodes}
 
@@ -73,20 +78,31 @@ def _read_block(block: P.Part) -> tuple[list, bool, str]:
     excite = []
     for node in block.nodes:
         if isinstance(node.op, P.Mul):
-            value = node.inputs[1]
+            value, gate_path = node.inputs[1], []
             while value in made_by:
                 gate = made_by[value]
-                excite.append(gate.op)
-                if isinstance(gate.op, P.GlobalAvgPool):
+                gate_path.append(gate.op)
+                if isinstance(gate.op, P.GlobalAvgPool):  # a gate from pooled features: squeeze-excite
+                    excite += gate_path
                     break
                 value = gate.inputs[0]
     merge = made_by.get(block.output)
     while merge is not None and isinstance(merge.op, P.Act):
         merge = made_by.get(merge.inputs[0])
     skip: list = []
-    if merge is not None and isinstance(merge.op, P.Add):
+    residuals = 0
+    while merge is not None and isinstance(merge.op, P.Add):
+        residuals += 1
+        inner = [made_by[v] for v in merge.inputs if v in made_by and isinstance(made_by[v].op, P.Add)]
+        if P.INPUT not in merge.inputs and inner:  # the trunk runs through an earlier residual
+            merge = inner[0]
+            continue
         skip = min((first_path(v) for v in merge.inputs), key=len)
+        break
+    if residuals:
         shortcut = "projection: " + " + ".join(_op_text(op) for op in skip) if skip else "identity"
+        if residuals > 1:
+            shortcut += f" \u00d7{residuals}"
     elif merge is not None and isinstance(merge.op, P.Concat) and P.INPUT in merge.inputs:
         shortcut = "concatenation"
     else:
@@ -135,6 +151,8 @@ def _diagram_rows(spec, input_shape):
             stride = _stride(previous, out)
             convs, excite, kind = _read_block(block)
             detail = "conv " + " \u2192 ".join(_conv_text(op) for op in convs) + (" + SE" if excite else "")
+            if any(isinstance(op, P.GlobalFilter) for op in block.ops):
+                detail += " + global filter"  # HorNet's FFT filter beside its 3x3 dw half
             signature = (detail, kind, block.in_channels, block.out_channels, tuple(out), stride,
                          trainable_count(plan, block))
             # the same layers at other input widths (DenseNet's layers each see more channels): the same
@@ -303,14 +321,19 @@ def diagram_figure(spec, input_shape=None):
             detail = row.detail if row.kind != "block" else f"{row.detail}   \u2502   {skip}"
             ax.text(left + 0.12, top + 0.4, detail, fontsize=8, color="0.25", va="center", zorder=3,
                     gid="shortcut" if row.kind == "block" else None)
-            if row.kind == "block" and not row.shortcut.startswith("none"):  # the skip connection
+            if row.kind == "block" and not row.shortcut.startswith("none"):  # the skip connections
                 projection = row.shortcut.startswith("projection")
                 color = "#c0392b" if projection else "0.55"
                 x_arc = left - 0.28
-                ax.plot([left, x_arc, x_arc, left], [top + 0.08, top + 0.08, top + box_h - 0.08, top + box_h - 0.08],
-                        color=color, lw=1.4 if projection else 1.0, zorder=1)
-                ax.annotate("", xy=(left, top + box_h - 0.08), xytext=(left - 0.12, top + box_h - 0.08),
-                            arrowprops=dict(arrowstyle="-|>", color=color, lw=1.0, shrinkA=0, shrinkB=0))
+                in_series = re.search(r"\u00d7(\d+)$", row.shortcut.split(", stride")[0])  # HorNet: one arc each, stacked
+                count = int(in_series.group(1)) if in_series else 1
+                span = (box_h - 0.16) / count
+                for k in range(count):
+                    start, end = top + 0.08 + k * span, top + 0.08 + (k + 1) * span
+                    ax.plot([left, x_arc, x_arc, left], [start, start, end, end],
+                            color=color, lw=1.4 if projection else 1.0, zorder=1, gid="residual")
+                    ax.annotate("", xy=(left, end), xytext=(left - 0.12, end),
+                                arrowprops=dict(arrowstyle="-|>", color=color, lw=1.0, shrinkA=0, shrinkB=0))
                 if projection:
                     ax.add_patch(FancyBboxPatch((x_arc - 0.05, top + box_h / 2 - 0.05), 0.1, 0.1,
                                                 boxstyle="square,pad=0", fc=color, ec=color, zorder=2))
