@@ -223,6 +223,33 @@ def test_pool_layers_match_torch(op):
     assert_close(actual, expected, repr(op))
 
 
+def _global_pool_function(x):
+    node = P.Node(P.GlobalAvgPool(flatten=True), (P.INPUT,), "out")  # paddle.vision's head op
+    return paddle_ops.OPS[P.GlobalAvgPool].apply(node, x)
+
+
+@pytest.mark.parametrize("make_pool, size", [
+    (lambda: paddle_ops.OPS[P.GlobalAvgPool].module(P.GlobalAvgPool(flatten=False, name="avgpool"), ()), 1),
+    (lambda: _global_pool_function, 1),
+    (lambda: paddle_ops.OPS[P.AdaptiveAvgPool].module(P.AdaptiveAvgPool(7), ()), 7),  # VGG's avgpool
+], ids=["global_layer", "global_function", "adaptive_7"])
+def test_float64_average_pools_have_exact_gradients(make_pool, size):
+    """d(sum of the pooled map)/dx is 1/(window area) in float64, as in torch. Paddle's pooling
+    kernels compute it from a float32 1/area, 2^-25 relative off for an area of 3 or 6: ConvNeXt's
+    3x2 last map at 97x75 failed float64 training parity by 3e-8 until the backend averaged float64
+    maps with paddle.mean."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 21, 3))  # 7x7 windows of 3x1 and 3x2
+    pool = make_pool()
+    xp = paddle.to_tensor(x, stop_gradient=False)
+    pooled = pool(xp)
+    pooled.sum().backward()
+    xt = torch.from_numpy(x).requires_grad_()
+    expected = torch.nn.functional.adaptive_avg_pool2d(xt, size)
+    expected.sum().backward()
+    assert_close(pooled.numpy().reshape(expected.shape), expected.detach().numpy(), "forward", rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(xp.grad.numpy(), xt.grad.numpy())
+
+
 def test_train_mode_running_stats_match_torch():
     """One train-mode step updates BN running stats as torch does: Paddle's momentum weighs the old
     value (1 - m), and for the spec's default ``norm.running_var: unbiased`` the backend's BatchNorm
