@@ -246,6 +246,7 @@ def test_float64_average_pools_have_exact_gradients(make_pool, size):
     xt = torch.from_numpy(x).requires_grad_()
     expected = torch.nn.functional.adaptive_avg_pool2d(xt, size)
     expected.sum().backward()
+    # the forward: means of 3-63 float64 values, summed in each framework's order (an ulp or two)
     assert_close(pooled.numpy().reshape(expected.shape), expected.detach().numpy(), "forward", rtol=1e-15, atol=0)
     np.testing.assert_array_equal(xp.grad.numpy(), xt.grad.numpy())
 

@@ -58,6 +58,7 @@ class InferenceNetwork(Network):
 
     _engine = None  # the paddle.inference predictor, made on first use
     _engine_image_size = None  # (H, W) the engine was made for, or None: any size
+    _image_sized = None  # whether the static program depends on the image size; read once from the plan
     _engine_failed = False
 
     def _needs_layers(self, x, taps: bool) -> bool:
@@ -73,7 +74,9 @@ class InferenceNetwork(Network):
     def __call__(self, x, taps: bool = False):
         if self._needs_layers(x, taps):
             return super().__call__(x, taps=taps)
-        image_size = tuple(x.shape[2:]) if _sized_by_image(self.plan) else None
+        if self._image_sized is None:
+            self._image_sized = _sized_by_image(self.plan)
+        image_size = tuple(x.shape[2:]) if self._image_sized else None
         if self._engine is not None and self._engine_image_size != image_size:
             self._engine = None  # made for another image size
         engine = self._engine if self._engine is not None else self._make_engine(image_size)

@@ -161,44 +161,30 @@ def avg_pool(node, x):
 
 def global_avg_pool(node, x):
     if node.op.flatten:  # paddle.vision's own head ops (AdaptiveAvgPool2D + flatten): identical outputs
-        pooled = F.adaptive_avg_pool2d(x, 1) if x.dtype != paddle.float64 else _spatial_mean(x)
-        return paddle.flatten(pooled, 1)
-    return _spatial_mean(x)
-
-
-def _spatial_mean(x):
+        return paddle.flatten(adaptive_avg_pool(x, 1), 1)
     return paddle.mean(x, axis=[2, 3], keepdim=True)
 
 
 def adaptive_avg_pool(x, size: int):
-    """``F.adaptive_avg_pool2d(x, size)``; in float64, each of PyTorch's windows averaged by
-    ``paddle.mean`` (see GlobalAvgPool2D: Paddle's kernel scales the float64 gradient in float32)."""
+    """``F.adaptive_avg_pool2d(x, size)``, except in float64: Paddle's pooling kernels scale their
+    float64 gradient by 1/(window area) rounded to float32, 2^-25 relative off wherever the area is
+    not a power of two (docs/NUMERICS.md), so a float64 model averages each of PyTorch's windows
+    with ``paddle.mean``, whose gradient is exact. float32 models run Paddle's own kernel."""
     if x.dtype != paddle.float64:
         return F.adaptive_avg_pool2d(x, size)
+    if size == 1:
+        return paddle.mean(x, axis=[2, 3], keepdim=True)
     rows, cols = P.adaptive_windows(x.shape[2], size), P.adaptive_windows(x.shape[3], size)
     return paddle.stack([paddle.stack([x[:, :, r0:r1, c0:c1].mean(axis=[2, 3]) for c0, c1 in cols], axis=-1)
                          for r0, r1 in rows], axis=-2)
 
 
 class AdaptiveAvgPool2D(nn.AdaptiveAvgPool2D):
-    """``nn.AdaptiveAvgPool2D(size)`` (VGG's ``avgpool``) that averages a float64 model's windows
-    with ``paddle.mean`` (see ``adaptive_avg_pool``)."""
+    """``nn.AdaptiveAvgPool2D``, the module torchvision's and paddle.vision's heads have (VGG's
+    ``avgpool``, size 7; the ResNets' and ConvNeXt's, size 1), computed by ``adaptive_avg_pool``."""
 
     def forward(self, x):
         return adaptive_avg_pool(x, self._output_size)
-
-
-class GlobalAvgPool2D(nn.AdaptiveAvgPool2D):
-    """``nn.AdaptiveAvgPool2D(1)``, the module torchvision's and paddle.vision's heads have, except
-    that a float64 model averages with ``paddle.mean``: Paddle's pooling kernels scale their
-    float64 gradient by 1/(H*W) rounded to float32, 2^-25 relative off wherever H*W is not a
-    power of two (docs/NUMERICS.md). float32 models run Paddle's own kernel, as before."""
-
-    def __init__(self):
-        super().__init__(1)
-
-    def forward(self, x):
-        return _spatial_mean(x) if x.dtype == paddle.float64 else super().forward(x)
 
 
 # --------------------------------------------------------------------------- layers
@@ -229,7 +215,7 @@ def avg_pool_layer(op: P.AvgPool, callers) -> nn.Layer:
 def global_avg_pool_layer(op: P.GlobalAvgPool, callers) -> nn.Layer:
     if op.flatten:
         raise TypeError(f"paddle backend: no layer for named plan op {op!r}")
-    return GlobalAvgPool2D()
+    return AdaptiveAvgPool2D(1)
 
 
 # --------------------------------------------------------------------------- the ConvNeXt generation

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 
 from .. import plan as P
@@ -52,8 +51,9 @@ def _op_text(op) -> str:
     return type(op).__name__.lower()
 
 
-def _read_block(block: P.Part) -> tuple[list, bool, str]:
-    """(main-path convs, has squeeze-excite, shortcut) of a block, read from its graph alone.
+def _read_block(block: P.Part) -> tuple[list, bool, str, int]:
+    """(main-path convs, has squeeze-excite, shortcut, residual adds) of a block, read from its
+    graph alone.
 
     The merge is the node the output comes from (past a final activation). An Add is residual:
     its input with the shortest path from the block's input is the shortcut, ``identity`` when
@@ -109,7 +109,7 @@ def _read_block(block: P.Part) -> tuple[list, bool, str]:
         shortcut = "none"
     aside = {id(op) for op in skip + excite}
     convs = [op for op in block.ops if isinstance(op, P.Conv) and id(op) not in aside]
-    return convs, bool(excite), shortcut
+    return convs, bool(excite), shortcut, residuals
 
 
 def _stride(before, after) -> int:
@@ -122,9 +122,10 @@ def _stride(before, after) -> int:
 class _Row:
     """One box of the diagram: a title, a detail line, an output shape, a parameter count."""
 
-    def __init__(self, kind, title, detail, shape, params, shortcut=None, stage=None, varying=False):
+    def __init__(self, kind, title, detail, shape, params, shortcut=None, stage=None, varying=False, residuals=0):
         self.kind, self.title, self.detail, self.shape = kind, title, detail, shape
         self.params, self.shortcut, self.stage = params, shortcut, stage
+        self.residuals = residuals  # residual adds in series in each block (HorNet: 2), one arc each
         self.varying = varying  # a collapsed run whose blocks differ in width: params are the run's total
 
 
@@ -149,7 +150,7 @@ def _diagram_rows(spec, input_shape):
         for block in stage.blocks:
             out = shapes[block.name]
             stride = _stride(previous, out)
-            convs, excite, kind = _read_block(block)
+            convs, excite, kind, residuals = _read_block(block)
             detail = "conv " + " \u2192 ".join(_conv_text(op) for op in convs) + (" + SE" if excite else "")
             if any(isinstance(op, P.GlobalFilter) for op in block.ops):
                 detail += " + global filter"  # HorNet's FFT filter beside its 3x3 dw half
@@ -165,9 +166,9 @@ def _diagram_rows(spec, input_shape):
                 groups[-1][3] = True  # widths vary: sum the parameters below
                 groups[-1][4] += signature[-1]
             else:
-                groups.append([signature, [block.name], shape_key, False, signature[-1]])
+                groups.append([signature, [block.name], shape_key, False, signature[-1], residuals])  # kind says it too
             previous = out
-        for signature, members, _, varying, total in groups:
+        for signature, members, _, varying, total, residuals in groups:
             detail, kind, _, _, out, stride, n = signature
             title = members[0] if len(members) == 1 else f"{members[0]} \u2026 {members[-1]}  \u00d7{len(members)}"
             if len(title) > 40 and all(m.startswith(stage.name + ".") for m in members):  # long module paths
@@ -178,7 +179,7 @@ def _diagram_rows(spec, input_shape):
             if stride > 1:
                 kind += f", stride {stride}"
             rows.append(_Row("block", title, detail, out, total if varying else n, shortcut=kind, stage=stage.name,
-                             varying=varying))
+                             varying=varying, residuals=residuals))
     if plan.neck is not None:  # after the stages, before any head (DenseNet's norm5, GhostNet's last conv)
         detail = " \u2192 ".join(f"conv {_conv_text(op)}" if isinstance(op, P.Conv) else _op_text(op)
                                   for op in plan.neck.modules)
@@ -325,8 +326,7 @@ def diagram_figure(spec, input_shape=None):
                 projection = row.shortcut.startswith("projection")
                 color = "#c0392b" if projection else "0.55"
                 x_arc = left - 0.28
-                in_series = re.search(r"\u00d7(\d+)$", row.shortcut.split(", stride")[0])  # HorNet: one arc each, stacked
-                count = int(in_series.group(1)) if in_series else 1
+                count = max(row.residuals, 1)  # HorNet: one arc per residual, stacked
                 span = (box_h - 0.16) / count
                 for k in range(count):
                     start, end = top + 0.08 + k * span, top + 0.08 + (k + 1) * span
