@@ -57,8 +57,9 @@ FLAX_FLOAT64_NOTE = (
     "with its kernel expanded to a dense block-diagonal one, C x C x k x k values: one 7x7 conv of 1024 channels "
     "took 396 MB above the process and one of 1984 channels (hornet_base's last stage) 1471 MB, the size of C^2 x "
     "49 float64 values (392 and 1472 MB), where float32 takes no such memory (jax 0.10.2, measured alone). "
-    "ConvNeXt's and HorNet-7x7's wide stages therefore need more than the limit in Flax float64; the gf presets "
-    "have the filter, not the 7x7 conv, in stages 3 and 4.")
+    "ConvNeXt's and HorNet-7x7's wide stages therefore need more than a 6 GB limit in Flax float64; the gf presets "
+    "have the filter, not the 7x7 conv, in stages 3 and 4. With `--max-rss-gb 20` all four pass (section "
+    "\"Full-size parity (hornet_small_7x7,convnext_base,hornet_base_7x7,convnext_large)\": peaks 6.3 to 13.6 GB).")
 ODD_INPUT_NOTE = ("At 97x75 ConvNeXt's and HorNet's maps are 24x18, 12x9, 6x4 and 3x2, so the global filter's "
                   "weights (14x8, 7x4) are resized to the spectra (6x3, 3x2); VGG's adaptive pool maps 3x2 to 7x7. ")
 
