@@ -270,18 +270,6 @@ def test_vgg_out_indices_are_p2pnets_four_maps():
 # --------------------------------------------------------------------------- every backend against the oracle
 
 
-@pytest.fixture
-def x64():
-    """Flax float64 needs JAX's process-wide 64-bit mode: on for the test, then as it was (a test
-    that checks the error without it runs in the same process)."""
-    import jax
-
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
-
-
 def _small(name: str) -> rm.ResNetSpec:
     """The preset's structure at small widths and depths (the parity proves the ops and wiring;
     size proves nothing here)."""

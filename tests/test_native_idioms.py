@@ -387,16 +387,6 @@ def test_paddle_state_dict_and_jit_save_round_trip(spec_name, tmp_path):
 
 # --------------------------------------------------------------------------- flax
 
-@pytest.fixture
-def x64():
-    import jax
-
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 @pytest.mark.parametrize("spec_name", ["resnet18", "resnet50d", "resnet45"])
 def test_flax_nnx_jit_value_and_grad_trains_and_updates_batch_stats(spec_name, x64):
     """Two SGD-momentum steps of the standard Flax step, ``nnx.jit`` around ``nnx.value_and_grad``

@@ -131,13 +131,10 @@ def test_every_ir_op_has_a_case_a_backend_row_and_an_oracle_row():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op_type, nodes, params", list(_cases()))
-def test_op_alone_matches_the_oracle(op_type, nodes, params, backend, dtype):
+def test_op_alone_matches_the_oracle(op_type, nodes, params, backend, dtype, request):
     assert nodes is not None, f"no case for IR op {op_type.__name__}"
     if dtype == "float64" and backend == "flax":
-        import jax
-
-        if not jax.config.jax_enable_x64:
-            jax.config.update("jax_enable_x64", True)
+        request.getfixturevalue("x64")  # on for this test only: later files run in JAX's default mode
     plan = _plan(nodes, params)
     rng = np.random.default_rng(abs(hash((op_type.__name__, len(nodes)))) % 2**32)
     weights = _weights(plan, rng)

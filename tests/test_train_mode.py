@@ -20,15 +20,10 @@ MOMENTUM = 0.3  # not the default, and 1 - m != m: a momentum passed untranslate
 SPEC = small(rm.get_spec("resnet50d")).replace(conv_bias=True, norm=rm.NormSpec(eps=1e-3, momentum=MOMENTUM))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def x64():
-    """float64 models (JAX's 64-bit mode for Flax, a process-wide switch, on for this file only):
-    train-mode float32 results of correct implementations differ by more than the float32 parity
-    bound (BatchNorm over few values amplifies rounding); float64 leaves only real differences."""
-    import jax
-
-    with jax.enable_x64(True):
-        yield
+# float64 models (JAX's 64-bit mode for Flax on for this file only): train-mode float32 results of
+# correct implementations differ by more than the float32 parity bound (BatchNorm over few values
+# amplifies rounding); float64 leaves only real differences.
+pytestmark = pytest.mark.usefixtures("x64_for_the_file")
 
 
 def _batch_counts(torch_model) -> dict[str, int]:

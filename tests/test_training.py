@@ -49,14 +49,7 @@ def tiny(spec: rm.ResNetSpec | str, max_depth: int = 1, divisor: int = 8) -> rm.
     return spec.replace(stages=stages, stem=stem, block=block, head=head)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def x64():
-    """JAX computes in float64 only in its 64-bit mode, a process-wide switch (rm.build refuses a
-    float64 Flax model without it): on for the training tests, and off again after them."""
-    import jax
-
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64_for_the_file")  # float64 Flax models
 
 
 TINY = tiny("resnet18")

@@ -13,8 +13,9 @@ import pytest
 import resnet_multi as rm
 from resnet_multi import cli
 from resnet_multi.registry import get_backend
-from test_training import x64  # noqa: F401 (autouse: float64 Flax models)
 from test_training import TINY
+
+pytestmark = pytest.mark.usefixtures("x64_for_the_file")  # float64 Flax models
 
 
 def main(argv) -> int:

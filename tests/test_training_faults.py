@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 import resnet_multi as rm
 from resnet_multi import training as T
 from resnet_multi.registry import get_backend
-from test_training import x64  # noqa: F401 (autouse: float64 Flax models)
 from test_training import BATCH, TINY
+
+pytestmark = pytest.mark.usefixtures("x64_for_the_file")  # float64 Flax models
 
 PLAN = rm.make_plan(TINY)
 FIRST_PARAM = next(n for n, info in PLAN.params.items() if not info.is_buffer)  # conv1.weight

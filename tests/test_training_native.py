@@ -29,8 +29,9 @@ import pytest
 import resnet_multi as rm
 from conftest import BACKENDS, BUILT_PRESETS
 from resnet_multi.weights import random_weights
-from test_training import x64  # noqa: F401 (autouse: float64 Flax models)
 from test_training import tiny
+
+pytestmark = pytest.mark.usefixtures("x64_for_the_file")  # float64 Flax models
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.875, 2.0 ** -10  # float32-exact (Paddle holds them as float32)
 STEPS = 2
