@@ -329,7 +329,7 @@ def _give_freed_memory_back():
     if _resident_mb() - _resident_after_collect[0] > _COLLECT_AFTER_GROWTH_MB:
         _drop_compiled_functions()  # rarely reused by the next test: a new model compiles anew anyway
         # models in reference cycles (framework hooks) are freed only by a collection; this test's
-        # are not frozen yet, so it need not traverse the frozen objects (0.05 s, not 0.5 s)
+        # are not frozen yet, so the frozen objects need not be traversed for them
         gc.collect()
         _resident_after_collect[0] = _resident_mb()
     _freeze_survivors()
