@@ -166,7 +166,8 @@ def _diagram_rows(spec, input_shape):
                 groups[-1][3] = True  # widths vary: sum the parameters below
                 groups[-1][4] += signature[-1]
             else:
-                groups.append([signature, [block.name], shape_key, False, signature[-1], residuals])  # kind says it too
+                # residuals: the same for every block of a group, since kind (in both keys) spells their count
+                groups.append([signature, [block.name], shape_key, False, signature[-1], residuals])
             previous = out
         for signature, members, _, varying, total, residuals in groups:
             detail, kind, _, _, out, stride, n = signature
